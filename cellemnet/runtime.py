@@ -1,0 +1,93 @@
+"""Devices, precision, seeding and torch.distributed set-up shared by pretraining and evaluation.
+
+Imports torch: only the torch-using stages import this module.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+def select_device(preference: str = "auto") -> torch.device:
+    """'auto' picks CUDA when present, else the CPU; 'cpu' and 'cuda[:N]' are honoured as given."""
+    if preference in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(preference)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        from cellemnet.errors import ConfigError
+
+        raise ConfigError(f"device '{preference}' was asked for but CUDA is not available")
+    return device
+
+
+def amp_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 where the GPU supports it, else fp16; None on the CPU (AMP is a GPU feature here)."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast(device: torch.device, enabled: bool = True):
+    """An autocast context for the GPU, a no-op context on the CPU or when disabled."""
+    dtype = amp_dtype(device)
+    if not enabled or dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def make_grad_scaler(device: torch.device, enabled: bool = True) -> torch.amp.GradScaler:
+    """A grad scaler that is active only for fp16 autocast (bf16 and fp32 need none)."""
+    active = enabled and amp_dtype(device) == torch.float16
+    return torch.amp.GradScaler(device.type if device.type == "cuda" else "cpu", enabled=active)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands in a torchrun launch (world_size 1 for a plain `python` run)."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_preference: str = "auto") -> tuple[DistInfo, torch.device]:
+    """Initialise torch.distributed from torchrun's env:// variables when present.
+
+    NCCL on GPUs, gloo on the CPU. A plain `python script.py` run gets world_size 1 and no process group.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    info = DistInfo(rank=rank, local_rank=local_rank, world_size=world_size)
+    device = select_device(device_preference)
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank if world_size > 1 else (device.index or 0))
+        torch.cuda.set_device(device)
+    if world_size > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        torch.distributed.init_process_group(backend=backend, init_method="env://")
+    return info, device
+
+
+def cleanup_distributed() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
