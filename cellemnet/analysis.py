@@ -35,20 +35,19 @@ def resnet50_encoder(in_channels: int = 1, seed: int | None = 0):
 
 
 def load_encoder(path: str | Path | None = None, seed: int = 0):
-    """(encoder, norms, description) from an exported encoder file, or a seeded random-init ResNet-50 when path is None.
+    """(encoder, norms, description) from a checkpoint file, or a seeded random-init ResNet-50 when path is None.
 
-    The file is the dict written by `cellemnet.pretraining.export` ("state_dict" with torchvision names and no fc,
-    "norms" = [mean, std], "in_channels"). Random init uses the EM norms and one channel.
+    The file may be an exported encoder (`cellemnet.pretraining.export`), a MoCoV2/SwAV training checkpoint of this
+    project, or a published CEM500K/CEM1.5M file: anything `encoder_from_checkpoint` reads. Random init uses the EM
+    norms and one channel.
     """
-    import torch
+    from cellemnet.pretraining.export import encoder_from_checkpoint, load_checkpoint_file, load_encoder_into_resnet50
 
     if path is None:
         return resnet50_encoder(1, seed), [EM_NORMS["mean"][0], EM_NORMS["std"][0]], "random-init ResNet-50"
-    exported = torch.load(Path(path), map_location="cpu", weights_only=True)
-    model = resnet50_encoder(int(exported.get("in_channels", 1)), seed=None)
-    model.load_state_dict(exported["state_dict"], strict=True)
-    method = exported.get("method", "pretrained")
-    return model.eval(), list(exported["norms"]), f"{method} ResNet-50 from {Path(path).name}"
+    exported = encoder_from_checkpoint(load_checkpoint_file(path))
+    model = load_encoder_into_resnet50(exported)
+    return model.eval(), list(exported["norms"]), f"{exported['method']} ResNet-50 from {Path(path).name}"
 
 
 def to_unit(image: np.ndarray) -> np.ndarray:
