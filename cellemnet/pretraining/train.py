@@ -1,0 +1,427 @@
+"""The pretraining loop shared by MoCoV2 and SwAV: one process on CPU/GPU, or many under torchrun.
+
+What differs between the methods lives in a small `Method` object (model, optimizer, one training step, extra
+state); everything else - distributed set-up, data, AMP, lr, checkpoints, resume, MLflow, progress - is here.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cellemnet import runtime
+from cellemnet.config import save_config
+from cellemnet.errors import ConfigError, InputError
+from cellemnet.pretraining import checkpoint as ckpt_io
+from cellemnet.pretraining.augment import MultiCrop, TwoViews
+from cellemnet.pretraining.config import norms_pair
+from cellemnet.pretraining.data import SourceBalancedSampler, build_dataset
+from cellemnet.pretraining.losses import infonce_loss, sinkhorn, swapped_prediction_loss, topk_accuracy
+from cellemnet.pretraining.models import MoCo, SwAV, all_gather_cat
+from cellemnet.pretraining.optim import larc_adapt_gradients_, mocov2_lr, set_lr, swav_lr
+
+METRICS_LOG = "metrics.jsonl"
+
+
+def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+class MoCoV2Method:
+    name = "mocov2"
+
+    def __init__(self, cfg: dict[str, Any]):
+        self.cfg = cfg
+
+    def transform(self):
+        mean, std = norms_pair(self.cfg)
+        return TwoViews(self.cfg["crop_size"], mean, std)
+
+    def build_model(self) -> nn.Module:
+        c = self.cfg
+        return MoCo(c["arch"], c["moco_dim"], c["moco_k"], c["moco_m"], c["moco_t"], c["mlp"])
+
+    def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        params = [p for p in model.parameters() if p.requires_grad]
+        return torch.optim.SGD(params, lr=self.cfg["lr"], momentum=self.cfg["momentum"],
+                               weight_decay=self.cfg["weight_decay"])
+
+    def lr(self, epoch: int, step: int, iters_per_epoch: int) -> float:
+        c = self.cfg
+        return mocov2_lr(c["lr"], epoch, c["epochs"], c["schedule"], c["cos"])
+
+    def start_epoch(self, epoch: int, model: nn.Module, run: "Run") -> None:
+        pass
+
+    def step(self, batch, run: "Run") -> dict[str, float]:
+        im_q, im_k = (_to_device(x, run.device, run.channels_last) for x in batch)
+        with runtime.autocast(run.device, run.amp):
+            logits, keys = run.model(im_q, im_k)
+            loss = infonce_loss(logits)
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        run.unwrapped.dequeue_and_enqueue(keys)
+        target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+        top1, top5 = topk_accuracy(logits.detach(), target)
+        return {"loss": float(loss.detach()), "top1": top1, "top5": top5}
+
+    def extra_state(self, run: "Run") -> dict[str, Any]:
+        return {}  # the queue and its pointer are buffers of the model's state_dict
+
+    def load_extra_state(self, state: dict[str, Any], run: "Run") -> None:
+        pass
+
+
+class SwAVMethod:
+    name = "swav"
+
+    def __init__(self, cfg: dict[str, Any]):
+        self.cfg = cfg
+        self.queue: torch.Tensor | None = None
+        self.use_the_queue = False
+
+    def transform(self):
+        c = self.cfg
+        mean, std = norms_pair(c)
+        return MultiCrop(c["nmb_crops"], c["size_crops"], c["min_scale_crops"], c["max_scale_crops"], mean, std)
+
+    def build_model(self) -> nn.Module:
+        c = self.cfg
+        return SwAV(c["arch"], c["hidden_mlp"], c["feat_dim"], c["nmb_prototypes"])
+
+    def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        # Weight decay is applied by LARC (folded into the adapted gradient), so the inner SGD has none.
+        return torch.optim.SGD(model.parameters(), lr=self.cfg["lr"], momentum=self.cfg["momentum"], weight_decay=0.0)
+
+    def lr(self, epoch: int, step: int, iters_per_epoch: int) -> float:
+        c = self.cfg
+        return swav_lr(step, iters_per_epoch, c["epochs"], c["lr"], c["final_lr"], c["warmup_epochs"],
+                       c["start_warmup"])
+
+    def queue_rows_per_rank(self, run: "Run") -> int:
+        global_batch = run.batch_per_rank * run.info.world_size
+        return (self.cfg["queue_length"] - self.cfg["queue_length"] % global_batch) // run.info.world_size
+
+    def start_epoch(self, epoch: int, model: nn.Module, run: "Run") -> None:
+        c = self.cfg
+        rows = self.queue_rows_per_rank(run)
+        if c["queue_length"] > 0 and epoch >= c["epoch_queue_starts"] and self.queue is None and rows > 0:
+            self.queue = torch.zeros(len(c["crops_for_assign"]), rows, c["feat_dim"], device=run.device)
+        self.use_the_queue = False
+
+    @torch.no_grad()
+    def _codes(self, z: torch.Tensor, scores: torch.Tensor, bs: int, prototypes: torch.Tensor) -> dict[int, torch.Tensor]:
+        c = self.cfg
+        codes = {}
+        for i, crop_id in enumerate(c["crops_for_assign"]):
+            out = scores[bs * crop_id : bs * (crop_id + 1)].detach().float()
+            if self.queue is not None:
+                if self.use_the_queue or not torch.all(self.queue[i, -1] == 0):
+                    self.use_the_queue = True
+                    out = torch.cat([self.queue[i] @ prototypes.t().float(), out])
+                self.queue[i, bs:] = self.queue[i, :-bs].clone()
+                self.queue[i, :bs] = z[crop_id * bs : (crop_id + 1) * bs].float()
+            codes[crop_id] = sinkhorn(out, c["epsilon"], c["sinkhorn_iterations"], gather_distributed=True)[-bs:]
+        return codes
+
+    def step(self, batch, run: "Run") -> dict[str, float]:
+        c = self.cfg
+        crops = [_to_device(x, run.device, run.channels_last) for x in batch]
+        bs = crops[0].shape[0]
+        run.unwrapped.normalize_prototypes()
+        with runtime.autocast(run.device, run.amp):
+            z, scores = run.model(crops)
+            codes = self._codes(z.detach(), scores, bs, run.unwrapped.prototypes.weight)
+            loss = swapped_prediction_loss(list(scores.split(bs)), codes, c["temperature"])
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        if run.global_step < c["freeze_prototypes_niters"]:
+            for name, p in run.unwrapped.named_parameters():
+                if "prototypes" in name:
+                    p.grad = None
+        run.scaler.unscale_(run.optimizer)
+        larc_adapt_gradients_(run.unwrapped.parameters(), c["weight_decay"], c["trust_coefficient"])
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        return {"loss": float(loss.detach())}
+
+    def extra_state(self, run: "Run") -> dict[str, Any]:
+        """Every rank's queue, stacked (world, crops, rows, dim) on rank 0 - a collective call."""
+        if self.queue is None:
+            return {"queue": None}
+        return {"queue": all_gather_cat(self.queue[None]).cpu(), "use_the_queue": self.use_the_queue}
+
+    def load_extra_state(self, state: dict[str, Any], run: "Run") -> None:
+        queue = state.get("queue")
+        if queue is None:
+            return
+        if queue.shape[0] != run.info.world_size or queue.shape[2] != self.queue_rows_per_rank(run):
+            run.say(f"saved SwAV queue is for {queue.shape[0]} processes/other batch; starting a fresh queue")
+            return
+        self.queue = queue[run.info.rank].to(run.device)
+
+
+METHODS = {"mocov2": MoCoV2Method, "swav": SwAVMethod}
+
+
+class Run:
+    """Everything one training process holds (what a step needs, what a checkpoint saves)."""
+
+    def __init__(self, cfg: dict[str, Any], method_name: str):
+        self.cfg = cfg
+        self.method = METHODS[method_name](cfg)
+        self.info, self.device = runtime.init_distributed(cfg["device"])
+        world = self.info.world_size
+        if cfg["batch_size"] % world:
+            raise ConfigError(f"key 'batch_size': the global batch {cfg['batch_size']} is not divisible by the "
+                              f"{world} processes")
+        self.batch_per_rank = cfg["batch_size"] // world
+        cuda = self.device.type == "cuda"
+        self.amp = cfg["amp"] and cuda
+        self.channels_last = cfg["channels_last"] and cuda
+        self.global_step = 0
+        self.stop_requested = False
+
+    def say(self, text: str) -> None:
+        if self.info.is_main:
+            print(text, flush=True)
+
+
+def _install_sigterm(run: Run):
+    def handler(signum, frame):
+        run.stop_requested = True
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. called from a notebook worker): no graceful stop
+        return None
+
+
+def _should_stop(run: Run) -> bool:
+    flag = torch.tensor([1.0 if run.stop_requested else 0.0], device=run.device)
+    if run.info.distributed:
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+def _checkpoint_state(run: Run, epoch: int, iteration: int, sampler: SourceBalancedSampler, run_id) -> dict:
+    scaler_state = run.scaler.state_dict() if run.scaler.is_enabled() else {}
+    return {
+        "method": run.method.name,
+        "arch": run.cfg["arch"],
+        "epoch": epoch,  # epochs completed
+        "iteration": iteration,  # iterations done inside `epoch` (0 at an epoch boundary)
+        "global_step": run.global_step,
+        "state_dict": run.unwrapped.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scaler": scaler_state,
+        "sampler": {"seed": sampler.seed, "epoch": epoch, "start_index": iteration * run.batch_per_rank},
+        "world_size": run.info.world_size,
+        "config": dict(run.cfg),
+        "norms": norms_pair(run.cfg),
+        "run_id": run_id,
+        **run.method.extra_state(run),
+    }
+
+
+def _save(run: Run, epoch: int, iteration: int, sampler, run_id, keep: bool) -> Path | None:
+    state = _checkpoint_state(run, epoch, iteration, sampler, run_id)  # collective for SwAV's queue
+    path = None
+    if run.info.is_main:
+        path = ckpt_io.save_checkpoint(state, run.cfg["model_dir"], keep_epoch=epoch if keep else None)
+    if run.info.distributed:
+        torch.distributed.barrier()
+    return path
+
+
+def _log_line(model_dir: Path, record: dict[str, Any]) -> None:
+    with open(model_dir / METRICS_LOG, "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+def train(cfg: dict[str, Any], method_name: str) -> dict[str, Any]:
+    """Run (or resume) one pretraining; returns a summary. cfg is a validated config of `method_name`."""
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    from cellemnet.tracking import start_run
+
+    run = Run(cfg, method_name)
+    info, device = run.info, run.device
+    model_dir = Path(cfg["model_dir"])
+    if info.is_main:
+        model_dir.mkdir(parents=True, exist_ok=True)
+    resume_path = ckpt_io.resolve_resume(cfg["resume"], model_dir)
+    state = ckpt_io.load_checkpoint(resume_path) if resume_path else None
+    if state is not None and state.get("method") not in (None, method_name):
+        raise InputError(f"{resume_path}: a {state.get('method')} checkpoint cannot resume {method_name}")
+
+    # Data: rank 0 builds (or re-uses) the index, the others read it afterwards.
+    transform = run.method.transform()
+    if info.is_main:
+        dataset, weights, sources = build_dataset(cfg, transform)
+    if info.distributed:
+        torch.distributed.barrier()
+    if not info.is_main:
+        dataset, weights, sources = build_dataset({**cfg, "rebuild_index": False}, transform)
+    sampler = SourceBalancedSampler(len(dataset), weights, info.rank, info.world_size, cfg["seed"])
+    iters_per_epoch = sampler.num_samples // run.batch_per_rank
+    if cfg["iters_per_epoch"]:
+        iters_per_epoch = min(iters_per_epoch, cfg["iters_per_epoch"])
+    if iters_per_epoch < 1:
+        raise InputError(f"{cfg['data_path']}: {len(dataset)} patches are fewer than one global batch "
+                         f"({cfg['batch_size']})")
+
+    # Model: identical init on every rank (DDP also broadcasts rank 0's weights).
+    runtime.seed_everything(cfg["seed"])
+    model = run.method.build_model()
+    if device.type == "cuda" and info.distributed and cfg.get("sync_bn", False):
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(device)
+    if run.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    run.unwrapped = model
+    run.optimizer = run.method.build_optimizer(model)
+    run.scaler = runtime.make_grad_scaler(device, run.amp)
+    start_epoch, start_iter, run_id = 0, 0, None
+    if state is not None:
+        model.load_state_dict(state["state_dict"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler") and run.scaler.is_enabled():
+            run.scaler.load_state_dict(state["scaler"])
+        start_epoch, start_iter = int(state["epoch"]), int(state["iteration"])
+        run.global_step = int(state["global_step"])
+        run_id = state.get("run_id")
+        run.method.load_extra_state(state, run)
+        run.say(f"resumed from {resume_path}: epoch {start_epoch}, iteration {start_iter}")
+    if info.distributed:
+        ids = [device.index] if device.type == "cuda" else None
+        run.model = nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+    else:
+        run.model = model
+
+    loader_kwargs = dict(batch_size=run.batch_per_rank, sampler=sampler, num_workers=cfg["workers"],
+                         pin_memory=device.type == "cuda", drop_last=True)
+    if cfg["workers"] > 0:
+        loader_kwargs["persistent_workers"] = False
+        loader_kwargs["prefetch_factor"] = 2
+    loader = DataLoader(dataset, **loader_kwargs)
+
+    tracker = start_run(cfg["experiment_name"], run_name=f"{method_name}-{cfg['arch']}", params=cfg,
+                        enabled=cfg["logging"], rank=info.rank, run_id=run_id, tracking_dir=cfg["tracking_dir"],
+                        tags={"method": method_name, "world_size": info.world_size})
+    run_id = tracker.run_id or run_id
+    if info.is_main and state is None:
+        save_config(cfg, model_dir / "config.yaml")
+        tracker.log_artifact(model_dir / "config.yaml")
+    run.say(f"{method_name}: {len(dataset)} patches from {len(sources)} sources, {info.world_size} process(es) on "
+            f"{device.type}, global batch {cfg['batch_size']}, {iters_per_epoch} iterations/epoch")
+
+    previous_handler = _install_sigterm(run)
+    interrupted = False
+    last_path = resume_path
+    epoch_means: dict[str, float] = {}
+    try:
+        for epoch in range(start_epoch, cfg["epochs"]):
+            first_iter = start_iter if epoch == start_epoch else 0
+            sampler.set_epoch(epoch, start_index=first_iter * run.batch_per_rank)
+            runtime.seed_everything(cfg["seed"] + 10007 * epoch + 101 * info.rank + first_iter)
+            run.method.start_epoch(epoch, model, run)
+            model.train()
+            sums: dict[str, float] = {}
+            window: dict[str, float] = {}
+            count = window_count = 0
+            bar = tqdm(total=iters_per_epoch, initial=first_iter, desc=f"epoch {epoch + 1}/{cfg['epochs']}",
+                       disable=not info.is_main, dynamic_ncols=True)
+            it = first_iter
+            for batch in loader:
+                if it >= iters_per_epoch:
+                    break
+                lr = run.method.lr(epoch, run.global_step, iters_per_epoch)
+                set_lr(run.optimizer, lr)
+                metrics = run.method.step(batch, run)
+                run.global_step += 1
+                it += 1
+                count += 1
+                window_count += 1
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                    window[k] = window.get(k, 0.0) + v
+                bar.update(1)
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{lr:.3g}")
+                if run.global_step % cfg["print_freq"] == 0 or it == iters_per_epoch:
+                    record = {k: v / window_count for k, v in window.items()}
+                    record["lr"] = lr
+                    tracker.log_metrics(record, step=run.global_step)
+                    if info.is_main:
+                        _log_line(model_dir, {"epoch": epoch, "iteration": it, "step": run.global_step, **record})
+                    window, window_count = {}, 0
+                stop = _should_stop(run)
+                if it < iters_per_epoch and (stop or (cfg["checkpoint_iters"] and
+                                                      run.global_step % cfg["checkpoint_iters"] == 0)):
+                    last_path = _save(run, epoch, it, sampler, run_id, keep=False)
+                if stop:
+                    interrupted = True
+                    break
+            bar.close()
+            if interrupted:
+                if it >= iters_per_epoch:  # stopped exactly at the epoch end: save the finished epoch
+                    last_path = _save(run, epoch + 1, 0, sampler, run_id, keep=False)
+                run.say(f"stopped by SIGTERM at epoch {epoch}, iteration {it}; continue with resume=auto")
+                break
+            # Epoch means averaged over processes (each rank saw a different part of the epoch).
+            keys = sorted(sums)
+            means = torch.tensor([sums[k] / max(count, 1) for k in keys], device=device, dtype=torch.float64)
+            if info.distributed:
+                torch.distributed.all_reduce(means)
+                means /= info.world_size
+            epoch_means = {f"epoch_{k}": float(v) for k, v in zip(keys, means.tolist())}
+            tracker.log_metrics({**epoch_means, "epoch": epoch + 1}, step=run.global_step)
+            keep = (epoch + 1) % cfg["save_freq"] == 0 or epoch + 1 == cfg["epochs"]
+            last_path = _save(run, epoch + 1, 0, sampler, run_id, keep=keep)
+            run.say(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v:.4f}" for k, v in epoch_means.items()))
+        tracker.end("KILLED" if interrupted else "FINISHED")
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
+        runtime.cleanup_distributed()
+    return {"interrupted": interrupted, "global_step": run.global_step, "checkpoint": str(last_path or ""),
+            "run_id": run_id, **epoch_means}
+
+
+def main_for(method_name: str, argv: list[str] | None = None) -> int:
+    """Body of pretraining/train_<method>.py: CONFIG [key=value ...] -> train; exit 143 when stopped by SIGTERM."""
+    import argparse
+
+    from cellemnet.pretraining.config import SCHEMAS, load_pretraining_config
+    from cellemnet.config import describe
+
+    parser = argparse.ArgumentParser(
+        description=f"{method_name} pretraining (any config key can be overridden as key=value)",
+        epilog="config keys:\n" + describe(SCHEMAS[method_name]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("config", help="YAML config file")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides")
+    args = parser.parse_args(argv)
+    cfg = load_pretraining_config(args.config, method_name, args.overrides)
+    started = time.time()
+    summary = train(cfg, method_name)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"done in {time.time() - started:.0f} s: {summary['global_step']} steps; "
+              f"checkpoint {summary['checkpoint']}")
+    return 143 if summary["interrupted"] else 0
