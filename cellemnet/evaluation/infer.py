@@ -1,0 +1,323 @@
+"""Test-set evaluation: 2D images, 3D volumes, and the All-Mitochondria mix, with IoU, saved predictions,
+a per-image/per-volume IoU CSV, overlay PNGs, and `Test_Set_IoU` logged to the training run.
+"""
+from __future__ import annotations
+
+import csv
+import io as _io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from cellemnet.errors import InputError
+from cellemnet.evaluation.config import default_eval_classes
+from cellemnet.evaluation.metrics import instance_match, ious, mean_of
+
+
+@dataclass
+class TestResult:
+    """Scores of one test set: rows of the CSV and the overall mean."""
+
+    name: str
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    classes: list[int] = field(default_factory=list)
+    overlays: list[Path] = field(default_factory=list)
+    save_dir: Path | None = None
+    csv_path: Path | None = None
+
+    @property
+    def mean_iou(self) -> float:
+        """Mean over every (item, class) entry with a ground truth; NaN only when nothing had one."""
+        values = [r[f"iou_class{c}"] for r in self.rows for c in self.classes if r.get(f"iou_class{c}") is not None]
+        return mean_of(values)
+
+
+# ---------------------------------------------------------------------------------------------- model loading
+def load_predictor(state_path: str | Path, config: Mapping[str, Any]):
+    """A Predictor from a fine-tuning checkpoint: class count, channels and norms come from the checkpoint."""
+    import torch
+
+    from cellemnet.evaluation.model import build_unet_for_inference
+    from cellemnet.evaluation.predict import Predictor
+    from cellemnet.evaluation.train import load_training_checkpoint
+    from cellemnet.runtime import select_device
+
+    ckpt = load_training_checkpoint(state_path)
+    state = ckpt["state_dict"]
+    num_classes = int(ckpt.get("num_classes", state["segmentation_head.0.bias"].shape[0]))
+    in_channels = int(ckpt.get("in_channels", state["encoder.conv1.weight"].shape[1]))
+    model = build_unet_for_inference(num_classes, in_channels, ckpt.get("encoder", "resnet50"))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise InputError(f"{state_path}: weights do not fit a ResNet-50 U-Net ({str(exc).splitlines()[0]})") from None
+    device = select_device(config["device"])
+    predictor = Predictor(model, ckpt["norms"], in_channels, num_classes, device, amp=config["amp"])
+    torch.set_grad_enabled(False)
+    return predictor, ckpt
+
+
+def default_save_dir(state_path: str | Path, kind: str) -> Path:
+    p = Path(state_path)
+    return p.with_name(f"{p.stem}_predictions{kind}")
+
+
+# ---------------------------------------------------------------------------------------------- outputs
+def overlay_png(image: np.ndarray, pred: np.ndarray, truth: np.ndarray | None) -> np.ndarray:
+    """RGB uint8: gray image, prediction tinted magenta, ground truth outlined green."""
+    rgb = np.repeat(image[..., None], 3, axis=-1).astype(np.float32)
+    fg = pred > 0
+    rgb[fg] = 0.6 * rgb[fg] + 0.4 * np.array([255, 0, 255], np.float32)
+    if truth is not None:
+        from scipy import ndimage
+
+        t = truth > 0
+        edge = t & ~ndimage.binary_erosion(t)
+        rgb[edge] = (0, 255, 0)
+    return rgb.clip(0, 255).astype(np.uint8)
+
+
+def write_png_rgb(path: Path, rgb: np.ndarray) -> None:
+    import cv2
+
+    from cellemnet.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(str(tmp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+            raise InputError(f"{path}: could not write overlay")
+
+
+def write_csv(path: Path, rows: Sequence[Mapping[str, Any]], classes: Sequence[int]) -> None:
+    from cellemnet.io import atomic_write_text
+
+    cols = ["name"] + [f"iou_class{c}" for c in classes] + ["mean_iou"]
+    buf = _io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in cols})
+    atomic_write_text(path, buf.getvalue())
+
+
+def _row(name: str, scores: Mapping[int, float] | None) -> dict[str, Any]:
+    row: dict[str, Any] = {"name": name}
+    if scores:
+        row.update({f"iou_class{c}": v for c, v in scores.items()})
+        row["mean_iou"] = mean_of(list(scores.values()))
+    return row
+
+
+# ---------------------------------------------------------------------------------------------- 2D
+def evaluate_2d(predictor, test_dir: str | Path, save_dir: str | Path, threshold: float = 0.5,
+                eval_classes: Sequence[int] | None = None, instance_match2d: bool = False,
+                tile_size: int = 0, tile_overlap: int = 0, save_overlays: int = 4, name: str = "2d",
+                progress: bool = True) -> TestResult:
+    """Predict every image of test_dir/images, score against test_dir/masks, save label images + CSV."""
+    from tqdm import tqdm
+
+    from cellemnet.evaluation.data import find_pairs, read_gray8, read_mask
+    from cellemnet.evaluation.predict import labels_from_probabilities
+    from cellemnet.io import write_image
+
+    classes = list(eval_classes) if eval_classes else default_eval_classes(predictor.num_classes)
+    pairs = find_pairs(test_dir, require_masks=False)
+    save_dir = Path(save_dir)
+    result = TestResult(name=name, classes=classes, save_dir=save_dir)
+    for i, pair in enumerate(tqdm(pairs, desc=f"inference {name}", unit="image", disable=not progress)):
+        image = read_gray8(pair.image)
+        probs = predictor.predict_image(image, tile_size=tile_size, overlap=tile_overlap)
+        pred = labels_from_probabilities(probs, threshold)
+        truth = read_mask(pair.mask, predictor.num_classes) if pair.mask is not None else None
+        if truth is not None and truth.shape != pred.shape:
+            raise InputError(f"{pair.mask}: mask shape {truth.shape} != image shape {pred.shape}")
+        if instance_match2d and truth is not None:
+            pred = instance_match(pred, truth)
+        write_image(save_dir / pair.name, pred)
+        result.rows.append(_row(pair.name, ious(pred, truth, classes) if truth is not None else None))
+        if i < save_overlays:
+            out = save_dir / "overlays" / f"{Path(pair.name).stem}.png"
+            write_png_rgb(out, overlay_png(image, pred, truth))
+            result.overlays.append(out)
+    result.csv_path = save_dir / "iou.csv"
+    write_csv(result.csv_path, result.rows, classes)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- 3D
+def read_volume_with_info(path: Path):
+    """(uint8 zyx array, SimpleITK reference image or None, spacing zyx)."""
+    from cellemnet.io import read_volume, to_uint8
+
+    name = path.name.lower()
+    if name.endswith((".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")):  # formats that carry origin/direction
+        import SimpleITK as sitk
+
+        ref = sitk.ReadImage(str(path))
+        arr = sitk.GetArrayFromImage(ref)
+        if arr.ndim != 3:
+            raise InputError(f"{path}: expected a 3D volume, got shape {arr.shape}")
+        return to_uint8(arr, name=str(path)), ref, tuple(reversed(ref.GetSpacing()))
+    arr, spacing = read_volume(path)
+    return to_uint8(np.asarray(arr), name=str(path)), None, tuple(spacing)
+
+
+def read_label_volume(path: Path) -> np.ndarray:
+    from cellemnet.io import read_volume
+
+    arr, _ = read_volume(path)
+    return np.asarray(arr)
+
+
+def write_label_volume(path: Path, labels: np.ndarray, ref, spacing) -> None:
+    """Save predictions with the input's spacing, origin and direction (SimpleITK CopyInformation)."""
+    import SimpleITK as sitk
+
+    from cellemnet.io import atomic_path, write_volume
+
+    if ref is None:
+        write_volume(path, labels, spacing=spacing)
+        return
+    img = sitk.GetImageFromArray(labels.astype(np.uint8))
+    img.CopyInformation(ref)
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(img, str(tmp), useCompression=True)
+
+
+def evaluate_3d(predictor, test_dir: str | Path, save_dir: str | Path, mode: str = "stack",
+                threshold: float = 0.5, eval_classes: Sequence[int] | None = None, mask_prediction: bool = False,
+                batch: int = 16, save_overlays: int = 4, name: str = "3d", progress: bool = True) -> TestResult:
+    """Predict each volume of test_dir/images (stack or orthoplane), score per volume, save labels + CSV."""
+    from cellemnet.evaluation.data import find_pairs
+    from cellemnet.evaluation.predict import labels_from_probabilities
+
+    classes = list(eval_classes) if eval_classes else default_eval_classes(predictor.num_classes)
+    pairs = find_pairs(test_dir, require_masks=False, volumes=True)
+    save_dir = Path(save_dir)
+    result = TestResult(name=name, classes=classes, save_dir=save_dir)
+    for i, pair in enumerate(pairs):
+        volume, ref, spacing = read_volume_with_info(pair.image)
+        probs = predictor.predict_volume(volume, mode=mode, batch=batch, progress=progress,
+                                         desc=f"{name} {pair.name} ({mode})")
+        pred = labels_from_probabilities(probs, threshold)
+        truth = None
+        if pair.mask is not None:
+            truth = read_label_volume(pair.mask)
+            if truth.shape != pred.shape:
+                raise InputError(f"{pair.mask}: mask shape {truth.shape} != volume shape {pred.shape}")
+            if predictor.num_classes == 1:
+                truth = (truth > 0).astype(np.uint8)
+            if mask_prediction:
+                pred = np.where(truth == 0, 0, pred).astype(np.uint8)
+        write_label_volume(save_dir / pair.name, pred, ref, spacing)
+        result.rows.append(_row(pair.name, ious(pred, truth, classes) if truth is not None else None))
+        if i < save_overlays:
+            z = volume.shape[0] // 2
+            out = save_dir / "overlays" / f"{pair.name.split('.')[0]}_z{z}.png"
+            write_png_rgb(out, overlay_png(volume[z], pred[z], None if truth is None else truth[z]))
+            result.overlays.append(out)
+    result.csv_path = save_dir / "iou.csv"
+    write_csv(result.csv_path, result.rows, classes)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- tracking
+def log_test_result(ckpt: Mapping[str, Any], config: Mapping[str, Any], results: Sequence[TestResult],
+                    metrics: Mapping[str, float]) -> str | None:
+    """Log test metrics and artifacts to the checkpoint's training run (a new run when it has none)."""
+    from cellemnet.tracking import start_run
+
+    if not config["logging"]:
+        return None
+    tracker = start_run(
+        config["experiment_name"], run_name="inference", run_id=ckpt.get("run_id") or None,
+        tracking_dir=config["tracking_dir"], tags=None,
+    )
+    with tracker:
+        tracker.log_metrics(metrics, step=0)
+        for r in results:
+            sub = f"test/{r.name}"
+            if r.csv_path is not None:
+                tracker.log_artifact(r.csv_path, artifact_path=sub)
+            for o in r.overlays:
+                tracker.log_artifact(o, artifact_path=f"{sub}/overlays")
+        return tracker.run_id
+
+
+# ---------------------------------------------------------------------------------------------- scripts' cores
+def _scalar(value, index: int | None = None):
+    return value[index] if isinstance(value, list) and index is not None else value
+
+
+def run_inference2d(config: Mapping[str, Any], state_path: str | Path, progress: bool = True) -> float:
+    predictor, ckpt = load_predictor(state_path, config)
+    save_dir = config["save_dir2d"] or default_save_dir(state_path, "2d")
+    result = evaluate_2d(
+        predictor, config["test_dir2d"], save_dir, threshold=config["threshold2d"],
+        eval_classes=config["eval_classes2d"], instance_match2d=bool(_scalar(config["instance_match2d"], 0)),
+        tile_size=config["tile_size2d"], tile_overlap=config["tile_overlap2d"],
+        save_overlays=config["save_overlays"], name=config["experiment_name"], progress=progress,
+    )
+    score = result.mean_iou
+    _print_result(result)
+    log_test_result(ckpt, config, [result], {"Test_Set_IoU": score})
+    return score
+
+
+def run_inference3d(config: Mapping[str, Any], state_path: str | Path, progress: bool = True) -> float:
+    predictor, ckpt = load_predictor(state_path, config)
+    save_dir = config["save_dir3d"] or default_save_dir(state_path, "3d")
+    result = evaluate_3d(
+        predictor, config["test_dir3d"], save_dir, mode=_scalar(config["mode3d"], 0),
+        threshold=config["threshold3d"], eval_classes=config["eval_classes3d"],
+        mask_prediction=bool(_scalar(config["mask_prediction3d"], 0)), batch=config["batch3d"],
+        save_overlays=config["save_overlays"], name=config["experiment_name"], progress=progress,
+    )
+    score = result.mean_iou
+    _print_result(result)
+    log_test_result(ckpt, config, [result], {"Test_Set_IoU": score})
+    return score
+
+
+def run_inference_mixed(config: Mapping[str, Any], state_path: str | Path, progress: bool = True) -> dict[str, float]:
+    """All-Mitochondria: each sub-benchmark scored with its own settings, one model load, one process.
+
+    Returns {f"{name}_iou": score, ..., "Test_Set_IoU": unweighted mean over sub-benchmarks}.
+    """
+    predictor, ckpt = load_predictor(state_path, config)
+    test_root = Path(config["test_dir"])
+    base_save = Path(config["save_dir2d"] or default_save_dir(state_path, "_mixed"))
+    results, metrics = [], {}
+    for i, name in enumerate(config["benchmark_names"]):
+        dim = config["benchmark_dimensions"][i]
+        sub_dir = test_root / dim / name
+        if not sub_dir.is_dir():
+            raise InputError(f"{sub_dir}: sub-benchmark '{name}' not found under test_dir")
+        save_dir = Path(config["save_dirs"][i]) if config["save_dirs"] else base_save / name
+        classes = [config["eval_classes"][i]]
+        threshold = float(config["thresholds"][i])
+        if dim == "2d":
+            r = evaluate_2d(predictor, sub_dir, save_dir, threshold=threshold, eval_classes=classes,
+                            instance_match2d=bool(_scalar(config["instance_match2d"], i)),
+                            tile_size=config["tile_size2d"], tile_overlap=config["tile_overlap2d"],
+                            save_overlays=config["save_overlays"], name=name, progress=progress)
+        else:
+            r = evaluate_3d(predictor, sub_dir, save_dir, mode=_scalar(config["mode3d"], i), threshold=threshold,
+                            eval_classes=classes, mask_prediction=bool(_scalar(config["mask_prediction3d"], i)),
+                            batch=config["batch3d"], save_overlays=config["save_overlays"], name=name,
+                            progress=progress)
+        _print_result(r)
+        results.append(r)
+        metrics[f"{name}_iou"] = r.mean_iou
+    metrics["Test_Set_IoU"] = mean_of([metrics[f"{n}_iou"] for n in config["benchmark_names"]])
+    log_test_result(ckpt, config, results, metrics)
+    return metrics
+
+
+def _print_result(result: TestResult) -> None:
+    for c in result.classes:
+        vals = [r[f"iou_class{c}"] for r in result.rows if r.get(f"iou_class{c}") is not None]
+        if vals:
+            print(f"{result.name}: class {c} IoU {mean_of(vals):.4f} over {len(vals)} item(s)")
+    print(f"{result.name}: mean IoU {result.mean_iou:.4f}; predictions and {result.csv_path.name} in {result.save_dir}")

@@ -1,0 +1,67 @@
+"""The U-Net (smp, ResNet-50 encoder), encoder freezing, and the train/eval mode that keeps frozen BN frozen."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cellemnet.evaluation.weights import EncoderWeights, imagenet_offline_error, load_encoder_strict
+
+# Index of the first encoder child that trains, for each finetune_layer (smp ResNetEncoder children are
+# conv1, bn1, relu, maxpool, layer1, layer2, layer3, layer4).
+_FIRST_TRAINED_CHILD = {"all": "conv1", "layer1": "layer1", "layer2": "layer2", "layer3": "layer3", "layer4": "layer4"}
+
+
+def build_unet(num_classes: int, weights: EncoderWeights, encoder: str = "resnet50") -> nn.Module:
+    """smp.Unet with the encoder weights loaded strictly (or smp's ImageNet weights)."""
+    import segmentation_models_pytorch as smp
+
+    try:
+        model = smp.Unet(
+            encoder_name=encoder, encoder_weights=weights.smp_weights, in_channels=weights.in_channels,
+            classes=num_classes,
+        )
+    except Exception as exc:
+        if weights.smp_weights is None:
+            raise
+        raise imagenet_offline_error(exc) from None
+    load_encoder_strict(model, weights)
+    return model
+
+
+def build_unet_for_inference(num_classes: int, in_channels: int, encoder: str = "resnet50") -> nn.Module:
+    import segmentation_models_pytorch as smp
+
+    return smp.Unet(encoder_name=encoder, encoder_weights=None, in_channels=in_channels, classes=num_classes)
+
+
+def freeze_encoder(model: nn.Module, finetune_layer: str, unfreeze_bn: bool = False) -> int:
+    """Freeze the encoder above `finetune_layer` ('none' freezes all of it); returns the trainable parameter count."""
+    names = [name for name, _ in model.encoder.named_children()]
+    for p in model.encoder.parameters():
+        p.requires_grad = False
+    if finetune_layer != "none":
+        start = names.index(_FIRST_TRAINED_CHILD[finetune_layer])
+        for name, child in model.encoder.named_children():
+            if names.index(name) >= start:
+                for p in child.parameters():
+                    p.requires_grad = True
+    if unfreeze_bn:
+        for m in model.encoder.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                for p in m.parameters():
+                    p.requires_grad = True
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def set_train_mode(model: nn.Module) -> None:
+    """model.train(), except BatchNorm layers whose parameters are frozen: they stay in eval mode so that
+    their running statistics (the pretrained ones) are not overwritten by fine-tuning batches."""
+    model.train()
+    encoder = model.module.encoder if hasattr(model, "module") else model.encoder
+    for m in encoder.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
+            m.eval()
+
+
+def trainable_parameters(model: nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]

@@ -1,0 +1,152 @@
+"""Where the U-Net encoder's starting weights come from (the config's `pretraining` key).
+
+* `random_init`: random encoder; channels and normalisation from the config's `norms`.
+* `imagenet_supervised`: smp's ImageNet ResNet-50 (3 channels, ImageNet norms). Needs the network once
+  (Hugging Face hub); offline it is a clear error.
+* `cellemnet_mocov2` / `cellemnet_swav`: the published CEM500K (MoCoV2) / CEM1.5M (SwAV) weights from Zenodo,
+  kept in the torch hub cache (`$TORCH_HOME/hub/checkpoints/`). A cached file is used without the network;
+  offline without the file, the error names the file and where to put it.
+* a path: any file the pretraining stage writes (raw MoCoV2/SwAV checkpoints, exported encoders), the
+  published files, or a fine-tuned U-Net checkpoint from this stage. The layout is detected by
+  `cellemnet.pretraining.export.encoder_from_checkpoint`.
+
+Loading is strict: every encoder key must match, otherwise it is an error (never a silently random encoder).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from cellemnet.constants import IMAGENET_NORMS
+from cellemnet.errors import ConfigError, InputError
+
+PUBLISHED = {
+    "cellemnet_mocov2": (
+        "cem500k_mocov2_resnet50_200ep.pth.tar",
+        "https://zenodo.org/record/6453140/files/cem500k_mocov2_resnet50_200ep.pth.tar?download=1",
+    ),
+    "cellemnet_swav": (
+        "cem1.5m_swav_resnet50_200ep_balanced.pth.tar",
+        "https://zenodo.org/record/6453160/files/cem1.5m_swav_resnet50_200ep_balanced.pth.tar?download=1",
+    ),
+}
+
+
+@dataclasses.dataclass
+class EncoderWeights:
+    """What the U-Net needs from a pretraining choice."""
+
+    name: str  # short label used in checkpoint names
+    in_channels: int
+    norms: dict[str, list[float]]  # {"mean": [...], "std": [...]}, one entry per channel
+    state_dict: dict[str, Any] | None = None  # torchvision ResNet-50 names without fc
+    smp_weights: str | None = None  # "imagenet" for smp's own weights
+
+
+def hub_checkpoint_dir() -> Path:
+    import torch
+
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def published_weights_path(name: str) -> Path:
+    """The cached file for a published weights name, downloading it when missing (clear error offline)."""
+    import torch
+
+    filename, url = PUBLISHED[name]
+    target = hub_checkpoint_dir() / filename
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(url, str(target), progress=True)
+    except Exception as exc:  # URLError, HTTPError, socket errors: all mean "could not download"
+        raise ConfigError(
+            f"pretraining '{name}': could not download {filename} ({exc.__class__.__name__}). "
+            f"Download {url.split('?')[0]} on a machine with internet and put it at {target} "
+            f"(or set pretraining to the file's path)"
+        ) from None
+    return target
+
+
+def checkpoint_label(pretraining: str) -> str:
+    """The pretraining part of a checkpoint name: the name itself, or a file's parent folder (as the original)."""
+    if pretraining in ("random_init", "imagenet_supervised", *PUBLISHED):
+        return pretraining
+    p = Path(pretraining)
+    parent = p.resolve().parent.name
+    return parent or p.stem
+
+
+def weights_from_checkpoint(ckpt: Mapping[str, Any], name: str, source: str) -> EncoderWeights:
+    from cellemnet.pretraining.export import encoder_from_checkpoint
+
+    try:
+        enc = encoder_from_checkpoint(ckpt)
+    except InputError as exc:
+        raise InputError(f"{source}: {exc}") from None
+    mean, std = enc["norms"]
+    return EncoderWeights(
+        name=name, in_channels=int(enc["in_channels"]), norms={"mean": [float(mean)], "std": [float(std)]},
+        state_dict=enc["state_dict"],
+    )
+
+
+def resolve_pretraining(pretraining: str, config_norms: Mapping[str, Any]) -> EncoderWeights:
+    """Turn the config's `pretraining` value into weights, channels and norms."""
+    from cellemnet.evaluation.config import as_norms
+
+    if pretraining == "random_init":
+        norms = as_norms(config_norms)
+        return EncoderWeights("random_init", len(norms["mean"]), norms)
+    if pretraining == "imagenet_supervised":
+        return EncoderWeights("imagenet_supervised", 3, {k: list(v) for k, v in IMAGENET_NORMS.items()},
+                              smp_weights="imagenet")
+    if pretraining in PUBLISHED:
+        path = published_weights_path(pretraining)
+        return weights_from_file(path, name=pretraining)
+    path = Path(os.path.expanduser(pretraining))
+    if not path.is_file():
+        raise ConfigError(f"pretraining: weights file not found: {path}")
+    return weights_from_file(path, name=checkpoint_label(str(path)))
+
+
+def weights_from_file(path: str | os.PathLike, name: str) -> EncoderWeights:
+    from cellemnet.pretraining.export import load_checkpoint_file
+
+    ckpt = load_checkpoint_file(path)
+    return weights_from_checkpoint(ckpt, name=name, source=str(path))
+
+
+def load_encoder_strict(model, weights: EncoderWeights) -> None:
+    """Copy weights into model.encoder; any missing, unexpected or mis-shaped key is an error."""
+    if weights.state_dict is None:
+        return
+    target = model.encoder.state_dict()
+    missing = [k for k in target if k not in weights.state_dict]
+    unexpected = [k for k in weights.state_dict if k not in target]
+    shapes = [
+        f"{k} {tuple(v.shape)} vs {tuple(target[k].shape)}"
+        for k, v in weights.state_dict.items()
+        if k in target and tuple(v.shape) != tuple(target[k].shape)
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (first '{missing[0]}')")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (first '{unexpected[0]}')")
+        if shapes:
+            parts.append(f"{len(shapes)} with other shapes (first {shapes[0]})")
+        raise InputError(f"pretraining '{weights.name}': encoder weights do not match the U-Net: " + "; ".join(parts))
+    model.encoder.load_state_dict(weights.state_dict, strict=True)
+
+
+def imagenet_offline_error(exc: Exception) -> ConfigError:
+    return ConfigError(
+        "pretraining 'imagenet_supervised': could not get smp's ImageNet ResNet-50 weights "
+        f"({exc.__class__.__name__}); they come from the Hugging Face hub (smp-hub/resnet50.imagenet). "
+        "Run once with internet (unset HF_HUB_OFFLINE) to cache them in ~/.cache/huggingface, or use another pretraining"
+    )

@@ -1,0 +1,34 @@
+"""Fine-tune a ResNet-50 U-Net on a benchmark: `python evaluation/finetune.py CONFIG [key=value ...]`.
+
+Every config key can be overridden on the command line (`iters=500 pretraining=random_init data_root=/data`).
+Relative data paths resolve against `data_root` or $CELLEMNET_DATA_ROOT. Several GPUs:
+`torchrun --nproc_per_node=N evaluation/finetune.py CONFIG`.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cellemnet.errors import cli_main  # noqa: E402
+
+
+@cli_main
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", help="benchmark YAML (e.g. evaluation/benchmark_configs/lucchi_pp.yaml)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides of config keys")
+    args = parser.parse_args(argv)
+    from cellemnet.evaluation.config import load_eval_config
+
+    config = load_eval_config(args.config, args.overrides, stage="train")
+    from cellemnet.evaluation.train import finetune
+
+    out = finetune(config, config_path=args.config)
+    if out["checkpoint"]:
+        print(f"checkpoint: {out['checkpoint']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
