@@ -350,7 +350,7 @@ def make_uninformative(shape: Sequence[int] = (512, 512), kind: str = "resin", s
     rng = np.random.default_rng(seed)
     shape = tuple(int(n) for n in shape)
     if kind == "resin":
-        shading = 0.03 * _low_frequency(rng, (1, *shape), (1, shape[0] / 1.5, shape[1] / 1.5))[0]
+        shading = 0.015 * _low_frequency(rng, (1, *shape), (1, shape[0] / 1.5, shape[1] / 1.5))[0]
         image = 0.8 + shading + 0.01 * rng.standard_normal(shape)
     elif kind == "noise":
         image = 0.5 + 0.2 * rng.standard_normal(shape)
