@@ -75,6 +75,18 @@ def read_mask(path: Path, num_classes: int) -> np.ndarray:
     return mask.astype(np.uint8)
 
 
+def test_labels(mask: np.ndarray, num_classes: int) -> np.ndarray:
+    """Ground truth for scoring: labels as stored, except that a binary benchmark's 0/255 mask becomes 0/1.
+
+    Other values are kept, so a binary test mask may carry a second label (e.g. 'inside the cell' for
+    mask_prediction3d) that only matters for masking, never for the scored class.
+    """
+    mask = np.asarray(mask)
+    if num_classes == 1 and mask.size and int(mask.max()) == 255 and np.isin(mask, (0, 255)).all():
+        return (mask > 0).astype(np.uint8)
+    return mask
+
+
 def to_channels(image: np.ndarray, in_channels: int) -> np.ndarray:
     """(H, W) -> (H, W, C): one channel, or the gray image copied to RGB for ImageNet weights."""
     image = image[..., None]

@@ -117,7 +117,7 @@ def evaluate_2d(predictor, test_dir: str | Path, save_dir: str | Path, threshold
     """Predict every image of test_dir/images, score against test_dir/masks, save label images + CSV."""
     from tqdm import tqdm
 
-    from cellemnet.evaluation.data import find_pairs, read_gray8, read_mask
+    from cellemnet.evaluation.data import find_pairs, read_gray8, test_labels
     from cellemnet.evaluation.predict import labels_from_probabilities
     from cellemnet.io import write_image
 
@@ -129,7 +129,11 @@ def evaluate_2d(predictor, test_dir: str | Path, save_dir: str | Path, threshold
         image = read_gray8(pair.image)
         probs = predictor.predict_image(image, tile_size=tile_size, overlap=tile_overlap)
         pred = labels_from_probabilities(probs, threshold)
-        truth = read_mask(pair.mask, predictor.num_classes) if pair.mask is not None else None
+        truth = None
+        if pair.mask is not None:
+            from cellemnet.io import read_image
+
+            truth = test_labels(read_image(pair.mask), predictor.num_classes)
         if truth is not None and truth.shape != pred.shape:
             raise InputError(f"{pair.mask}: mask shape {truth.shape} != image shape {pred.shape}")
         if instance_match2d and truth is not None:
@@ -189,7 +193,7 @@ def evaluate_3d(predictor, test_dir: str | Path, save_dir: str | Path, mode: str
                 threshold: float = 0.5, eval_classes: Sequence[int] | None = None, mask_prediction: bool = False,
                 batch: int = 16, save_overlays: int = 4, name: str = "3d", progress: bool = True) -> TestResult:
     """Predict each volume of test_dir/images (stack or orthoplane), score per volume, save labels + CSV."""
-    from cellemnet.evaluation.data import find_pairs
+    from cellemnet.evaluation.data import find_pairs, test_labels
     from cellemnet.evaluation.predict import labels_from_probabilities
 
     classes = list(eval_classes) if eval_classes else default_eval_classes(predictor.num_classes)
@@ -206,8 +210,7 @@ def evaluate_3d(predictor, test_dir: str | Path, save_dir: str | Path, mode: str
             truth = read_label_volume(pair.mask)
             if truth.shape != pred.shape:
                 raise InputError(f"{pair.mask}: mask shape {truth.shape} != volume shape {pred.shape}")
-            if predictor.num_classes == 1:
-                truth = (truth > 0).astype(np.uint8)
+            truth = test_labels(truth, predictor.num_classes)
             if mask_prediction:
                 pred = np.where(truth == 0, 0, pred).astype(np.uint8)
         write_label_volume(save_dir / pair.name, pred, ref, spacing)
