@@ -1,0 +1,89 @@
+"""LR policies as the original, checkpoint schedule, freezing and BatchNorm modes, checkpoint names."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cellemnet.evaluation.model import build_unet, freeze_encoder, set_train_mode
+from cellemnet.evaluation.train import (
+    checkpoint_name, make_optimizer, make_scheduler, print_points, save_points,
+)
+from cellemnet.evaluation.weights import EncoderWeights, checkpoint_label
+
+BASE = {"lr": 0.003, "wd": 0.1, "momentum": 0.9, "iters": 100, "power": 0.9, "epochs": 10,
+        "lr_decay_epochs": [6, 8], "optim": "AdamW"}
+
+
+def _lrs(policy, steps, **kw):
+    cfg = {**BASE, "lr_policy": policy, **kw}
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = make_optimizer(cfg, [p])
+    sched = make_scheduler(cfg, opt)
+    out = []
+    for _ in range(steps):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out, opt
+
+
+def test_onecycle_as_torch_defaults():
+    lrs, _ = _lrs("OneCycle", 100)
+    assert lrs[0] == pytest.approx(0.003 / 25)
+    assert max(lrs) == pytest.approx(0.003, rel=1e-3) and lrs.index(max(lrs)) in (29, 30)
+    assert lrs[-1] < 1e-5
+
+
+def test_poly_and_multistep():
+    lrs, _ = _lrs("Poly", 50)
+    assert lrs[0] == pytest.approx(0.003) and lrs[10] == pytest.approx(0.003 * 0.9 ** 0.9)
+    lrs, _ = _lrs("MultiStep", 10)
+    assert lrs[5] == pytest.approx(0.003) and lrs[6] == pytest.approx(3e-4) and lrs[8] == pytest.approx(3e-5)
+
+
+def test_sgd_uses_momentum():
+    _, opt = _lrs("Poly", 1, optim="SGD")
+    assert isinstance(opt, torch.optim.SGD) and opt.param_groups[0]["momentum"] == 0.9
+
+
+def test_checkpoint_and_print_schedules_never_divide_by_zero():
+    assert save_points(10, 1) == {10} and save_points(10, 2) == {5, 10} and save_points(10, 0) == set()
+    assert print_points(3, 10) == {1, 2, 3}  # fewer steps than prints: the original divided by zero
+    assert print_points(10000, 10) == set(range(1000, 10001, 1000))
+
+
+def test_checkpoint_names_as_the_original(tmp_path):
+    cfg = {"experiment_name": "lucchi_pp", "pretraining": "cellemnet_mocov2", "finetune_layer": "none"}
+    assert checkpoint_name(cfg, 5, 10) == "lucchi_pp-cellemnet_mocov2_ft_none_epoch5_of_10.pth"
+    weights = tmp_path / "MoCoV2_CellEMNet" / "current.pth.tar"
+    assert checkpoint_label(str(weights)) == "MoCoV2_CellEMNet"
+
+
+@pytest.fixture(scope="module")
+def unet():
+    return build_unet(1, EncoderWeights("random_init", 1, {"mean": [0.5], "std": [0.2]}))
+
+
+@pytest.mark.parametrize("layer, trained", [
+    ("none", set()), ("layer4", {"layer4"}), ("layer2", {"layer2", "layer3", "layer4"}),
+    ("all", {"conv1", "bn1", "layer1", "layer2", "layer3", "layer4"}),
+])
+def test_finetune_layer_freezing(unet, layer, trained):
+    freeze_encoder(unet, layer)
+    got = {n.split(".")[0] for n, p in unet.encoder.named_parameters() if p.requires_grad}
+    assert got == trained
+    assert all(p.requires_grad for p in unet.decoder.parameters())
+
+
+def test_frozen_bn_stays_in_eval_mode_unless_unfrozen(unet):
+    freeze_encoder(unet, "layer4")
+    set_train_mode(unet)
+    assert not unet.encoder.bn1.training and not unet.encoder.layer1[0].bn1.training
+    assert unet.encoder.layer4[0].bn1.training and unet.decoder.training
+    before = unet.encoder.bn1.running_mean.clone()
+    unet(torch.randn(2, 1, 64, 64))
+    assert torch.equal(before, unet.encoder.bn1.running_mean)  # pretrained statistics untouched
+    freeze_encoder(unet, "none", unfreeze_bn=True)
+    set_train_mode(unet)
+    assert unet.encoder.bn1.training and unet.encoder.bn1.weight.requires_grad
+    assert not unet.encoder.conv1.weight.requires_grad
