@@ -33,10 +33,11 @@ NN_SUFFIXES = (".pth", ".pt", ".tar", ".ckpt")
 # Label-free defaults. A patch is informative when every rule holds; each rule's soft score is a logistic of
 # its margin (in log units for "log" rules), so score > 0.5 exactly when all rules pass. Thresholds sit between
 # what real EM (ISBI ssTEM, CEM500K example patches) and blank / noise / saturated / blurred versions of it
-# measure: structure_snr real >= 1.0 vs blank/noise <= 0.07; sharpness real >= 0.5 vs blurred (sigma >= 2 px) <= 0.17;
+# measure: structure_snr real >= 1.0 (noisy cryo-ET slices 0.27-0.57) vs blank/noise <= 0.08 (<= 0.12 for
+# 112-px edge patches); sharpness real >= 0.5 vs blurred (sigma >= 2 px) <= 0.17;
 # saturated real <= 0.18 vs clipped >= 0.44; structure real >= 2.5 gray levels vs blank <= 0.15.
 DEFAULT_RULES: tuple[dict[str, Any], ...] = (
-    {"feature": "structure_snr", "op": ">=", "threshold": 0.3, "scale": "log", "steepness": 4.0},
+    {"feature": "structure_snr", "op": ">=", "threshold": 0.15, "scale": "log", "steepness": 4.0},
     {"feature": "structure", "op": ">=", "threshold": 1.0, "scale": "log", "steepness": 4.0},
     {"feature": "sharpness", "op": ">=", "threshold": 0.2, "scale": "log", "steepness": 6.0},
     {"feature": "saturated", "op": "<=", "threshold": 0.4, "scale": "linear", "steepness": 40.0},
@@ -301,7 +302,7 @@ class NNScorer:
     method = "nn"
 
     def __init__(self, weights: str | os.PathLike | None = None, model=None, device: str = "auto",
-                 batch_size: int = 64, threshold: float = DEFAULT_THRESHOLD):
+                 batch_size: int = 64, threshold: float = DEFAULT_THRESHOLD, input_size: int = NN_INPUT_SIZE):
         import torch
 
         from cellemnet.runtime import select_device
@@ -319,6 +320,7 @@ class NNScorer:
         self.model = model
         self.batch_size = batch_size
         self.threshold = threshold
+        self.input_size = input_size
 
     def score(self, patches: Sequence[np.ndarray]) -> np.ndarray:
         import torch
@@ -329,7 +331,7 @@ class NNScorer:
         with torch.inference_mode():
             for start in range(0, len(patches), self.batch_size):
                 chunk = patches[start:start + self.batch_size]
-                x = nn_preprocess(chunk, self.device, channels_last=self.channels_last)
+                x = nn_preprocess(chunk, self.device, size=self.input_size, channels_last=self.channels_last)
                 with autocast(self.device):
                     logits = self.model(x)
                 scores.append(torch.sigmoid(logits.float()).view(-1).cpu().numpy())
@@ -418,3 +420,225 @@ def make_uninformative(patch: np.ndarray, kind: str, rng: np.random.Generator | 
     else:
         raise ValueError(f"unknown kind {kind!r}; choose one of {UNINFORMATIVE_KINDS}")
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+# ------------------------------------------------------------------------------------------------------ training
+MIN_LABELLED = 64
+VALIDATION_FRACTION = 0.15
+SPLIT_SEED = 1227
+IMAGENET_RESNET34_FILE = "resnet34-b627a593.pth"  # torchvision's ResNet34_Weights.IMAGENET1K_V1 file name
+
+
+def split_train_validation(labels: np.ndarray, fraction: float = VALIDATION_FRACTION,
+                           seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, validation): a seeded split, stratified by label when each class has >= 2 members."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(labels))
+    counts = np.bincount(np.asarray(labels).astype(int), minlength=2)
+    stratify = labels if counts.min() >= 2 else None
+    train, val = train_test_split(idx, test_size=fraction, random_state=seed, stratify=stratify)
+    return np.sort(train), np.sort(val)
+
+
+def evaluation_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> dict:
+    """Accuracy, ROC AUC (None with one class), confusion matrix [[TN, FP], [FN, TP]] (positive = good)."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, roc_auc_score
+
+    labels = np.asarray(labels).astype(bool)
+    pred = np.asarray(scores) > threshold
+    auc = float(roc_auc_score(labels, scores)) if len(np.unique(labels)) == 2 else None
+    cm = confusion_matrix(labels, pred, labels=[False, True])
+    return {"accuracy": float(accuracy_score(labels, pred)), "auc": auc, "confusion_matrix": cm.tolist(),
+            "n": int(len(labels)), "threshold": float(threshold)}
+
+
+def save_roc_curve(labels: np.ndarray, scores: np.ndarray, path: str | os.PathLike, title: str) -> Path | None:
+    """ROC curve PNG with the AUC in the legend; None when the labels hold a single class."""
+    if len(np.unique(labels)) < 2:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    from cellemnet.io import atomic_path
+
+    fpr, tpr, _ = roc_curve(labels, scores)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot(fpr, tpr, label=f"AUC = {roc_auc_score(labels, scores):.3f}")
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate (good kept)", title=title)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    return Path(path)
+
+
+def imagenet_resnet34_state() -> dict | None:
+    """torchvision's ImageNet ResNet34 weights when already in the torch hub cache (never downloads)."""
+    import torch
+
+    path = Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_RESNET34_FILE
+    if not path.is_file():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def nn_train_augmentations():
+    """Mild augmentations that leave an informative patch informative (the paper's set, albumentations 2.x)."""
+    import albumentations as A
+
+    return A.Compose([
+        A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
+        A.GaussNoise(std_range=(0.025, 0.04), p=0.5),  # sigma 6-10 gray levels (the paper's variance 40-100)
+        A.GaussianBlur(blur_limit=(3, 5), p=0.5),
+        A.HorizontalFlip(p=0.5),
+        A.VerticalFlip(p=0.5),
+    ])
+
+
+def train_nn_classifier(train_patches: Sequence[np.ndarray], train_labels: np.ndarray,
+                        val_patches: Sequence[np.ndarray], val_labels: np.ndarray, epochs: int = 30,
+                        batch_size: int = 64, lr: float = 1e-3, device: str = "auto", seed: int = SPLIT_SEED,
+                        imagenet_init: bool = True, log=print, tracker=None, progress: bool = True,
+                        input_size: int = NN_INPUT_SIZE):
+    """The paper's recipe: ResNet34 (ImageNet init when cached locally), only layer4 + fc trained, Adam, BCE.
+
+    Returns (model on CPU, validation scores, info dict). `input_size` other than 224 is for quick tests.
+    """
+    import torch
+    from tqdm import tqdm
+
+    from cellemnet.runtime import autocast, make_grad_scaler, seed_everything, select_device
+
+    seed_everything(seed)
+    dev = select_device(device)
+    model = build_resnet34_classifier()
+    init = "random"
+    state = imagenet_resnet34_state() if imagenet_init else None
+    if state is not None:
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        model.load_state_dict(state, strict=False)
+        init = "imagenet"
+        log("init: ImageNet ResNet34 weights from the torch hub cache")
+    else:
+        log(f"init: RANDOM (no {IMAGENET_RESNET34_FILE} in {Path(torch.hub.get_dir()) / 'checkpoints'}; "
+            f"put torchvision's ImageNet ResNet34 file there for the paper's ImageNet initialisation)")
+    for name, param in model.named_parameters():
+        param.requires_grad = name.startswith(("layer4.", "fc."))
+    model = model.to(dev)
+    channels_last = dev.type == "cuda"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    scaler = make_grad_scaler(dev)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    augment = nn_train_augmentations()
+    rng = np.random.default_rng(seed)
+    targets = torch.as_tensor(np.asarray(train_labels), dtype=torch.float32)
+    scorer = NNScorer(model=model, device=str(dev), batch_size=batch_size, input_size=input_size)
+    val_scores = np.zeros(0)
+    n_steps = max(1, -(-len(train_patches) // batch_size))
+    for epoch in range(1, epochs + 1):
+        model.train()
+        order = rng.permutation(len(train_patches))
+        total = 0.0
+        bar = tqdm(range(n_steps), desc=f"epoch {epoch}/{epochs}", disable=not progress, leave=False)
+        for step in bar:
+            idx = order[step * batch_size:(step + 1) * batch_size]
+            batch = [augment(image=train_patches[i])["image"] for i in idx]
+            x = nn_preprocess(batch, dev, size=input_size, channels_last=channels_last)
+            y = targets[idx].to(dev)
+            optimizer.zero_grad(set_to_none=True)
+            with autocast(dev):
+                loss = loss_fn(model(x).float().view(-1), y)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            loss_value = loss.detach().item()
+            total += loss_value * len(idx)
+            bar.set_postfix(loss=f"{loss_value:.3f}")
+        model.eval()
+        val_scores = scorer.score(list(val_patches))
+        metrics = evaluation_metrics(val_labels, val_scores)
+        train_loss = total / len(train_patches)
+        log(f"epoch {epoch}/{epochs}: train loss {train_loss:.4f}, val accuracy {metrics['accuracy']:.3f}"
+            + (f", val AUC {metrics['auc']:.3f}" if metrics["auc"] is not None else ""))
+        if tracker is not None:
+            tracker.log_metrics({"train_loss": train_loss, "val_accuracy": metrics["accuracy"],
+                                 "val_auc": metrics["auc"]}, step=epoch)
+    return model.cpu(), val_scores, {"init": init, "device": str(dev), "epochs": epochs, "batch_size": batch_size,
+                                     "lr": lr}
+
+
+def train_patch_classifier(labels_csv: str | os.PathLike, savedir: str | os.PathLike, method: str = "features",
+                           epochs: int = 30, batch_size: int = 64, device: str = "auto", track: bool = False,
+                           tracking_dir: str | os.PathLike | None = None, min_labelled: int = MIN_LABELLED,
+                           log=print, progress: bool = True, nn_input_size: int = NN_INPUT_SIZE) -> dict:
+    """Train a patch filter from a labels CSV; write the model, ROC PNG, metrics JSON and confusion CSV.
+
+    Returns the metrics dict (also in SAVEDIR/metrics.json). Validation: 15% of the labelled patches, split
+    with a fixed seed. The untrained default rules are scored on the same validation patches for comparison.
+    """
+    from cellemnet.dataset.labeling import PatchLoader, labelled_examples
+    from cellemnet.io import atomic_write_text
+    from cellemnet.tracking import start_run
+
+    method = resolve_method(None, method)
+    savedir = Path(savedir)
+    loader = PatchLoader()
+    refs, labels = labelled_examples(labels_csv, min_labelled=min_labelled, loader=loader)
+    if labels.all() or not labels.any():
+        raise InputError(f"{labels_csv}: training needs both good and bad labels "
+                         f"(found {int(labels.sum())} good, {int((~labels).sum())} bad)")
+    patches = [loader(r) for r in refs]
+    train_idx, val_idx = split_train_validation(labels)
+    log(f"{len(refs)} labelled patches ({int(labels.sum())} good, {int((~labels).sum())} bad): "
+        f"{len(train_idx)} train, {len(val_idx)} validation")
+    val_patches = [patches[i] for i in val_idx]
+    val_labels = labels[val_idx]
+    default_scores = FeatureScorer().score(val_patches)
+    params = {"method": method, "labels_csv": str(labels_csv), "n_labelled": len(refs), "n_train": len(train_idx),
+              "n_val": len(val_idx), "split_seed": SPLIT_SEED, "epochs": epochs, "batch_size": batch_size}
+    tracker = start_run("patch_classifier", run_name=f"patch_filter_{method}", params=params, enabled=track,
+                        tracking_dir=tracking_dir)
+    with tracker:
+        if method == "features":
+            feats = compute_features(patches)
+            model = train_feature_model(feats[train_idx], labels[train_idx])
+            val_scores = model.score_features(feats[val_idx])
+            model_path = save_feature_model(model, savedir / "patch_filter_features.json")
+            info = {"model": "random forest on patch features", "n_trees": len(model.trees)}
+        else:
+            import torch
+
+            from cellemnet.io import atomic_path
+
+            net, val_scores, info = train_nn_classifier(
+                [patches[i] for i in train_idx], labels[train_idx], val_patches, val_labels, epochs=epochs,
+                batch_size=batch_size, device=device, log=log, tracker=tracker, progress=progress,
+                input_size=nn_input_size)
+            model_path = savedir / PAPER_WEIGHTS_NAME
+            with atomic_path(model_path) as tmp:
+                torch.save(net.state_dict(), tmp)
+        metrics = {"method": method, **params, **info, "weights": str(model_path),
+                   "validation": evaluation_metrics(val_labels, val_scores),
+                   "validation_default_rules": evaluation_metrics(val_labels, default_scores)}
+        roc = save_roc_curve(val_labels, val_scores, savedir / f"patch_quality_{method}_roc_curve.png",
+                             f"patch filter ({method}), validation")
+        metrics["roc_curve"] = str(roc) if roc else None
+        cm = metrics["validation"]["confusion_matrix"]
+        atomic_write_text(savedir / "confusion_matrix.csv",
+                          f"true\\predicted,bad,good\nbad,{cm[0][0]},{cm[0][1]}\ngood,{cm[1][0]},{cm[1][1]}\n")
+        atomic_write_text(savedir / "metrics.json", json.dumps(metrics, indent=2))
+        tracker.log_metrics({"val_accuracy": metrics["validation"]["accuracy"],
+                             "val_auc": metrics["validation"]["auc"],
+                             "val_accuracy_default_rules": metrics["validation_default_rules"]["accuracy"]})
+        for artifact in (model_path, roc, savedir / "metrics.json", savedir / "confusion_matrix.csv"):
+            if artifact is not None:
+                tracker.log_artifact(artifact)
+    return metrics
