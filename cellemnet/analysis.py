@@ -100,14 +100,16 @@ def forward_to(model, batch, layer: str = "layer4"):
     raise AssertionError("unreachable")
 
 
-def feature_maps(model, image: np.ndarray, norms: Sequence, layer: str = "layer4") -> np.ndarray:
-    """(C, H, W) float32 responses of `layer` to one image, upsampled bilinearly to the image's size."""
+def feature_maps(model, image: np.ndarray, norms: Sequence, layer: str = "layer4",
+                 size: tuple[int, int] | None = None) -> np.ndarray:
+    """(C, H, W) float32 responses of `layer` to one image, upsampled bilinearly to `size` (default: the image's)."""
     import torch
     import torch.nn.functional as F
 
+    size = tuple(np.asarray(image).shape[:2]) if size is None else tuple(size)
     with torch.inference_mode():
         maps = forward_to(model, to_batch([image], norms), layer)
-        maps = F.interpolate(maps, size=np.asarray(image).shape[:2], mode="bilinear", align_corners=False)
+        maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
     return maps[0].numpy()
 
 
@@ -135,14 +137,14 @@ def point_biserial(features: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
     That is the Pearson correlation with the 0/1 mask. A channel (or mask) with no variance gets 0.
     """
-    x = features.reshape(features.shape[0], -1).astype(np.float64)
-    y = np.asarray(mask, dtype=bool).reshape(-1).astype(np.float64)
+    x = features.reshape(features.shape[0], -1).astype(np.float32)
+    y = np.asarray(mask, dtype=bool).reshape(-1).astype(np.float32)
     x = x - x.mean(axis=1, keepdims=True)
     y = y - y.mean()
-    denom = np.sqrt((x * x).sum(axis=1) * (y * y).sum())
+    denom = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64) * float(y @ y))
     with np.errstate(invalid="ignore", divide="ignore"):
-        r = (x @ y) / denom
-    return np.where(denom > 0, r, 0.0).astype(np.float32)
+        r = (x @ y).astype(np.float64) / denom
+    return np.where(denom > 1e-12, r, 0.0).astype(np.float32)
 
 
 def rescale01(array: np.ndarray) -> np.ndarray:
@@ -175,12 +177,29 @@ class MaskAgreement:
 
 
 def mask_agreement(model, image: np.ndarray, mask: np.ndarray, norms: Sequence, k: int = 32,
-                   threshold: float = 0.3, layer: str = "layer4") -> MaskAgreement:
-    """Correlate every filter of `layer` with `mask`, average the top k and score that map against the mask."""
+                   threshold: float = 0.3, layer: str = "layer4", max_side: int = 112) -> MaskAgreement:
+    """Correlate every filter of `layer` with `mask`, average the top k and score that map against the mask.
+
+    Filters are ranked on maps upsampled to at most `max_side` pixels (2048 full-size maps would take ~0.4 GB per
+    224 px image); the top-k map itself is built and scored at the image's full size.
+    """
+    import torch
+    import torch.nn.functional as F
+    from skimage.transform import resize
+
     mask = np.asarray(mask).astype(bool)
-    maps = feature_maps(model, image, norms, layer)
-    r = point_biserial(maps, mask)
-    response = top_filters_map(maps, r, k)
+    shape = np.asarray(image).shape[:2]
+    factor = min(1.0, max_side / max(shape))
+    work_shape = tuple(max(1, int(round(n * factor))) for n in shape)
+    with torch.inference_mode():
+        raw = forward_to(model, to_batch([image], norms), layer)
+        work_maps = F.interpolate(raw, size=work_shape, mode="bilinear", align_corners=False)[0].numpy()
+        work_mask = resize(mask.astype(np.float32), work_shape, order=1, anti_aliasing=True) >= 0.5
+        r = point_biserial(work_maps, work_mask)
+        top = np.argsort(r)[::-1][:k]
+        full = F.interpolate(raw[:, torch.from_numpy(top.copy())], size=tuple(shape), mode="bilinear",
+                             align_corners=False)[0].numpy()
+    response = rescale01(full.mean(axis=0))
     return MaskAgreement(response=response, correlations=r, r_pb=float(point_biserial(response[None], mask)[0]),
                          iou=binary_iou(response >= threshold, mask))
 
@@ -223,14 +242,15 @@ class Perturbation:
     unit: str
 
 
+# Few strengths per sweep keep a CPU run short; pass your own `strengths` for finer curves.
 PERTURBATIONS = {
     p.name: p for p in (
-        Perturbation("rotation", _rotate, tuple(np.linspace(0, 360, 9)), 0.0, "degrees"),
-        Perturbation("blur", _blur, (0.0, 0.5, 1.0, 2.0, 3.0, 5.0), 0.0, "Gaussian sigma (px)"),
-        Perturbation("noise", _noise, (0.0, 0.02, 0.05, 0.1, 0.2, 0.3), 0.0, "Gaussian noise std (0..1 scale)"),
-        Perturbation("brightness", _brightness, (0.4, 0.7, 0.85, 1.0, 1.15, 1.3, 1.6), 1.0, "1 + offset"),
-        Perturbation("contrast", _contrast, (0.0, 0.25, 0.5, 1.0, 1.5, 2.0), 1.0, "contrast factor"),
-        Perturbation("scale", _scale, (0.25, 0.5, 0.75, 1.0, 1.5, 2.0), 1.0, "resize factor"),
+        Perturbation("rotation", _rotate, (0.0, 30.0, 60.0, 90.0, 135.0, 180.0), 0.0, "degrees"),
+        Perturbation("blur", _blur, (0.0, 1.0, 2.0, 4.0), 0.0, "Gaussian sigma (px)"),
+        Perturbation("noise", _noise, (0.0, 0.05, 0.1, 0.2), 0.0, "Gaussian noise std (0..1 scale)"),
+        Perturbation("brightness", _brightness, (0.5, 0.75, 1.0, 1.25, 1.5), 1.0, "1 + intensity offset"),
+        Perturbation("contrast", _contrast, (0.25, 0.5, 1.0, 1.5, 2.0), 1.0, "contrast factor"),
+        Perturbation("scale", _scale, (0.5, 0.75, 1.0, 1.5), 1.0, "resize factor"),
     )
 }
 
@@ -247,12 +267,12 @@ def perturbed_responses(model, images: Sequence[np.ndarray], norms: Sequence, pe
 def cosine_to_reference(responses: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Cosine similarity of (S, N, D) responses with the (N, D) reference responses of the same images; (S, N).
 
-    Responses are centred per image first (pooled ReLU outputs are all positive, which would push every cosine
-    towards 1 and hide the differences).
+    Each unit's mean reference response over the images is subtracted first: what all images share (large for an
+    untrained network, and always positive after ReLU) would otherwise push every cosine towards 1. What remains is
+    the image-specific part of the response, so 1 means "this image still looks like itself to the encoder".
     """
-    def centred(a):
-        return a - a.mean(axis=-1, keepdims=True)
-    r, ref = centred(responses), centred(reference)[None]
+    common = reference.mean(axis=0)
+    r, ref = responses - common, (reference - common)[None]
     denom = np.linalg.norm(r, axis=-1) * np.linalg.norm(ref, axis=-1)
     return np.where(denom > 0, (r * ref).sum(-1) / np.maximum(denom, 1e-12), 0.0)
 

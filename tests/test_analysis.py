@@ -195,3 +195,18 @@ def test_overlay_mask_tints_only_the_mask():
     assert rgb.shape == (4, 4, 3)
     np.testing.assert_allclose(rgb[0, 0], [0.5, 0, 0])
     assert np.all(rgb[1:, 1:] == 0)
+
+
+def test_mask_agreement_at_full_resolution_matches_the_step_by_step_result(encoder):
+    rng = np.random.default_rng(7)
+    img = rng.integers(0, 255, (48, 40), dtype=np.uint8)
+    mask = np.zeros((48, 40), bool)
+    mask[5:25, 8:30] = True
+    agree = analysis.mask_agreement(encoder, img, mask, NORMS, k=8, layer="layer3", max_side=48)
+    maps = analysis.feature_maps(encoder, img, NORMS, "layer3")
+    r = analysis.point_biserial(maps, mask)
+    np.testing.assert_allclose(agree.correlations, r, atol=1e-4)
+    np.testing.assert_allclose(agree.response, analysis.top_filters_map(maps, r, k=8), atol=1e-4)
+    small = analysis.mask_agreement(encoder, img, mask, NORMS, k=8, layer="layer3", max_side=24)
+    assert small.response.shape == (48, 40)
+    assert np.corrcoef(small.correlations, r)[0, 1] > 0.9  # ranking filters on smaller maps changes little
