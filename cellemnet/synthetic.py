@@ -106,10 +106,10 @@ def _low_frequency(rng: np.random.Generator, shape: tuple[int, ...], period: Seq
     coarse_shape = tuple(max(1, int(np.ceil(n / p)) + 3) if n > 1 else 1 for n, p in zip(shape, period))
     field = rng.standard_normal(coarse_shape).astype(np.float32)
     wz, wy, wx = (_cubic_weights(n, c, p) for n, p, c in zip(shape, period, coarse_shape))
-    cz, cy, cx = coarse_shape
-    field = (wz @ field.reshape(cz, cy * cx)).reshape(-1, cy, cx)
-    field = np.matmul(wy[None], field)
-    return np.ascontiguousarray(field @ wx.T, dtype=np.float32)
+    # einsum with two operands runs single-threaded loops: steadier than BLAS threads on a busy machine
+    field = np.einsum("zi,ijk->zjk", wz, field)
+    field = np.einsum("yj,zjk->zyk", wy, field)
+    return np.einsum("xk,zyk->zyx", wx, field)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -170,14 +170,27 @@ def _warped_voronoi(shape: tuple[int, int, int], spacing: np.ndarray, seeds: np.
     second = np.full(shape, np.inf, dtype=np.float32)
     best_id = np.zeros(shape, dtype=np.int32)
     second_id = np.zeros(shape, dtype=np.int32)
+    d2 = np.empty(shape, dtype=np.float32)
+    tmp = np.empty(shape, dtype=np.float32)
+    closer = np.empty(shape, dtype=bool)
+    runner_up = np.empty(shape, dtype=bool)
     for k, (sz, sy, sx) in enumerate(seeds.astype(np.float32)):
-        d2 = (zz - sz) ** 2 + (yy - sy) ** 2 + (xx - sx) ** 2
-        closer = d2 < best
-        runner_up = ~closer & (d2 < second)
-        second = np.where(closer, best, np.where(runner_up, d2, second))
-        second_id = np.where(closer, best_id, np.where(runner_up, k, second_id))
-        best = np.where(closer, d2, best)
-        best_id = np.where(closer, k, best_id)
+        np.subtract(yy, sy, out=d2)
+        np.square(d2, out=d2)
+        np.subtract(xx, sx, out=tmp)
+        np.square(tmp, out=tmp)
+        d2 += tmp
+        d2 += (zz - sz) ** 2
+        np.less(d2, best, out=closer)
+        np.less(d2, second, out=runner_up)
+        runner_up &= ~closer
+        # runner-up: d2 becomes the second; closer: the old best becomes the second, d2 the best
+        np.copyto(second, d2, where=runner_up)
+        np.copyto(second_id, k, where=runner_up)
+        np.copyto(second, best, where=closer)
+        np.copyto(second_id, best_id, where=closer)
+        np.copyto(best, d2, where=closer)
+        np.copyto(best_id, k, where=closer)
     separation = np.linalg.norm(seeds[:, None, :] - seeds[None, :, :], axis=2).astype(np.float32)
     distance = (second - best) / (2.0 * np.maximum(separation[best_id, second_id], 1e-3))
     return best_id + 1, distance
@@ -243,7 +256,7 @@ def _render(shape: tuple[int, int, int], look: Look, seed: int, spacing: Sequenc
     area_px = y * x * (z if not flat else 1)
     world_volume = float(np.prod(world))
     # about 8% of the cytoplasm: one mitochondrion covers ~1150 s^2 px^2 in a section, ~16000 s^3 px^3 in 3D
-    n_mito = 2 + int(area_px / (9000.0 * s * s) if flat else 0.08 * world_volume / (16000.0 * s ** 3))
+    n_mito = 2 + int(area_px / (9000.0 * s * s) if flat else 0.16 * world_volume / (16000.0 * s ** 3))
     mito_field = np.zeros(shape, dtype=np.float32)
     for _ in range(n_mito if candidates.size else 0):
         centre_index = np.unravel_index(candidates[rng.integers(candidates.size)], shape)
@@ -270,7 +283,7 @@ def _render(shape: tuple[int, int, int], look: Look, seed: int, spacing: Sequenc
     # ---- vesicles: clusters of small spheres with a dark rim and a light lumen
     free &= ~mito
     candidates = np.flatnonzero(free)
-    n_clusters = 1 + int(area_px / (45000.0 * s * s) if flat else world_volume / (1.2e6 * s ** 3))
+    n_clusters = 1 + int(area_px / (45000.0 * s * s) if flat else world_volume / (3e5 * s ** 3))
     for _ in range(n_clusters if candidates.size else 0):
         centre_index = np.unravel_index(candidates[rng.integers(candidates.size)], shape)
         centre = (np.asarray(centre_index, dtype=np.float32) + 0.5) * spacing
