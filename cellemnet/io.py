@@ -407,6 +407,9 @@ def open_volume(path: PathLike) -> VolumeReader:
         if suffix in MRC_SUFFIXES:
             return _open_mrc(file)
         if suffix in TIFF_SUFFIXES:
+            mapped = _memmap_tiff_volume(file)
+            if mapped is not None:
+                return mapped
             array, spacing = _read_tiff_volume(file)
         elif suffix in SITK_SUFFIXES:
             array, spacing = _read_sitk_volume(file)
@@ -415,10 +418,7 @@ def open_volume(path: PathLike) -> VolumeReader:
         elif suffix in IMAGE_SUFFIXES:
             array, spacing = read_image(file)[None], (1.0, 1.0, 1.0)
         else:
-            raise InputError(
-                f"{file}: unsupported volume type '{suffix}' (expected one of {', '.join(VOLUME_SUFFIXES)}, "
-                f"or file.h5:/key, store.zarr/key)"
-            )
+            array, spacing = _read_other_sitk_volume(file, suffix)
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001
@@ -471,9 +471,40 @@ def _read_sitk_volume(path: Path) -> tuple[np.ndarray, Spacing]:
     return array, _pad_spacing(spacing)
 
 
+def _read_other_sitk_volume(path: Path, suffix: str) -> tuple[np.ndarray, Spacing]:
+    """Last resort for suffixes not listed (vtk, gipl, Analyze, ...): whatever SimpleITK can read."""
+    try:
+        return _read_sitk_volume(path)
+    except Exception as exc:  # noqa: BLE001 - not an image SimpleITK knows either
+        raise InputError(
+            f"{path}: unsupported volume type '{suffix}' (expected one of {', '.join(VOLUME_SUFFIXES)}, "
+            f"file.h5:/key, store.zarr/key, or another format SimpleITK reads)"
+        ) from exc
+
+
 def _pad_spacing(spacing: Sequence[float]) -> Spacing:
     spacing = tuple(float(s) for s in spacing)[-3:]
     return (1.0,) * (3 - len(spacing)) + spacing  # type: ignore[return-value]
+
+
+def _memmap_tiff_volume(path: Path) -> VolumeReader | None:
+    """An uncompressed, contiguous gray TIFF stack memory-mapped (lazy); None when it cannot be mapped."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        if series.axes.endswith("S") or series.dtype is None:
+            return None
+        spacing = _tiff_spacing(tif)
+    try:
+        mapped = tifffile.memmap(path, mode="r")
+    except (ValueError, TypeError, OSError):  # compressed, tiled or scattered pages
+        return None
+    while mapped.ndim > 3 and mapped.shape[0] == 1:
+        mapped = mapped[0]
+    if mapped.ndim != 3 or mapped.size == 0:
+        return None
+    return VolumeReader(path, mapped, spacing, lazy=True)
 
 
 def _read_tiff_volume(path: Path) -> tuple[np.ndarray, Spacing]:
@@ -566,8 +597,8 @@ def _open_h5(file: Path, key: str | None, address: str) -> VolumeReader:
         dataset = h5[key]
         if not isinstance(dataset, h5py.Dataset):
             raise InputError(f"{file}: '{key}' is a group, not a dataset")
-        dataset = _squeeze_lazy(dataset, address)
         spacing = _spacing_from_attrs(dataset.attrs, dataset.ndim)
+        dataset = _squeeze_lazy(dataset, address)
     except BaseException:
         h5.close()
         raise
@@ -592,6 +623,7 @@ class _LazyAddAxis:
         self.shape = (1, *array.shape)
         self.dtype = array.dtype
         self.ndim = 3
+        self.attrs = getattr(array, "attrs", {})
 
     def __getitem__(self, key: Any) -> np.ndarray:
         return np.asarray(self._array[...])[None][key]
@@ -610,9 +642,9 @@ def _open_zarr(store: Path, key: str | None, address: str) -> VolumeReader:
     spacing: Spacing | None = None
     if isinstance(node, zarr.Group):
         node, spacing = _ome_zarr_level0(node, store, key)
-    array = _squeeze_lazy(node, address)
     if spacing is None:
-        spacing = _spacing_from_attrs(node.attrs, array.ndim)
+        spacing = _spacing_from_attrs(node.attrs, node.ndim)
+    array = _squeeze_lazy(node, address)
     return VolumeReader(address, array, spacing, lazy=True)
 
 

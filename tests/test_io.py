@@ -412,3 +412,36 @@ def test_cem_examples(shared_data):
     patches = [io.read_image(p) for p in sorted((cem / "occlusion").glob("*.tiff"))]
     assert len(patches) == 10
     assert all(p.dtype == np.uint8 and p.ndim == 2 and max(p.shape) == 224 for p in patches)
+
+
+def test_tiff_stack_is_memory_mapped_when_possible(tmp_path, volume16):
+    io.write_volume(tmp_path / "plain.tif", volume16, (7.0, 2.0, 2.0))
+    with io.open_volume(tmp_path / "plain.tif") as reader:
+        assert reader.lazy and isinstance(reader.array, np.memmap)
+        assert reader.spacing == (7.0, 2.0, 2.0)
+        np.testing.assert_array_equal(reader.slice(0, 4), volume16[4])
+    io.write_volume(tmp_path / "packed.tif", volume16, (7.0, 2.0, 2.0), compress=True)
+    with io.open_volume(tmp_path / "packed.tif") as reader:  # compressed: read into memory instead
+        assert not reader.lazy
+        np.testing.assert_array_equal(reader.read(), volume16)
+
+
+def test_2d_hdf5_dataset_is_a_single_slice(tmp_path):
+    import h5py
+
+    with h5py.File(tmp_path / "img.h5", "w") as f:
+        f["image"] = np.arange(20, dtype=np.uint16).reshape(4, 5)
+    with io.open_volume(f"{tmp_path / 'img.h5'}:/image") as reader:
+        assert reader.shape == (1, 4, 5)
+        np.testing.assert_array_equal(reader[0], np.arange(20).reshape(4, 5))
+
+
+def test_other_simpleitk_formats_are_read(tmp_path, volume16):
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(volume16)
+    image.SetSpacing((1.0, 2.0, 3.0))
+    sitk.WriteImage(image, str(tmp_path / "v.vtk"))
+    data, spacing = io.read_volume(tmp_path / "v.vtk")
+    np.testing.assert_array_equal(data, volume16)
+    assert spacing == (3.0, 2.0, 1.0)
