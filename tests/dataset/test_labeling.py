@@ -107,3 +107,26 @@ def test_widget_grid_headless(patch_folder, tmp_path):
     assert read_labels_csv(tmp_path / "labels.csv")[items[0]] == "bad"
     grid.children[0].children[4].click()  # page: all bad
     assert all(s.label(r) == "bad" for r in items[4:])
+
+
+def test_patches_inside_a_shard_are_labelled_and_trainable_references(tmp_path):
+    from cellemnet.dataset.labeling import items_from_shard, split_ref
+    from cellemnet.dataset.store import write_shard
+
+    rng = np.random.default_rng(1)
+    patches = [rng.integers(0, 255, (16, 16 + i), dtype=np.uint8) for i in range(5)]
+    shard = write_shard(tmp_path / "s.h5", [f"p{i}" for i in range(5)], patches, np.zeros(5, np.uint64))
+    items = items_from_shard(shard)
+    assert len(items) == 5 and split_ref(items[2]) == (str(shard), "p2")
+    assert len(items_from_shard(shard, limit=3, seed=0)) == 3
+    s = LabelSession(items, tmp_path / "labels.csv", page_size=2)
+    assert np.array_equal(s.image(items[3]), patches[3])
+    assert s.thumbnail_png(items[3], size=32)[:4] == b"\x89PNG"
+    s.mark(items[0], "good")
+    s.mark(items[1], "bad")
+    s.save()
+    refs, good = labelled_examples(tmp_path / "labels.csv")
+    assert refs == items[:2] and good.tolist() == [True, False]
+    write_labels_csv(tmp_path / "gone.csv", {str(shard) + "::nope": "good"})
+    with pytest.raises(InputError, match=r"gone.csv.*nope"):
+        labelled_examples(tmp_path / "gone.csv")
