@@ -928,6 +928,8 @@ def intensity_limits(array: Any, low: float = LOW_PERCENTILE, high: float = HIGH
     NaN/inf values raise InputError.
     """
     label = getattr(array, "path", None) or name
+    if not hasattr(array, "shape"):
+        array = np.asarray(array)
     _check_array(array, str(label))
     if np.dtype(array.dtype) == np.uint8:
         return 0.0, 255.0
@@ -954,6 +956,8 @@ def to_uint8(array: Any, limits: tuple[float, float] | None = None, name: str = 
     reader's path, is used in the message). Pass the same `limits` to every slice of a streamed volume.
     """
     label = getattr(array, "path", None) or name
+    if not hasattr(array, "shape"):
+        array = np.asarray(array)
     _check_array(array, str(label))
     data = np.asarray(array[...]) if not isinstance(array, np.ndarray) else array
     if data.dtype == np.uint8:
