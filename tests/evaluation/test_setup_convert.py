@@ -287,6 +287,19 @@ def test_setup_script_builds_every_benchmark_and_resumes(tmp_path, served_source
         assert (paths["data_dir"] / "train" / "images").is_dir(), benchmark
         assert paths["test_dir"].is_dir(), benchmark
     assert (data_root / "guay" / "2d" / "valid" / "masks").is_dir()  # only guay has a valid split
+    # the tracked benchmark configs find everything they need under the data root
+    from cellemnet.evaluation.config import load_eval_config
+    from cellemnet.evaluation.setup.layout import BENCHMARK_LAYOUT
+
+    stages = {"2d": "infer2d", "3d": "infer3d", "mixed": "mixed"}
+    for benchmark, entry in BENCHMARK_LAYOUT.items():
+        config = root / "evaluation" / "benchmark_configs" / f"{benchmark}.yaml"
+        for stage in ("train", stages[entry["test_dim"]]):
+            load_eval_config(config, [f"data_root={data_root}"], stage=stage)
+    cfg = load_eval_config(root / "evaluation" / "benchmark_configs" / "all_mito.yaml", [f"data_root={data_root}"])
+    for name, dim in zip(cfg["benchmark_names"], cfg["benchmark_dimensions"]):  # all_mito's sub-benchmarks
+        assert (Path(cfg["test_dir"]) / dim / name / "images").is_dir(), (name, dim)
+        assert (Path(cfg["test_dir"]) / dim / name / "masks").is_dir(), (name, dim)
     # all_mito: patches from five sources with 0/1 masks, 2D test copies and relabelled 3D test volumes
     patches = sorted(p.name for p in (data_root / "all_mito" / "train" / "masks").iterdir())
     assert {n.split("-")[0] for n in patches} == {"perez_mito", "lucchi_pp", "kasthuri_pp", "urocell", "guay"}

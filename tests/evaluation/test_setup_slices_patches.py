@@ -149,3 +149,26 @@ def test_create_patches_script(tmp_path, root):
                                                                    "x_4_14.png"]
     result = run_script(root, "create_patches.py", tmp_path / "missing", tmp_path / "out")
     assert result.returncode == 2 and "missing: folder not found" in result.stderr
+
+
+@pytest.mark.shared_data
+def test_real_isbi_stack_slices_and_patches(shared_data, tmp_path):
+    """Real ssTEM (ISBI 2012): a 4-slice stack cut on all planes, and 512-px images cut into 256-px patches."""
+    folder = shared_data / "isbi2012" / "train"
+    names = sorted(p.name for p in (folder / "images").iterdir())[:4]
+    stack = np.stack([read_image(folder / "images" / n) for n in names])
+    labels = np.stack([read_image(folder / "labels" / n) for n in names])
+    write_volume(tmp_path / "isbi.nrrd", stack)
+    write_volume(tmp_path / "isbi_labels.nrrd", (labels == 255).astype(np.uint8))
+    count = slices.slice_volume(tmp_path / "isbi.nrrd", tmp_path / "isbi_labels.nrrd", tmp_path / "slices",
+                                planes=["xy", "xz"], step=128)
+    assert count == 1 + 4  # z: 0 (of 4, step 128); y: 0, 128, 256, 384
+    np.testing.assert_array_equal(read_image(tmp_path / "slices" / "images" / "isbi_1_384.tiff"), stack[:, 384, :])
+    for n in names[:2]:
+        write_image(tmp_path / "img" / n, read_image(folder / "images" / n))
+        write_image(tmp_path / "msk" / n, read_image(folder / "labels" / n))
+    written, skipped = patches.patch_pairs(tmp_path / "img", tmp_path / "msk", tmp_path / "patches", label=255)
+    assert (written, skipped) == (8, 0)  # 512 px -> 2 x 2 non-overlapping 256-px tiles, none empty
+    first = names[0].split(".")[0]
+    patch = read_image(tmp_path / "patches" / "masks" / f"{first}_256_0.png")
+    np.testing.assert_array_equal(patch, (read_image(folder / "labels" / names[0])[256:, :256] == 255))
