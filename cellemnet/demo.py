@@ -1,0 +1,250 @@
+"""The whole pipeline in one command: `make demo` (= `python -m cellemnet.demo`).
+
+It makes a small EM-like corpus with cellemnet.synthetic (or takes the user's folder, `--data PATH`), then runs the
+real stage scripts one after the other, exactly as a user would:
+
+  curation     dataset/patchify2d.py, dataset/patchify3d.py, dataset/dedupe.py, dataset/classify_patches.py
+  pretraining  pretraining/train_mocov2.py (a few minutes on the CPU), pretraining/export_encoder.py
+  evaluation   evaluation/finetune.py from random init and from the exported encoder,
+               evaluation/inference2d.py and evaluation/inference3d.py for both
+
+and writes `<out>/report.md` with figures beside it. Every MLflow run lands in `<out>/mlflow_store`.
+A step that fails stops the demo with the step's name, its command and the end of its output; what earlier
+steps wrote stays on disk, and re-running skips the steps whose outputs are complete.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cellemnet.errors import CellEMNetError, InputError, cli_main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    """How big each part of the demo is; `small` is for CI, `default` for `make demo` (~10 minutes on 2 cores)."""
+
+    n_groups_2d: int
+    images_per_group: int
+    n_volumes: int
+    image_shape: tuple[int, int]
+    volume_shape: tuple[int, int, int]
+    pretrain_epochs: int
+    pretrain_batch: int
+    pretrain_crop: int
+    pretrain_queue: int
+    bench_train: int
+    bench_shape: tuple[int, int]
+    bench_volume: tuple[int, int, int]
+    finetune_iters: int
+    finetune_crop: int
+
+
+SIZES = {
+    "default": DemoSize(
+        n_groups_2d=3, images_per_group=4, n_volumes=3, image_shape=(512, 512), volume_shape=(24, 256, 256),
+        pretrain_epochs=4, pretrain_batch=16, pretrain_crop=112, pretrain_queue=512,
+        bench_train=12, bench_shape=(256, 256), bench_volume=(16, 128, 128), finetune_iters=150, finetune_crop=128,
+    ),
+    "small": DemoSize(
+        n_groups_2d=2, images_per_group=2, n_volumes=2, image_shape=(448, 448), volume_shape=(12, 224, 224),
+        pretrain_epochs=1, pretrain_batch=8, pretrain_crop=64, pretrain_queue=64,
+        bench_train=4, bench_shape=(128, 128), bench_volume=(8, 64, 64), finetune_iters=8, finetune_crop=64,
+    ),
+}
+
+
+@dataclass
+class DemoState:
+    out: Path
+    size: DemoSize
+    env: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+    step_no: int = 0
+    n_steps: int = 0
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def run_step(state: DemoState, title: str, args: list[str], log_name: str) -> str:
+    """Run one stage script as a subprocess; its output goes to <out>/logs/<log_name>.log and is returned."""
+    state.step_no += 1
+    logs = state.out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, *args]
+    _say(f"[{state.step_no}/{state.n_steps}] {title} ...")
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, env=state.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    elapsed = time.perf_counter() - start
+    (logs / f"{log_name}.log").write_text(f"$ {shlex.join(cmd)}\n{proc.stdout}")
+    state.timings[title] = elapsed
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stdout.strip().splitlines()[-15:])
+        raise CellEMNetError(
+            f"demo step '{title}' failed (exit {proc.returncode}); command: {shlex.join(cmd)}\n{tail}\n"
+            f"full log: {logs / (log_name + '.log')}"
+        )
+    _say(f"      done in {elapsed:.0f} s")
+    return proc.stdout
+
+
+def parse_test_iou(output: str) -> float:
+    """The last `Test_Set_IoU: <value>` line an inference script prints."""
+    found = re.findall(r"^Test_Set_IoU:\s*([0-9.eE+-]+|nan)\s*$", output, flags=re.M)
+    if not found:
+        raise CellEMNetError("inference printed no 'Test_Set_IoU:' line")
+    return float(found[-1])
+
+
+def prepare_inputs(state: DemoState, data: Path | None) -> tuple[Path, Path | None, Path]:
+    """Return (2D image groups folder, volumes folder or None, benchmark folder)."""
+    from cellemnet.synthetic import make_benchmark, make_corpus
+
+    size = state.size
+    raw = state.out / "raw"
+    if data is not None:
+        images2d, volumes = find_user_data(data)
+    else:
+        if not (raw / ".complete").exists():
+            make_corpus(raw, n_groups_2d=size.n_groups_2d, images_per_group=size.images_per_group,
+                        n_volumes=size.n_volumes, image_shape=size.image_shape, volume_shape=size.volume_shape, seed=0)
+            (raw / ".complete").write_text("ok\n")
+        images2d, volumes = raw / "images2d", raw / "volumes"
+    bench = state.out / "benchmark"
+    if data is not None and (data / "benchmark" / "train" / "images").is_dir():
+        bench = data / "benchmark"
+    elif not (bench / ".complete").exists():
+        make_benchmark(bench, n_train=size.bench_train, n_test=3, shape=size.bench_shape,
+                       volume_shape=size.bench_volume, seed=1, n_valid=2, n_test3d=1)
+        (bench / ".complete").write_text("ok\n")
+    return images2d, volumes, bench
+
+
+def find_user_data(data: Path) -> tuple[Path | None, Path | None]:
+    """A user's folder: `images2d/<project>/...` and/or `volumes/*`; else its subfolders are 2D projects and its
+    volume files at the top level are volumes."""
+    from cellemnet.io import is_volume_file
+
+    if not data.is_dir():
+        raise InputError(f"{data}: --data must be a folder of 2D image folders and/or volumes")
+    images2d = data / "images2d" if (data / "images2d").is_dir() else None
+    volumes = data / "volumes" if (data / "volumes").is_dir() else None
+    if images2d is None and volumes is None:
+        subdirs = [p for p in data.iterdir() if p.is_dir() and p.name != "benchmark"]
+        vols = [p for p in data.iterdir() if p.is_file() and is_volume_file(p)]
+        images2d = data if subdirs else None
+        volumes = data if vols else None
+    if images2d is None and volumes is None:
+        raise InputError(f"{data}: found neither 2D image folders nor volume files")
+    return images2d, volumes
+
+
+def main_demo(out: Path, size_name: str, data: Path | None) -> dict:
+    size = SIZES[size_name]
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.update({
+        "NO_ALBUMENTATIONS_UPDATE": "1", "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1",
+        "TQDM_DISABLE": "1",
+    })
+    env.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{out / 'mlflow_store' / 'mlflow.db'}")
+    (out / "mlflow_store").mkdir(exist_ok=True)
+    state = DemoState(out=out, size=size, env=env, n_steps=12)
+    t0 = time.perf_counter()
+
+    _say(f"CellEMNet demo ({size_name}) -> {out}")
+    images2d, volumes, bench = prepare_inputs(state, data)
+    shards = out / "shards"
+    curated = out / "curated"
+    results: dict = {"out": str(out)}
+
+    if images2d is not None:
+        run_step(state, "curation: patchify 2D image groups", ["dataset/patchify2d.py", str(images2d), str(shards / "2d")], "patchify2d")
+    else:
+        state.step_no += 1
+    if volumes is not None:
+        run_step(state, "curation: patchify 3D volumes", ["dataset/patchify3d.py", str(volumes), str(shards / "3d")], "patchify3d")
+    else:
+        state.step_no += 1
+    run_step(state, "curation: de-duplicate across datasets", ["dataset/dedupe.py", str(shards)], "dedupe")
+    run_step(state, "curation: filter uninformative patches", ["dataset/classify_patches.py", str(shards), str(curated)], "classify")
+
+    size_ = state.size
+    model_dir = out / "pretraining"
+    run_step(state, "pretraining: MoCoV2 on the curated patches", [
+        "pretraining/train_mocov2.py", "pretraining/configs/mocov2.yaml",
+        f"data_path={curated}", f"model_dir={model_dir}", f"epochs={size_.pretrain_epochs}",
+        f"batch_size={size_.pretrain_batch}", f"crop_size={size_.pretrain_crop}", f"moco_k={size_.pretrain_queue}",
+        "workers=0", "schedule=[1000]", "save_freq=1", "print_freq=5", "lr=0.03", "resume=auto",
+        "experiment_name=demo_pretraining",
+    ], "pretrain")
+    encoder = out / "encoder_mocov2.pth"
+    last_ckpt = newest_checkpoint(model_dir)
+    run_step(state, "pretraining: export the encoder", ["pretraining/export_encoder.py", str(last_ckpt), str(encoder)], "export")
+
+    ious: dict[str, dict[str, float]] = {}
+    for arm, pretraining in (("random_init", "random_init"), ("pretrained", str(encoder))):
+        ft_dir = out / "finetune" / arm
+        common = [
+            f"data_dir={bench}", f"model_dir={ft_dir}", f"experiment_name=demo_{arm}", f"pretraining={pretraining}",
+            f"iters={size_.finetune_iters}", f"test_dir2d={bench / 'test2d'}", f"test_dir3d={bench / 'test3d'}",
+            f"save_dir2d={out / 'predictions' / arm / '2d'}", f"save_dir3d={out / 'predictions' / arm / '3d'}",
+        ]
+        run_step(state, f"evaluation: fine-tune U-Net ({arm})", ["evaluation/finetune.py", "evaluation/configs/example.yaml", *common], f"finetune_{arm}")
+        state.n_steps += 0
+        checkpoint = newest_checkpoint(ft_dir)
+        o2 = run_step(state, f"evaluation: 2D inference ({arm})", ["evaluation/inference2d.py", "evaluation/configs/example.yaml", str(checkpoint), *common], f"inference2d_{arm}")
+        o3 = run_step(state, f"evaluation: 3D inference ({arm})", ["evaluation/inference3d.py", "evaluation/configs/example.yaml", str(checkpoint), *common], f"inference3d_{arm}")
+        ious[arm] = {"2d": parse_test_iou(o2), "3d": parse_test_iou(o3)}
+    results["iou"] = ious
+
+    from cellemnet.demo_report import write_report
+
+    report = write_report(out, ious=ious, timings=state.timings, total_seconds=time.perf_counter() - t0)
+    results.update(report)
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    counts = report["counts"]
+    _say(
+        f"report: {out / 'report.md'} | patches raw {counts['raw']} / de-duplicated {counts['deduplicated']} / "
+        f"kept {counts['kept']} | Test_Set_IoU random {ious['random_init']['2d']:.3f} vs pretrained "
+        f"{ious['pretrained']['2d']:.3f} (2D), {ious['random_init']['3d']:.3f} vs {ious['pretrained']['3d']:.3f} (3D)"
+    )
+    return results
+
+
+def newest_checkpoint(folder: Path) -> Path:
+    found = sorted(folder.glob("**/*.pth"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise CellEMNetError(f"{folder}: no checkpoint was written")
+    return found[-1]
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cellemnet.demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default demo_out)")
+    parser.add_argument("--size", choices=sorted(SIZES), default="default", help="'small' is the quick CI size")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="your own folder: images2d/<project>/* and/or volumes/* (optional benchmark/ with "
+                             "train/{images,masks} and test2d/, test3d/ for fine-tuning)")
+    args = parser.parse_args(argv)
+    main_demo(args.out, args.size, args.data)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

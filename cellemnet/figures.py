@@ -1,0 +1,120 @@
+"""Figures shared by the demo report, images/make_figures.py and the notebooks (matplotlib, Agg-safe).
+
+Each function takes plain arrays/numbers, writes one PNG atomically and returns its path.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+
+def _figure_to_png(fig, path: str | os.PathLike) -> Path:
+    import matplotlib.pyplot as plt
+
+    from cellemnet.io import atomic_path
+
+    path = Path(path)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    plt.close(fig)
+    return path
+
+
+def _pyplot():
+    import matplotlib
+
+    if os.environ.get("MPLBACKEND") is None:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def montage(groups: Mapping[str, Sequence[np.ndarray]], path: str | os.PathLike, per_row: int = 8,
+            title: str | None = None) -> Path:
+    """One row block per group (e.g. 'kept', 'duplicate', 'uninformative') of gray patches."""
+    plt = _pyplot()
+    groups = {k: list(v)[:per_row] for k, v in groups.items() if len(v)}
+    rows = max(1, len(groups))
+    fig, axes = plt.subplots(rows, per_row, figsize=(per_row * 1.3, rows * 1.45), squeeze=False)
+    for r, (label, patches) in enumerate(groups.items()):
+        for c in range(per_row):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c < len(patches):
+                ax.imshow(patches[c], cmap="gray", vmin=0, vmax=255)
+        axes[r][0].set_title(label, loc="left", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return _figure_to_png(fig, path)
+
+
+def loss_curve(steps: Sequence[float], losses: Sequence[float], path: str | os.PathLike,
+               title: str = "Pretraining loss", xlabel: str = "iteration") -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    ax.plot(list(steps), list(losses), marker="o", ms=3, lw=1.2, color="#2b6cb0")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    return _figure_to_png(fig, path)
+
+
+def grouped_bars(values: Mapping[str, Mapping[str, float]], path: str | os.PathLike, ylabel: str = "IoU",
+                 title: str = "Test-set IoU") -> Path:
+    """values[group][series] -> bar height; groups on the x axis, one coloured bar per series."""
+    plt = _pyplot()
+    groups = list(values)
+    series = sorted({s for v in values.values() for s in v})
+    width = 0.8 / max(1, len(series))
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.4 * len(groups) + 1.5), 3.4))
+    x = np.arange(len(groups))
+    for i, name in enumerate(series):
+        heights = [values[g].get(name, np.nan) for g in groups]
+        bars = ax.bar(x + (i - (len(series) - 1) / 2) * width, heights, width, label=name)
+        for bar, h in zip(bars, heights):
+            if np.isfinite(h):
+                ax.text(bar.get_x() + bar.get_width() / 2, h + 0.01, f"{h:.2f}", ha="center", fontsize=8)
+    ax.set_xticks(x, groups)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8, frameon=False)
+    ax.grid(axis="y", alpha=0.3)
+    return _figure_to_png(fig, path)
+
+
+def overlay_rgb(image: np.ndarray, mask: np.ndarray | None = None, prediction: np.ndarray | None = None) -> np.ndarray:
+    """Gray image with ground truth in green and prediction in magenta (white where both agree)."""
+    base = image.astype(np.float32)
+    if base.max() > 1.0:
+        base = base / 255.0
+    rgb = np.repeat(base[..., None], 3, axis=-1) * 0.7
+    if mask is not None:
+        rgb[mask > 0, 1] = np.clip(rgb[mask > 0, 1] + 0.45, 0, 1)
+    if prediction is not None:
+        rgb[prediction > 0, 0] = np.clip(rgb[prediction > 0, 0] + 0.45, 0, 1)
+        rgb[prediction > 0, 2] = np.clip(rgb[prediction > 0, 2] + 0.45, 0, 1)
+    return np.clip(rgb, 0, 1)
+
+
+def overlays(rows: Sequence[tuple[str, np.ndarray, np.ndarray | None, Mapping[str, np.ndarray]]],
+             path: str | os.PathLike) -> Path:
+    """Each row: (label, image, ground-truth mask, {arm: prediction}); columns: image + one overlay per arm."""
+    plt = _pyplot()
+    arms = list(rows[0][3]) if rows else []
+    cols = 1 + len(arms)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(2.6 * cols, 2.6 * len(rows)), squeeze=False)
+    for r, (label, image, mask, preds) in enumerate(rows):
+        axes[r][0].imshow(image, cmap="gray")
+        axes[r][0].set_title(label, fontsize=8)
+        for c, arm in enumerate(arms, start=1):
+            axes[r][c].imshow(overlay_rgb(image, mask, preds[arm]))
+            axes[r][c].set_title(f"{arm} (green: truth, magenta: predicted)", fontsize=7)
+        for ax in axes[r]:
+            ax.axis("off")
+    return _figure_to_png(fig, path)
