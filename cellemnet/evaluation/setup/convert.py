@@ -21,6 +21,7 @@ from cellemnet.errors import InputError
 from cellemnet.evaluation.setup import slices
 from cellemnet.evaluation.setup.download import extract_zip
 from cellemnet.evaluation.setup.layout import PEREZ_ORGANELLES
+from cellemnet.evaluation.setup.patches import list_images
 from cellemnet.evaluation.setup.sources import CREMI_SPLITS, UROCELL_TEST, UROCELL_TRAIN, UROCELL_Y_CROP
 
 # CREMI marks voxels that are not a synaptic cleft with the largest uint64.
@@ -42,17 +43,6 @@ def copy_file(src: Path, dest: Path) -> None:
 
     with atomic_path(dest) as tmp:
         shutil.copyfile(src, tmp)
-
-
-def listed_images(folder: Path) -> list[Path]:
-    from cellemnet.io import is_image_file
-
-    if not folder.is_dir():
-        raise InputError(f"{folder}: folder not found")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and is_image_file(p))
-    if not files:
-        raise InputError(f"{folder}: no images found")
-    return files
 
 
 def white_to_one(mask: np.ndarray) -> np.ndarray:
@@ -83,8 +73,8 @@ def pair_images_and_masks(
     """
     from cellemnet.io import read_image, write_image
 
-    images = _keyed(listed_images(image_dir), image_name)
-    masks = _keyed(listed_images(mask_dir), lambda n: image_name(mask_name(n)))
+    images = _keyed(list_images(image_dir), image_name)
+    masks = _keyed(list_images(mask_dir), lambda n: image_name(mask_name(n)))
     missing = sorted(set(images) - set(masks))
     if missing:
         raise InputError(f"{image_dir / missing[0]}: no mask for this image in {mask_dir}")
@@ -262,16 +252,17 @@ def read_cremi(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, float, 
             for key in ("volumes/raw", "volumes/labels/clefts"):
                 if key not in f:
                     raise InputError(f"{path}: no '{key}' dataset; is it a CREMI sample file?")
-            raw_ds = f["volumes/raw"]
+            raw_ds, clefts = f["volumes/raw"], f["volumes/labels/clefts"]
+            if raw_ds.shape != clefts.shape:
+                raise InputError(f"{path}: clefts shape {clefts.shape} differs from raw {raw_ds.shape}")
             raw = raw_ds[...]
-            clefts = f["volumes/labels/clefts"][...]
+            mask = np.empty(clefts.shape, dtype=np.uint8)
+            for z in range(clefts.shape[0]):  # slice by slice: the uint64 labels are 8x the size of the raw data
+                mask[z] = clefts[z] != CREMI_NO_CLEFT
             resolution = raw_ds.attrs.get("resolution")
     except OSError as exc:
         raise InputError(f"{path}: not a readable HDF5 file ({exc}); delete it and run again") from None
     spacing = tuple(float(v) for v in resolution) if resolution is not None and len(resolution) == 3 else (1.0,) * 3
-    if raw.shape != clefts.shape:
-        raise InputError(f"{path}: clefts shape {clefts.shape} differs from raw {raw.shape}")
-    mask = (clefts.astype(np.uint64) != CREMI_NO_CLEFT).astype(np.uint8)
     return raw.astype(np.uint8, copy=False), mask, spacing
 
 
@@ -339,9 +330,9 @@ def convert_all_mito(data_root: Path, out: Path, work: Path | None = None, patch
     for name, folder in ALL_MITO_TEST2D.items():
         src, dest = data_root / folder, out / "test" / "2d" / name
         for kind in ("images", "masks"):
-            for path in listed_images(src / kind):
+            for path in list_images(src / kind):
                 copy_file(path, dest / kind / path.name)
-        counts[f"test images {name}"] = len(listed_images(dest / "images"))
+        counts[f"test images {name}"] = len(list_images(dest / "images"))
     for name, rule in {"urocell": lambda m: (m == 2).astype(np.uint8), "guay": guay_mito_and_cell}.items():
         src = data_root / name / "3d" / "test"
         volumes = sorted(p for p in (src / "images").iterdir() if not p.name.startswith("."))

@@ -50,7 +50,8 @@ def mostly_empty(patch: np.ndarray, min_fraction: float = MIN_NONZERO_FRACTION) 
     return np.count_nonzero(patch > 0) < min_fraction * patch.size
 
 
-def _list_images(folder: Path) -> list[Path]:
+def list_images(folder: Path) -> list[Path]:
+    """The images of a folder (hidden files left out), sorted; an error when there are none."""
     from cellemnet.io import is_image_file
 
     if not folder.is_dir():
@@ -78,7 +79,7 @@ def patch_folder(
 
     count = 0
     out_dir = Path(out_dir)
-    for path in tqdm(_list_images(Path(image_dir)), desc="patches", unit="image"):
+    for path in tqdm(list_images(Path(image_dir)), desc="patches", unit="image"):
         image = read_image(path)
         stem = path.name.split(".")[0]
         for y0, y1, x0, x1 in patch_boxes(image.shape[:2], crop):
@@ -109,7 +110,7 @@ def patch_pairs(
 
     out_dir, mask_dir = Path(out_dir), Path(mask_dir)
     written = skipped = 0
-    for path in tqdm(_list_images(Path(image_dir)), desc=f"patches {prefix or ''}".strip(), unit="image"):
+    for path in tqdm(list_images(Path(image_dir)), desc=f"patches {prefix or ''}".strip(), unit="image"):
         mask_path = mask_dir / path.name
         if not mask_path.is_file():
             raise InputError(f"{path}: no mask with the same name in {mask_dir}")
