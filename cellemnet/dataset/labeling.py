@@ -74,20 +74,23 @@ class PatchLoader:
 
 # ------------------------------------------------------------------------------------------------ sources
 def items_from_folder(folder: str | os.PathLike, recursive: bool = True) -> list[str]:
-    """Every image file under `folder`, sorted, as labels-CSV references."""
+    """Every image file under `folder`, sorted, as absolute labels-CSV references."""
     from cellemnet.io import is_image_file
 
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: folder of patches not found")
+    folder = folder.resolve()  # absolute references stay valid wherever the CSV is read from
     paths = folder.rglob("*") if recursive else folder.iterdir()
     return sorted(str(p) for p in paths if p.is_file() and is_image_file(p) and not p.name.startswith("."))
 
 
 def items_from_shard(shard_path: str | os.PathLike, limit: int | None = None, seed: int = 0) -> list[str]:
-    """References to the patches of one shard; `limit` draws that many at random (seeded) in shard order."""
+    """Absolute references to the patches of one shard; `limit` draws that many at random (seeded), in shard
+    order."""
     from cellemnet.dataset.store import ShardReader
 
+    shard_path = Path(shard_path).resolve()
     names = list(ShardReader(shard_path).names)
     if limit is not None and limit < len(names):
         pick = np.sort(np.random.default_rng(seed).choice(len(names), size=limit, replace=False))
