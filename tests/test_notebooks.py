@@ -14,6 +14,10 @@ NOTEBOOK_DIR = ROOT / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 CELL_TIMEOUT_S = 300
 KERNEL_CHECK = "import sys; print('KERNEL-PYTHON=' + sys.executable)"
+# Notebooks read ../shared/data through this variable and fall back to cellemnet.synthetic without it.
+DATA_ENV = "CELLEMNET_EXAMPLE_DATA"
+# check_benchmarks only skips a section without the data; the others switch to synthetic inputs.
+FALLBACK_NOTEBOOKS = [p for p in NOTEBOOKS if DATA_ENV in p.read_text() and p.stem != "check_benchmarks"]
 
 
 def _tracked_notebooks() -> list[Path]:
@@ -23,9 +27,34 @@ def _tracked_notebooks() -> list[Path]:
     return [ROOT / line for line in out.stdout.splitlines() if line.strip()]
 
 
-def test_there_are_notebooks():
-    names = {p.name for p in NOTEBOOKS}
-    assert {"pretrained_weights.ipynb"} <= names
+def _execute(path: Path, monkeypatch) -> nbformat.NotebookNode:
+    """Run a copy of the notebook in notebooks/ (as a user would); raises CellExecutionError on a failing cell."""
+    from nbclient import NotebookClient
+
+    # The kernel inherits this environment (offline switches from conftest); inline figures as a user sees them.
+    monkeypatch.delenv("MPLBACKEND", raising=False)
+    monkeypatch.setenv("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+    before = sorted(os.listdir(NOTEBOOK_DIR))
+    nb = nbformat.read(path, as_version=4)
+    nb.cells.insert(0, nbformat.v4.new_code_cell(KERNEL_CHECK))
+    NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
+                   resources={"metadata": {"path": str(NOTEBOOK_DIR)}}).execute()
+    printed = "".join(o.get("text", "") for o in nb.cells[0].outputs)
+    kernel_python = printed.split("KERNEL-PYTHON=", 1)[1].strip()
+    assert Path(kernel_python).resolve() == Path(sys.executable).resolve(), "the kernel is not the venv's python"
+    assert sorted(os.listdir(NOTEBOOK_DIR)) == before, f"{path.name} left files in notebooks/"
+    return nb
+
+
+def _printed(nb) -> str:
+    return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+
+
+def test_the_notebooks_are_there():
+    names = {p.stem for p in NOTEBOOKS}
+    assert {"pretrained_weights", "deduplication_and_filtering", "featuremap_correlation", "invariances",
+            "occlusion_analysis", "check_benchmarks"} <= names
+    assert len(FALLBACK_NOTEBOOKS) >= 4
 
 
 @pytest.mark.parametrize("path", _tracked_notebooks(), ids=lambda p: p.stem)
@@ -40,21 +69,15 @@ def test_notebook_is_stored_with_cleared_outputs(path):
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_top_to_bottom(path, monkeypatch):
-    from nbclient import NotebookClient
-
-    # The kernel inherits this environment: offline switches from conftest; inline figures as a user would see them.
-    monkeypatch.delenv("MPLBACKEND", raising=False)
-    monkeypatch.setenv("PYDEVD_DISABLE_FILE_VALIDATION", "1")
-    before = sorted(os.listdir(NOTEBOOK_DIR))
-    nb = nbformat.read(path, as_version=4)
-    nb.cells.insert(0, nbformat.v4.new_code_cell(KERNEL_CHECK))
-    client = NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
-                            resources={"metadata": {"path": str(NOTEBOOK_DIR)}})
-    client.execute()  # raises CellExecutionError (with the cell and traceback) on the first failing cell
-
-    printed = "".join(o.get("text", "") for o in nb.cells[0].outputs)
-    kernel_python = printed.split("KERNEL-PYTHON=", 1)[1].strip()
-    assert Path(kernel_python).resolve() == Path(sys.executable).resolve(), "the kernel is not the venv's python"
+    monkeypatch.delenv(DATA_ENV, raising=False)  # the default: ../../shared/data when it is there
+    nb = _execute(path, monkeypatch)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.get("output_type") == "error"]
     assert not errors
-    assert sorted(os.listdir(NOTEBOOK_DIR)) == before, "the notebook left files in notebooks/"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", FALLBACK_NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs_on_synthetic_data_without_shared_data(path, monkeypatch, tmp_path):
+    monkeypatch.setenv(DATA_ENV, str(tmp_path / "no-shared-data-here"))
+    nb = _execute(path, monkeypatch)
+    assert "synthetic" in _printed(nb)
