@@ -25,10 +25,6 @@ PRETRAINING_ORDER = ("random_init", "imagenet_supervised", "imagenet_mocov2", "c
 DEFAULT_CHART = "benchmark_iou.png"
 
 
-def _column(df, name: str):
-    return df[name] if name in df.columns else None
-
-
 def _first_present(*values):
     for v in values:
         if v is not None and not (isinstance(v, float) and math.isnan(v)) and str(v) != "":

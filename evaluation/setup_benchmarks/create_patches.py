@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from cellemnet.errors import cli_main
 from cellemnet.evaluation.setup.patches import DEFAULT_PATCH_SIZE, patch_folder

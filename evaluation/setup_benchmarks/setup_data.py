@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from cellemnet.errors import cli_main
 from cellemnet.evaluation.setup.layout import BENCHMARKS, DATASETS, datasets_for, resolve_data_root
