@@ -37,8 +37,6 @@ class TestResult:
 # ---------------------------------------------------------------------------------------------- model loading
 def load_predictor(state_path: str | Path, config: Mapping[str, Any]):
     """A Predictor from a fine-tuning checkpoint: class count, channels and norms come from the checkpoint."""
-    import torch
-
     from cellemnet.evaluation.model import build_unet_for_inference
     from cellemnet.evaluation.predict import Predictor
     from cellemnet.evaluation.train import load_training_checkpoint
@@ -55,7 +53,6 @@ def load_predictor(state_path: str | Path, config: Mapping[str, Any]):
         raise InputError(f"{state_path}: weights do not fit a ResNet-50 U-Net ({str(exc).splitlines()[0]})") from None
     device = select_device(config["device"])
     predictor = Predictor(model, ckpt["norms"], in_channels, num_classes, device, amp=config["amp"])
-    torch.set_grad_enabled(False)
     return predictor, ckpt
 
 

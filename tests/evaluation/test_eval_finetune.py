@@ -1,0 +1,139 @@
+"""A short fine-tune + inference on a synthetic benchmark: checkpoints, resume, CLI scripts, tracking."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from cellemnet.evaluation.config import load_eval_config
+from cellemnet.evaluation.infer import run_inference2d, run_inference3d, run_inference_mixed
+from cellemnet.evaluation.train import finetune
+from cellemnet.tracking import read_runs
+
+from eval_core_helpers import ROOT, tiny_benchmark, tiny_config
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Train once (2 iterations, checkpoints at 1 and 2) and share the result."""
+    base = tmp_path_factory.mktemp("ft")
+    data = tiny_benchmark(base / "bench")
+    cfg_path = tiny_config(base / "cfg.yaml", data, iters=2, num_save_checkpoints=2, num_prints=2)
+    cfg = load_eval_config(cfg_path, stage="train")
+    out = finetune(cfg, config_path=str(cfg_path), progress=False)
+    return base, cfg_path, cfg, out
+
+
+def test_checkpoints_named_and_complete(trained):
+    base, _, cfg, out = trained
+    models = base / "models"
+    names = sorted(p.name for p in models.glob("*.pth"))
+    assert names == ["example-random_init_ft_all_epoch1_of_2.pth", "example-random_init_ft_all_epoch2_of_2.pth"]
+    ckpt = torch.load(models / names[1], map_location="cpu", weights_only=True)  # plain data only
+    assert {"state_dict", "optimizer", "scheduler", "norms", "config", "run_id"} <= set(ckpt)
+    assert ckpt["run_id"] == out["run_id"] and ckpt["config"]["iters"] == 2 and ckpt["step"] == 2
+    assert ckpt["norms"] == {"mean": [0.57287007], "std": [0.12740536]}
+    assert not list(models.glob(".*part*"))  # atomic writes leave no temporaries
+
+
+def test_training_metrics_tracked_over_time(trained):
+    base, _, _, out = trained
+    runs = read_runs("example", tracking_dir=base / "mlflow_store")
+    run = runs[runs.run_id == out["run_id"]].iloc[0]
+    assert run["params.lr_policy"] == "OneCycle" and run["params.augmentations"].startswith("[{'aug'")
+    from mlflow.tracking import MlflowClient
+
+    history = MlflowClient().get_metric_history(out["run_id"], "train_loss")
+    assert [m.step for m in history] == [1, 2]
+    assert {"valid_mito_IoU", "train_mito_IoU"} <= set(k.split(".", 1)[1] for k in runs.columns if k.startswith("metrics."))
+
+
+def test_resume_continues_from_the_saved_step(trained, capsys):
+    base, cfg_path, _, _ = trained
+    first = base / "models" / "example-random_init_ft_all_epoch1_of_2.pth"
+    cfg = load_eval_config(cfg_path, [f"resume={first}", f"model_dir={base / 'resumed'}", "num_save_checkpoints=1"],
+                           stage="train")
+    out = finetune(cfg, progress=False)
+    assert "resuming from" in capsys.readouterr().out
+    ckpt = torch.load(out["checkpoint"], map_location="cpu", weights_only=True)
+    assert ckpt["step"] == 2 and out["checkpoint"].endswith("epoch2_of_2.pth")
+    before = torch.load(first, map_location="cpu", weights_only=True)
+    assert ckpt["run_id"] == before["run_id"]  # the same MLflow run goes on
+    assert out["seconds"] > 0
+
+
+def test_inference_2d_3d_and_test_iou_logged_to_training_run(trained):
+    base, cfg_path, _, out = trained
+    state = base / "models" / "example-random_init_ft_all_epoch2_of_2.pth"
+    cfg2 = load_eval_config(cfg_path, [f"save_dir2d={base / 'p2d'}", "tile_size2d=48", "tile_overlap2d=16"],
+                            stage="infer2d")
+    score2 = run_inference2d(cfg2, state, progress=False)
+    assert 0.0 <= score2 <= 1.0
+    rows = (base / "p2d" / "iou.csv").read_text().splitlines()
+    assert rows[0] == "name,iou_class1,mean_iou" and len(rows) == 3
+    pred = np.asarray(__import__("cellemnet.io", fromlist=["read_image"]).read_image(base / "p2d" / "test2d_000.tif"))
+    assert pred.shape == (64, 64) and set(np.unique(pred)) <= {0, 1}
+    cfg3 = load_eval_config(cfg_path, [f"save_dir3d={base / 'p3d'}", "batch3d=64"], stage="infer3d")
+    score3 = run_inference3d(cfg3, state, progress=False)
+    assert 0.0 <= score3 <= 1.0 and (base / "p3d" / "iou.csv").is_file()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    history = client.get_metric_history(out["run_id"], "Test_Set_IoU")
+    assert pytest.approx(history[-1].value) == score3
+    arts = [a.path for a in client.list_artifacts(out["run_id"], "test/example")]
+    assert "test/example/iou.csv" in arts and "test/example/overlays" in arts
+
+
+def test_mixed_inference_in_one_process(trained):
+    base, cfg_path, _, _ = trained
+    bench = base / "bench"
+    mixed = base / "mixed"
+    (mixed / "2d").mkdir(parents=True)
+    (mixed / "3d").mkdir()
+    (mixed / "2d" / "sub_a").symlink_to(bench / "test2d")
+    (mixed / "3d" / "sub_b").symlink_to(bench / "test3d")
+    cfg = load_eval_config(cfg_path, [
+        f"test_dir={mixed}", "benchmark_names=[sub_a, sub_b]", "benchmark_dimensions=[2d, 3d]",
+        "eval_classes=[1, 1]", "thresholds=[0.5, 0.5]", "instance_match2d=[true, false]",
+        "mode3d=[stack, orthoplane]", "mask_prediction3d=[false, false]", f"save_dir2d={base / 'pm'}", "batch3d=64",
+    ], stage="mixed")
+    state = base / "models" / "example-random_init_ft_all_epoch2_of_2.pth"
+    metrics = run_inference_mixed(cfg, state, progress=False)
+    assert set(metrics) == {"sub_a_iou", "sub_b_iou", "Test_Set_IoU"}
+    assert metrics["Test_Set_IoU"] == pytest.approx((metrics["sub_a_iou"] + metrics["sub_b_iou"]) / 2)
+    assert (base / "pm" / "sub_a" / "iou.csv").is_file() and (base / "pm" / "sub_b" / "iou.csv").is_file()
+
+
+def test_cli_prints_test_set_iou_last_and_errors_are_one_line(trained):
+    base, cfg_path, _, _ = trained
+    state = base / "models" / "example-random_init_ft_all_epoch2_of_2.pth"
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "evaluation" / "inference2d.py"), str(cfg_path), str(state), "logging=false",
+         f"save_dir2d={base / 'cli'}"], capture_output=True, text=True, cwd=base)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().splitlines()[-1].startswith("Test_Set_IoU: ")
+    bad = subprocess.run([sys.executable, str(ROOT / "evaluation" / "finetune.py"), str(cfg_path), "iters=-1"],
+                         capture_output=True, text=True, cwd=base)
+    assert bad.returncode == 2 and bad.stderr.strip() == f"error: {cfg_path}: key 'iters' must be > 0"
+    assert "Traceback" not in bad.stderr
+
+
+def test_training_on_odd_sized_images_with_validation(tmp_path):
+    """Sides that are not multiples of 32 (the original's validation crashed): padded, scored, saved."""
+    from eval_core_helpers import write_png
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 2), ("valid", 1)):
+        for i in range(n):
+            img = rng.integers(0, 256, (50, 70), dtype=np.uint8)
+            write_png(tmp_path / "d" / split / "images" / f"{i}.png", img)
+            write_png(tmp_path / "d" / split / "masks" / f"{i}.png", ((img > 128) * 255).astype(np.uint8))
+    cfg_path = tiny_config(tmp_path / "c.yaml", tmp_path / "d", iters=1, augmentations=[], logging=False)
+    out = finetune(load_eval_config(cfg_path, stage="train"), progress=False)
+    assert 0.0 <= out["metrics"]["valid_mito_IoU"] <= 1.0
+    assert out["checkpoint"].endswith("epoch1_of_1.pth")
