@@ -24,6 +24,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--data-root", help="folder for all benchmark data (default: $CELLEMNET_DATA_ROOT)")
     parser.add_argument("--no-download", action="store_true",
                         help="use only files already in DATA_ROOT/downloads (checked against their checksums)")
+    parser.add_argument("--download-only", action="store_true", help="fetch and check the files, do not convert")
     parser.add_argument("--force", action="store_true", help="convert again even where a dataset is set up")
     parser.add_argument("--delete-downloads", action="store_true", help="remove each archive after converting it")
     parser.add_argument("--list", action="store_true", help="print the files each dataset downloads and exit")
@@ -45,7 +46,7 @@ def main(argv=None) -> int:
         return 0
     root = resolve_data_root(args.data_root)
     summary = setup_datasets(names, root, download=not args.no_download, force=args.force,
-                             keep_downloads=not args.delete_downloads)
+                             keep_downloads=not args.delete_downloads, convert_data=not args.download_only)
     print(f"\nsummary (data root {root}):")
     for name, info in summary.items():
         details = ", ".join(f"{k}: {v}" for k, v in info.items() if k != "status")

@@ -352,3 +352,16 @@ def test_all_mito_needs_its_inputs_first(tmp_path):
 def test_no_download_needs_the_files_in_place(tmp_path, served_sources):
     with pytest.raises(InputError, match="downloads/lucchi_pp.zip: not found"):
         pipeline.setup_datasets(["lucchi_pp"], tmp_path / "data", download=False, log=lambda s: None)
+
+
+def test_download_only_then_convert_offline(tmp_path, served_sources):
+    data_root = tmp_path / "data"
+    summary = pipeline.setup_datasets(["cremi"], data_root, convert_data=False, progress=False, log=lambda s: None)
+    assert summary == {"cremi": {"status": "downloaded"}}
+    assert not (data_root / "cremi").exists()
+    assert len(list((data_root / "downloads").glob("sample_*.hdf"))) == 3
+    for path in served_sources.values():  # the "network" goes away
+        path.unlink()
+    summary = pipeline.setup_datasets(["cremi"], data_root, download=False, progress=False, log=lambda s: None)
+    assert summary["cremi"]["status"] == "converted"
+    assert pipeline.is_complete(data_root / "cremi")

@@ -93,8 +93,12 @@ def setup_datasets(
     keep_downloads: bool = True,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    convert_data: bool = True,
 ) -> dict[str, dict]:
-    """Download (unless `download` is False: then the files must already be in downloads/) and convert datasets."""
+    """Download (unless `download` is False: then the files must already be in downloads/) and convert datasets.
+
+    With convert_data False the files are only fetched and checked (to convert later, e.g. on another machine).
+    """
     data_root.mkdir(parents=True, exist_ok=True)
     downloads = data_root / DOWNLOADS
     registry = ChecksumRegistry(downloads / REGISTRY)
@@ -112,6 +116,9 @@ def setup_datasets(
                                      "there, or run without --no-download")
         for line in download_dataset(name, downloads, registry, progress):  # present files are only verified
             log(f"{name}: {line}")
+        if not convert_data:
+            summary[name] = {"status": "downloaded"}
+            continue
         log(f"{name}: converting ...")
         counts = convert_dataset(name, data_root, downloads, force=force)
         summary[name] = {"status": "converted", **counts}
