@@ -179,3 +179,34 @@ def test_nn_method_end_to_end_on_cpu(tmp_path):
     assert r.n_patches == 3 and r.n_kept == 0
     rows = _manifest(tmp_path / "final")
     assert all(abs(float(row["score"]) - 1 / (1 + np.exp(3.0))) < 1e-4 for row in rows)
+
+
+@pytest.mark.shared_data
+def test_real_em_shards_end_to_end(shared_data, tmp_path):
+    """ISBI slices cut to 224 crops in two ROI shards of one dataset, plus a shard of degraded copies."""
+    from cellemnet.dataset.quality import UNINFORMATIVE_KINDS
+
+    rng = np.random.default_rng(0)
+    sharddir = tmp_path / "shards"
+    real_names = []
+    bad_names, bad_patches = [], []
+    for roi, slices in (("isbi-ROI-z0-15", range(0, 15, 3)), ("isbi-ROI-z15-30", range(15, 30, 3))):
+        names, patches = [], []
+        for z in slices:
+            img = read_image(shared_data / "isbi2012" / "train" / "images" / f"slice{z:02d}.png")
+            for y0, x0 in ((0, 0), (0, 288), (288, 0), (288, 288)):
+                names.append(format_name(roi, y0, y0 + 224, x0, x0 + 224, axis=0, slice_index=z))
+                patches.append(img[y0:y0 + 224, x0:x0 + 224])
+                kind = UNINFORMATIVE_KINDS[len(bad_names) % len(UNINFORMATIVE_KINDS)]
+                bad_names.append(format_name("degraded", y0, y0 + 224, x0, x0 + 224, axis=0,
+                                             slice_index=len(bad_names)))
+                bad_patches.append(make_uninformative(patches[-1], kind, rng))
+        write_shard(sharddir / f"{roi}.h5", names, patches, np.zeros(len(names), np.uint64))
+        real_names += names
+    write_shard(sharddir / "degraded.h5", bad_names, bad_patches, np.zeros(len(bad_names), np.uint64))
+    r = classify_patches(sharddir, tmp_path / "final", workers=2, progress=False, log=lambda *_: None)
+    kept = r.per_dataset["isbi"]["kept"] / r.per_dataset["isbi"]["scored"]
+    dropped = 1 - r.per_dataset["degraded"]["kept"] / r.per_dataset["degraded"]["scored"]
+    print(f"\nreal ISBI patches kept {kept:.1%} of {len(real_names)}; degraded copies dropped {dropped:.1%}")
+    assert kept >= 0.95 and dropped >= 0.95
+    assert len(list((tmp_path / "final" / "isbi").glob("*.tiff"))) == r.per_dataset["isbi"]["kept"]
