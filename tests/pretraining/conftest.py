@@ -27,3 +27,13 @@ def tiny_overrides(data_path, model_dir, **extra) -> list[str]:
             "workers": 0, "print_freq": 1, "logging": False, "device": "cpu", "epochs": 1}
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
+
+
+@pytest.fixture
+def make_patches():
+    return write_patch_folders
+
+
+@pytest.fixture
+def tiny():
+    return tiny_overrides

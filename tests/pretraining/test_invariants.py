@@ -107,3 +107,37 @@ def test_prototypes_stay_frozen_for_the_first_iterations():
     method.step(batch, run)
     model.normalize_prototypes()
     assert not torch.allclose(model.prototypes.weight, frozen)
+
+
+def test_infonce_loss_falls_when_queries_are_optimised():
+    torch.manual_seed(0)
+    k = F.normalize(torch.randn(8, 16), dim=1)
+    queue = F.normalize(torch.randn(16, 64), dim=0)
+    q = torch.nn.Parameter(torch.randn(8, 16))
+    opt = torch.optim.SGD([q], lr=0.5)
+    losses = []
+    for _ in range(30):
+        loss = infonce_loss(moco_logits(F.normalize(q, dim=1), k, queue, 0.2))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_swav_loss_falls_when_a_head_is_optimised():
+    torch.manual_seed(0)
+    feats = [F.normalize(torch.randn(16, 8), dim=1)]
+    feats.append(F.normalize(feats[0] + 0.1 * torch.randn(16, 8), dim=1))
+    prototypes = torch.nn.Linear(8, 4, bias=False)
+    opt = torch.optim.SGD(prototypes.parameters(), lr=0.5)
+    losses = []
+    for _ in range(40):
+        scores = [prototypes(f) for f in feats]
+        codes = {0: sinkhorn(scores[0].detach(), 0.05, 3), 1: sinkhorn(scores[1].detach(), 0.05, 3)}
+        loss = swapped_prediction_loss(scores, codes, 0.1)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert losses[-1] < 0.8 * losses[0]
