@@ -1,0 +1,137 @@
+"""Greedy de-duplication: identical to a plain quadratic loop for the same walk order."""
+import numpy as np
+import pytest
+
+from cellemnet.dataset.dedup import (
+    BlockPlan,
+    deduplicate,
+    deduplicate_reference,
+    greedy_clusters,
+    plan_blocks,
+    walk_order,
+)
+
+
+def oracle(hashes, max_distance, order):
+    """The specification: walk in order; a hash not yet removed is an exemplar and removes all within distance."""
+    hashes = np.asarray(hashes, dtype=np.uint64)
+    removed = np.zeros(len(hashes), dtype=bool)
+    exemplar_of = np.full(len(hashes), -1)
+    exemplars = []
+    for i in order:
+        if removed[i]:
+            continue
+        exemplars.append(int(i))
+        exemplar_of[i] = i
+        near = (np.bitwise_count(hashes ^ hashes[i]) <= max_distance) & ~removed
+        exemplar_of[near & (exemplar_of < 0)] = i
+        removed |= near
+    return np.array(exemplars, dtype=np.int64), exemplar_of
+
+
+def clustered(n, seed, n_centres=None, max_flips=10):
+    rng = np.random.default_rng(seed)
+    centres = rng.integers(0, np.iinfo(np.uint64).max, n_centres or max(1, n // 6), dtype=np.uint64, endpoint=True)
+    h = centres[rng.integers(0, len(centres), n)]
+    for _ in range(max_flips):
+        flip = rng.random(n) < 0.5
+        h[flip] ^= np.uint64(1) << rng.integers(0, 64, flip.sum()).astype(np.uint64)
+    return h
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("n", [1, 7, 300, 4000])
+def test_equals_oracle_for_random_orders(n, seed):
+    hashes = clustered(n, seed)
+    order = walk_order(n, seed)
+    result = greedy_clusters(hashes, 12, order=order)
+    expected, expected_of = oracle(hashes, 12, order)
+    assert np.array_equal(result.exemplars, expected)
+    assert np.array_equal(result.exemplar_of, expected_of)
+
+
+@pytest.mark.parametrize(
+    "plan",
+    [
+        BlockPlan((0, 13, 26, 39, 52), (13, 13, 13, 13, 12), (2, 2, 2, 1, 1)),
+        BlockPlan((0, 16, 32, 48), (16, 16, 16, 16), (3, 2, 2, 2)),
+        BlockPlan((0,), (64,), (12,), brute_force=True),
+    ],
+    ids=["5-blocks", "4-blocks", "brute"],
+)
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_every_search_strategy_equals_oracle(plan, n_threads):
+    hashes = clustered(6000, 11)
+    order = walk_order(len(hashes), 5)
+    # a small neighbour buffer forces the overflow/retry path as well
+    result = greedy_clusters(hashes, 12, order=order, plan=plan, n_threads=n_threads, buffer_entries=64)
+    expected, expected_of = oracle(hashes, 12, order)
+    assert np.array_equal(result.exemplars, expected)
+    assert np.array_equal(result.exemplar_of, expected_of)
+
+
+@pytest.mark.parametrize("max_distance", [0, 3, 6, 20])
+def test_other_distances_equal_oracle(max_distance):
+    hashes = clustered(2000, max_distance, max_flips=14)
+    order = walk_order(len(hashes), 0)
+    expected, _ = oracle(hashes, max_distance, order)
+    assert np.array_equal(deduplicate(hashes, max_distance, order=order), expected)
+
+
+def test_boundary_distance_12_is_duplicate_13_is_not():
+    base = np.uint64(0x0123456789ABCDEF)
+    flip12 = base ^ np.uint64((1 << 12) - 1)  # 12 bits apart, all in the first 16-bit block
+    spread13 = base
+    for bit in range(0, 64, 5)[:13]:  # 13 bits apart, spread over every block
+        spread13 ^= np.uint64(1 << bit)
+    hashes = np.array([base, flip12, spread13], dtype=np.uint64)
+    assert deduplicate(hashes, 12, order=[0, 1, 2]).tolist() == [0, 2]
+    assert deduplicate(hashes, 13, order=[0, 1, 2]).tolist() == [0]
+    assert deduplicate(hashes, 11, order=[0, 1, 2]).tolist() == [0, 1, 2]
+
+
+def test_each_block_boundary_is_found():
+    """12 flipped bits placed in every possible block pattern are all caught at distance 12."""
+    rng = np.random.default_rng(3)
+    base = np.uint64(rng.integers(0, 2**63))
+    for trial in range(200):
+        bits = rng.choice(64, size=12, replace=False)
+        other = base
+        for b in bits:
+            other ^= np.uint64(1) << np.uint64(b)
+        assert deduplicate(np.array([base, other], dtype=np.uint64), 12, order=[0, 1]).tolist() == [0]
+
+
+def test_identical_hashes_collapse_to_one():
+    hashes = np.full(50000, 42, dtype=np.uint64)
+    result = greedy_clusters(hashes, 12, seed=4)
+    assert len(result.exemplars) == 1
+    assert (result.exemplar_of == result.exemplars[0]).all()
+
+
+def test_seed_and_order():
+    hashes = clustered(3000, 9)
+    assert np.array_equal(deduplicate(hashes, seed=1), deduplicate(hashes, seed=1))
+    assert np.array_equal(deduplicate(hashes, seed=1), oracle(hashes, 12, walk_order(3000, 1))[0])
+    assert not np.array_equal(deduplicate(hashes, seed=1), deduplicate(hashes, seed=2))
+    assert np.array_equal(deduplicate_reference(hashes, seed=1), deduplicate(hashes, seed=1))
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError):
+        deduplicate(np.zeros(3, np.uint64), order=[0, 0, 1])
+    with pytest.raises(ValueError):
+        deduplicate(np.zeros(3, np.uint64), order=[0, 1])
+    with pytest.raises(ValueError):
+        deduplicate(np.zeros(3, np.uint64), max_distance=-1)
+    assert deduplicate(np.zeros(0, np.uint64)).tolist() == []
+
+
+def test_plans_satisfy_the_pigeonhole_condition():
+    for d in (0, 1, 5, 12, 17):
+        for n in (10, 10**4, 10**6):
+            plan = plan_blocks(d, n)
+            assert sum(plan.bits) == 64
+            if not plan.brute_force:
+                assert sum(plan.radii) >= d + 1 - len(plan.bits)
+                assert max(plan.bits) <= 16
