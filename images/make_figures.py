@@ -143,6 +143,121 @@ def draw_pipeline(out_dir: Path) -> Path:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# curated-patch montage (notebooks helper's figure): what de-duplication and the filter keep and drop
+# --------------------------------------------------------------------------------------------------------------
+SHARED_DATA = IMAGES_DIR.parent.parent / "shared" / "data"
+
+
+def _real_patch_pool(data: Path) -> list[tuple[str, "np.ndarray"]] | None:
+    """(source, 224-px-or-smaller uint8 patch) from the real EM examples, or None when they are absent."""
+    import numpy as np
+
+    from cellemnet.io import read_image, read_volume, to_uint8
+
+    tomogram, isbi = data / "cryoet" / "tomo.tif", data / "isbi2012" / "train" / "images"
+    examples = data / "cem-examples" / "occlusion"
+    if not (tomogram.is_file() and isbi.is_dir() and examples.is_dir()):
+        return None
+    pool = [("cryo-ET", section) for section in to_uint8(np.asarray(read_volume(tomogram)[0]))]
+    for path in sorted(isbi.glob("*.png")):  # the four corner tiles of each 512-px ssTEM slice
+        image = read_image(path)
+        for y0 in (0, image.shape[0] - 224):
+            for x0 in (0, image.shape[1] - 224):
+                pool.append(("ssTEM", image[y0:y0 + 224, x0:x0 + 224]))
+    pool += [("CEM500K", read_image(path)) for path in sorted(examples.glob("*.tif*"))]
+    return pool
+
+
+def _synthetic_patch_pool(seed: int = 0) -> list[tuple[str, "np.ndarray"]]:
+    """Sections of small synthetic volumes, one per look (neighbouring sections are near-duplicates)."""
+    from cellemnet.synthetic import LOOKS, make_volume
+
+    pool = []
+    for i, look in enumerate(LOOKS):
+        volume, _ = make_volume((16, 160, 160), look=look, seed=seed + i)
+        pool += [(look, section) for section in volume]
+    return pool
+
+
+def curated_patch_groups(pool, seed: int = 0, n_failures: int = 12) -> dict:
+    """Run the curation library on a patch pool: dHash + greedy de-duplication, then the informative filter.
+
+    A few patches are turned into typical acquisition failures (blank resin, noise, out of focus, clipped) with
+    cellemnet.dataset.quality.make_uninformative, so the filter has something to drop. Returns the patches kept,
+    (exemplar, duplicate) pairs removed as near-duplicates, the (patch, score) dropped as uninformative, and counts.
+    """
+    import numpy as np
+
+    from cellemnet.constants import DEFAULT_MAX_HAMMING
+    from cellemnet.dataset.dedup import greedy_clusters
+    from cellemnet.dataset.hashing import dhash_batch
+    from cellemnet.dataset.quality import UNINFORMATIVE_KINDS, make_scorer, make_uninformative
+
+    rng = np.random.default_rng(seed)
+    patches = [patch for _, patch in pool]
+    for k, i in enumerate(rng.choice(len(patches), size=n_failures, replace=False)):
+        patches[i] = make_uninformative(patches[i], UNINFORMATIVE_KINDS[k % len(UNINFORMATIVE_KINDS)], rng)
+    clusters = greedy_clusters(dhash_batch(patches), max_distance=DEFAULT_MAX_HAMMING, seed=seed)
+    exemplars = clusters.exemplars
+    scorer = make_scorer()
+    scores = scorer.score([patches[i] for i in exemplars])
+    informative = scores > scorer.threshold
+    removed = [i for i in range(len(patches)) if clusters.exemplar_of[i] != i]
+    return {
+        "kept": [patches[i] for i in exemplars[informative]],
+        "duplicates": [(patches[clusters.exemplar_of[i]], patches[i]) for i in removed],
+        "uninformative": [(patches[i], float(s)) for i, s in zip(exemplars[~informative], scores[~informative])],
+        "counts": {"patches": len(patches), "exemplars": len(exemplars), "kept": int(informative.sum())},
+    }
+
+
+@figure("curated_patches")
+def draw_curated_patches(out_dir: Path, data: Path | None = None, seed: int = 0, per_row: int = 10) -> Path:
+    """Montage: patches kept by curation, near-duplicates removed (beside their exemplar), uninformative dropped.
+
+    Uses the real EM examples in ../shared/data when present, else synthetic volumes.
+    """
+    import numpy as np
+
+    pool = _real_patch_pool(data if data is not None else SHARED_DATA)
+    source = "real EM: cryo-ET tomogram, ISBI 2012 ssTEM, CEM500K patches"
+    if pool is None:
+        pool, source = _synthetic_patch_pool(seed), "synthetic volumes (cellemnet.synthetic)"
+    groups = curated_patch_groups(pool, seed=seed)
+    rng = np.random.default_rng(seed)
+
+    def pick(items, n):
+        return [items[i] for i in sorted(rng.choice(len(items), size=min(n, len(items)), replace=False))]
+
+    kept = pick(groups["kept"], per_row)
+    pairs = pick(groups["duplicates"], per_row // 2)
+    dropped = sorted(groups["uninformative"], key=lambda item: item[1])[:per_row]
+    c = groups["counts"]
+    rows = [("kept: distinct and informative", [(p, "") for p in kept]),
+            ("removed as near-duplicates: exemplar | duplicate",
+             [(p, t) for e, d in pairs for p, t in ((e, "exemplar"), (d, "duplicate"))]),
+            ("dropped as uninformative (filter score)", [(p, f"p={s:.2f}") for p, s in dropped])]
+    fig, axes = plt.subplots(len(rows), per_row, figsize=(per_row * 1.35, len(rows) * 1.75), squeeze=False)
+    for r, (label, cells) in enumerate(rows):
+        for col, ax in enumerate(axes[r]):
+            ax.axis("off")
+            if col < len(cells):
+                patch, caption = cells[col]
+                ax.imshow(patch, cmap="gray", vmin=0, vmax=255)
+                if caption:
+                    ax.set_title(caption, fontsize=7.5, pad=2)
+        axes[r][0].text(0, 1.28, label, transform=axes[r][0].transAxes, fontsize=10, fontweight="bold")
+    fig.suptitle(f"Curation: {c['patches']} patches \u2192 {c['exemplars']} after de-duplication \u2192 "
+                 f"{c['kept']} informative\n{source}; a few failures planted for the filter", fontsize=11)
+    fig.subplots_adjust(hspace=0.55, wspace=0.06, top=0.82)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "curated_patches.png"
+    fig.savefig(path, dpi=110, bbox_inches="tight", facecolor="white")
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", action="append", choices=sorted(FIGURES),
