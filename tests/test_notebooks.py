@@ -81,3 +81,24 @@ def test_notebook_runs_on_synthetic_data_without_shared_data(path, monkeypatch, 
     monkeypatch.setenv(DATA_ENV, str(tmp_path / "no-shared-data-here"))
     nb = _execute(path, monkeypatch)
     assert "synthetic" in _printed(nb)
+
+
+def _make_figures_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_figures", ROOT / "images" / "make_figures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_curated_patches_figure_runs_the_curation_library_on_synthetic_data(tmp_path):
+    figures = _make_figures_module()
+    groups = figures.curated_patch_groups(figures._synthetic_patch_pool(seed=0), seed=0, n_failures=6)
+    counts = groups["counts"]
+    assert counts["patches"] > counts["exemplars"] >= counts["kept"] > 0  # something de-duplicated, something kept
+    assert len(groups["duplicates"]) == counts["patches"] - counts["exemplars"]
+    assert len(groups["uninformative"]) == counts["exemplars"] - counts["kept"] >= 1
+    assert all(score <= 0.5 for _, score in groups["uninformative"])
+    path = figures.draw_curated_patches(tmp_path, data=tmp_path / "no-shared-data")
+    assert path == tmp_path / "curated_patches.png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
