@@ -213,7 +213,10 @@ def classify_patches(sharddir: str | os.PathLike, savedir: str | os.PathLike, we
         sizes[shard] = len(reader)
         reader.close()
 
-    settings = {"method": method, "weights": None if weights is None else str(weights),
+    weights_id = None if weights is None else str(weights)
+    if weights_id is not None and not weights_id.startswith(("http://", "https://")):
+        weights_id = str(Path(weights_id).resolve())  # the same file named two ways is the same setting
+    settings = {"method": method, "weights": weights_id,
                 "threshold": float(threshold), "format": fmt}
     # Load the model before SAVEDIR records any settings: bad weights must not lock the folder.
     scorer = make_scorer(weights, method, device=device, batch_size=batch_size, workers=workers,
