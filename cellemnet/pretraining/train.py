@@ -5,6 +5,7 @@ state); everything else - distributed set-up, data, AMP, lr, checkpoints, resume
 """
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import signal
@@ -307,7 +308,12 @@ def train(cfg: dict[str, Any], method_name: str) -> dict[str, Any]:
         run.say(f"resumed from {resume_path}: epoch {start_epoch}, iteration {start_iter}")
     if info.distributed:
         ids = [device.index] if device.type == "cuda" else None
-        run.model = nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+        # Buffers are not re-broadcast at every forward: the MoCo queue is filled identically on every rank
+        # (all-gathered keys), and a 32 MB broadcast per step would cost more than it guards.
+        ddp_params = inspect.signature(nn.parallel.DistributedDataParallel).parameters
+        no_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in ddp_params else {
+            "broadcast_buffers": False}
+        run.model = nn.parallel.DistributedDataParallel(model, device_ids=ids, **no_sync)
     else:
         run.model = model
 
