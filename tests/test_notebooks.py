@@ -16,8 +16,11 @@ CELL_TIMEOUT_S = 300
 KERNEL_CHECK = "import sys; print('KERNEL-PYTHON=' + sys.executable)"
 # Notebooks read ../shared/data through this variable and fall back to cellemnet.synthetic without it.
 DATA_ENV = "CELLEMNET_EXAMPLE_DATA"
+# The weights the notebooks study: a file when set, else a random-init ResNet-50 / a built stand-in checkpoint.
+WEIGHTS_ENVS = ("CELLEMNET_ENCODER", "CELLEMNET_CHECKPOINT")
 # check_benchmarks only skips a section without the data; the others switch to synthetic inputs.
-FALLBACK_NOTEBOOKS = [p for p in NOTEBOOKS if DATA_ENV in p.read_text() and p.stem != "check_benchmarks"]
+VARIANT_NOTEBOOKS = [p for p in NOTEBOOKS if p.stem != "check_benchmarks"
+                     and any(env in p.read_text() for env in (DATA_ENV, *WEIGHTS_ENVS))]
 
 
 def _tracked_notebooks() -> list[Path]:
@@ -54,7 +57,7 @@ def test_the_notebooks_are_there():
     names = {p.stem for p in NOTEBOOKS}
     assert {"pretrained_weights", "deduplication_and_filtering", "featuremap_correlation", "invariances",
             "occlusion_analysis", "check_benchmarks"} <= names
-    assert len(FALLBACK_NOTEBOOKS) >= 4
+    assert len(VARIANT_NOTEBOOKS) >= 5
 
 
 @pytest.mark.parametrize("path", _tracked_notebooks(), ids=lambda p: p.stem)
@@ -75,12 +78,33 @@ def test_notebook_runs_top_to_bottom(path, monkeypatch):
     assert not errors
 
 
+@pytest.fixture(scope="session")
+def encoder_file(tmp_path_factory) -> Path:
+    """An exported encoder (random weights, seed 1) made through the export contract, as a user would have."""
+    import torch
+
+    from cellemnet.analysis import resnet50_encoder
+    from cellemnet.pretraining.export import encoder_from_checkpoint
+
+    state = {f"module.encoder_q.{k}": v for k, v in resnet50_encoder(1, seed=1).state_dict().items()}
+    path = tmp_path_factory.mktemp("weights") / "encoder.pth"
+    torch.save(encoder_from_checkpoint({"state_dict": state, "norms": [0.5, 0.15]}), path)
+    return path
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("path", FALLBACK_NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs_on_synthetic_data_without_shared_data(path, monkeypatch, tmp_path):
+@pytest.mark.parametrize("path", VARIANT_NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs_on_synthetic_data_with_an_encoder_file(path, monkeypatch, tmp_path, encoder_file):
+    """The other branch of every switch: no ../shared/data (synthetic inputs) and a weights file given."""
     monkeypatch.setenv(DATA_ENV, str(tmp_path / "no-shared-data-here"))
+    for env in WEIGHTS_ENVS:
+        monkeypatch.setenv(env, str(encoder_file))
     nb = _execute(path, monkeypatch)
-    assert "synthetic" in _printed(nb)
+    printed = _printed(nb)
+    if DATA_ENV in path.read_text():
+        assert "synthetic" in printed
+    if "CELLEMNET_ENCODER" in path.read_text():
+        assert "encoder.pth" in printed  # the file's encoder was used (and named), not only random init
 
 
 def _make_figures_module():
