@@ -1,0 +1,491 @@
+"""Cut patches from 2D image groups and 3D volumes, hash them, drop near duplicates, store the exemplars.
+
+One source (a volume, or a folder of 2D images from one imaging project) becomes one shard in the output
+folder. Every source is processed in two passes so memory stays bounded:
+
+1. hash pass: stream the data (a volume in bands of at most crop_size slices, images one by one), compute the
+   dHash of every tile in place, keep only (location, hash);
+2. greedy de-duplication of all hashes of the source (seeded walk order);
+3. cut pass: re-read only what holds exemplars and cut those patches; write the shard (atomic) with a manifest
+   of every tile cut, kept or duplicate.
+
+Re-running skips sources whose shard is complete; leftovers of killed runs are removed, so a killed and re-run
+command gives the same shards as one clean run.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing
+import os
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from cellemnet.constants import DEFAULT_CROP_SIZE, DEFAULT_HASH_SIZE, DEFAULT_MAX_HAMMING
+from cellemnet.dataset import store
+from cellemnet.dataset.dedup import greedy_clusters, walk_order
+from cellemnet.dataset.hashing import dhash_boxes
+from cellemnet.dataset.names import format_name, source_name
+from cellemnet.dataset.tiling import grid_boxes, grid_edges, usable_axes
+from cellemnet.errors import ConfigError, InputError
+
+_SLICES_PER_READ = 16  # slices read (and converted to uint8) at once from a volume
+KIND_VOLUME = "volume"
+KIND_IMAGES = "images"
+
+
+@dataclass(frozen=True)
+class PatchSettings:
+    """What is cut and how duplicates are judged; stored in every shard's metadata."""
+
+    crop_size: int = DEFAULT_CROP_SIZE
+    hash_size: int = DEFAULT_HASH_SIZE
+    max_distance: int = DEFAULT_MAX_HAMMING
+    seed: int = 0
+    axes: tuple[int, ...] = (0, 1, 2)
+    slice_step: int = 1
+
+    def __post_init__(self) -> None:
+        if self.crop_size < 16:
+            raise ConfigError(f"crop size must be at least 16, got {self.crop_size}")
+        if not 2 <= self.hash_size <= 8:
+            raise ConfigError(f"hash size must be 2..8 (hashes are stored as 64 bits), got {self.hash_size}")
+        if self.max_distance < 0:
+            raise ConfigError(f"max Hamming distance must be >= 0, got {self.max_distance}")
+        if self.slice_step < 1:
+            raise ConfigError(f"slice spacing must be >= 1, got {self.slice_step}")
+        if not self.axes or any(a not in (0, 1, 2) for a in self.axes):
+            raise ConfigError(f"axes must be a non-empty list of 0, 1, 2, got {list(self.axes)}")
+
+    def metadata(self, kind: str) -> dict:
+        meta = {k: v for k, v in asdict(self).items() if kind == KIND_VOLUME or k not in ("axes", "slice_step")}
+        if "axes" in meta:
+            meta["axes"] = sorted(set(meta["axes"]))
+        return meta
+
+
+@dataclass
+class Source:
+    """One unit of work: a volume, or a group of 2D images that share a shard."""
+
+    kind: str
+    name: str
+    path: str  # volume path/address, or the group's folder
+    files: tuple[str, ...] = ()  # 2D images of a group
+
+
+@dataclass
+class SourceResult:
+    source: str
+    shard: str
+    status: str  # "done", "skipped", "failed"
+    n_cut: int = 0
+    n_kept: int = 0
+    seconds: float = 0.0
+    errors: list[str] = field(default_factory=list)  # one line each, naming the file
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Tiles:
+    """Where every tile of a source was cut and its hash (no pixels)."""
+
+    item: np.ndarray  # image index (2D) or axis (3D)
+    slice: np.ndarray  # slice index (3D), -1 for 2D
+    boxes: np.ndarray  # (n, 4) y0, y1, x0, x1 in the image / cross section
+    hashes: np.ndarray
+
+    @classmethod
+    def concat(cls, parts: list["_Tiles"]) -> "_Tiles":
+        if not parts:
+            return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 4), np.int64), np.zeros(0, np.uint64))
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("item", "slice", "boxes", "hashes")))
+
+    def sorted(self) -> "_Tiles":
+        order = np.lexsort((self.boxes[:, 2], self.boxes[:, 0], self.slice, self.item))
+        return _Tiles(self.item[order], self.slice[order], self.boxes[order], self.hashes[order])
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Finding sources
+# --------------------------------------------------------------------------------------------------------------
+def _visible(path: Path) -> bool:
+    return not path.name.startswith(".")
+
+
+def volume_source_name(path: str | os.PathLike) -> str:
+    """Source name of a volume: the file stem, plus the dataset key for ``file.h5:/key`` / ``store.zarr/key``."""
+    from cellemnet.io import split_container_path
+
+    file, key, _ = split_container_path(path)
+    name = source_name(file.name)
+    if key:
+        name += "_" + key.strip("/").replace("/", "_")
+    return name
+
+
+def find_volumes(voldir: str | os.PathLike) -> list[Source]:
+    """Volumes in a folder (sorted), or the single volume/address given. Zarr stores count as one volume."""
+    from cellemnet.io import is_image_file, is_volume_file, split_container_path
+
+    voldir_text = os.fspath(voldir)
+    file, key, kind = split_container_path(voldir_text)
+    path = Path(voldir_text)
+    if kind is not None and (key is not None or file.is_file() or kind == "zarr"):
+        return [Source(KIND_VOLUME, volume_source_name(voldir_text), voldir_text)]
+    if path.is_file():
+        return [Source(KIND_VOLUME, volume_source_name(path), str(path))]
+    if not path.is_dir():
+        raise InputError(f"{path}: no such folder or volume")
+    sources = []
+    for entry in sorted(path.iterdir()):
+        if not _visible(entry):
+            continue
+        if entry.is_dir() and not entry.name.lower().endswith(".zarr"):
+            continue
+        if is_volume_file(entry) or is_image_file(entry):
+            sources.append(Source(KIND_VOLUME, volume_source_name(entry), str(entry)))
+    return sources
+
+
+def find_image_groups(imdir: str | os.PathLike) -> list[Source]:
+    """One group per subfolder of ``imdir`` (its images, sorted); images directly in ``imdir`` form a group
+    named after ``imdir``."""
+    from cellemnet.io import is_image_file
+
+    root = Path(imdir)
+    if not root.is_dir():
+        raise InputError(f"{root}: no such folder")
+    groups = []
+    loose = tuple(str(p) for p in sorted(root.iterdir()) if _visible(p) and p.is_file() and is_image_file(p))
+    if loose:
+        groups.append(Source(KIND_IMAGES, source_name(root.resolve().name), str(root), loose))
+    for sub in sorted(p for p in root.iterdir() if _visible(p) and p.is_dir()):
+        files = tuple(str(p) for p in sorted(sub.iterdir()) if _visible(p) and p.is_file() and is_image_file(p))
+        groups.append(Source(KIND_IMAGES, sub.name, str(sub), files))
+    return groups
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 3D volumes
+# --------------------------------------------------------------------------------------------------------------
+def _read_uint8(reader, lo: int, hi: int, limits) -> np.ndarray:
+    """Slices lo..hi of a volume as uint8, reading a few slices at a time (bounded extra memory)."""
+    from cellemnet.io import to_uint8
+
+    if reader.dtype == np.uint8:
+        return np.asarray(reader[lo:hi])
+    out = np.empty((hi - lo, *reader.shape[1:]), dtype=np.uint8)
+    for start in range(lo, hi, _SLICES_PER_READ):
+        stop = min(start + _SLICES_PER_READ, hi)
+        out[start - lo : stop - lo] = to_uint8(reader[start:stop], limits, name=reader.path)
+    return out
+
+
+def _volume_bands(depth: int, crop_size: int, cross: bool, xy: bool) -> list[tuple[int, int, bool]]:
+    """z ranges read at once: the tile rows of the xz/yz cross sections (when cut), then the rest for xy only."""
+    bands = [(lo, hi, True) for lo, hi in grid_edges(depth, crop_size)] if cross else []
+    start = bands[-1][1] if bands else 0
+    if xy:
+        bands += [(lo, min(lo + _SLICES_PER_READ, depth), False) for lo in range(start, depth, _SLICES_PER_READ)]
+    return bands
+
+
+def _cross_section(slab: np.ndarray, axis: int, index: int) -> np.ndarray:
+    """The part of an xz (axis 1) or yz (axis 2) cross section held by a z band."""
+    return np.ascontiguousarray(slab[:, index, :] if axis == 1 else slab[:, :, index])
+
+
+def _hash_volume(reader, axes: list[int], s: PatchSettings, limits, progress: Callable[[int], None]) -> _Tiles:
+    depth, height, width = reader.shape
+    cs = s.crop_size
+    cross = [a for a in axes if a in (1, 2)]
+    boxes0 = grid_boxes(height, width, cs)
+    parts: list[_Tiles] = []
+
+    def add(axis: int, index: int, boxes: np.ndarray, hashes: np.ndarray) -> None:
+        n = len(boxes)
+        parts.append(_Tiles(np.full(n, axis), np.full(n, index), boxes, hashes))
+
+    for lo, hi, with_cross in _volume_bands(depth, cs, bool(cross), 0 in axes):
+        slab = _read_uint8(reader, lo, hi, limits)
+        if 0 in axes:
+            for z in range(lo, hi):
+                if z % s.slice_step == 0:
+                    add(0, z, boxes0, dhash_boxes(slab[z - lo], boxes0, cs, s.hash_size))
+        if with_cross:
+            for axis in cross:
+                length = height if axis == 1 else width
+                cols = grid_edges(width if axis == 1 else height, cs)
+                local = np.array([(0, hi - lo, c0, c1) for c0, c1 in cols], dtype=np.int64)
+                placed = local + np.array([lo, lo, 0, 0])
+                for index in range(0, length, s.slice_step):
+                    add(axis, index, placed, dhash_boxes(_cross_section(slab, axis, index), local, cs, s.hash_size))
+        progress(hi - lo)
+    return _Tiles.concat(parts)
+
+
+def _cut_volume(reader, tiles: _Tiles, keep: np.ndarray, s: PatchSettings, limits) -> list[np.ndarray]:
+    """Cut the kept tiles (indices into tiles, ascending), re-reading only slices/bands that hold them."""
+    patches: dict[int, np.ndarray] = {}
+    depth = reader.shape[0]
+    by_slice: dict[int, list[int]] = {}
+    by_band: dict[tuple[int, int], list[int]] = {}
+    for i in keep.tolist():
+        y0, y1, x0, x1 = tiles.boxes[i]
+        if tiles.item[i] == 0:
+            by_slice.setdefault(int(tiles.slice[i]), []).append(i)
+        else:
+            by_band.setdefault((int(y0), int(y1)), []).append(i)
+    for z, members in by_slice.items():
+        image = _read_uint8(reader, z, z + 1, limits)[0]
+        for i in members:
+            y0, y1, x0, x1 = tiles.boxes[i]
+            patches[i] = image[y0:y1, x0:x1].copy()
+    for (lo, hi), members in sorted(by_band.items()):
+        slab = _read_uint8(reader, lo, min(hi, depth), limits)
+        for i in members:
+            _, _, x0, x1 = tiles.boxes[i]
+            section = slab[:, tiles.slice[i], :] if tiles.item[i] == 1 else slab[:, :, tiles.slice[i]]
+            patches[i] = np.ascontiguousarray(section[:, x0:x1])
+    return [patches[i] for i in keep.tolist()]
+
+
+def patchify_volume(source: Source, shard: Path, s: PatchSettings, progress: bool = False) -> SourceResult:
+    from cellemnet.io import intensity_limits, open_volume
+
+    started = time.perf_counter()
+    result = SourceResult(source.path, str(shard), "done")
+    with open_volume(source.path) as reader:
+        shape = reader.shape
+        axes, skipped = usable_axes(shape, reader.spacing, source.name, s.axes, s.crop_size)
+        if reader.path.lower().endswith((".mp4", ".avi")) and any(a != 0 for a in axes):
+            skipped.update({a: "video: cut on xy only" for a in axes if a != 0})
+            axes = [a for a in axes if a == 0]
+        result.notes += [f"axis {a} skipped: {why}" for a, why in sorted(skipped.items())]
+        if not axes:
+            raise InputError(f"{source.path}: nothing to cut from a {shape} volume ({'; '.join(skipped.values())})")
+        limits = intensity_limits(reader) if reader.dtype != np.uint8 else (0.0, 255.0)
+        bar = _bar(shape[0], f"hash {source.name}", progress, unit="slice")
+        tiles = _hash_volume(reader, axes, s, limits, bar.update).sorted()
+        bar.close()
+        dedup = greedy_clusters(tiles.hashes, s.max_distance, order=walk_order(len(tiles), s.seed))
+        keep = np.sort(dedup.exemplars)
+        patches = _cut_volume(reader, tiles, keep, s, limits)
+        metadata = {
+            "kind": KIND_VOLUME,
+            "source": source.path,
+            "shape": list(shape),
+            "spacing": list(reader.spacing),
+            "dtype": str(reader.dtype),
+            "intensity_limits": [float(limits[0]), float(limits[1])],
+            "cut_axes": axes,
+            "skipped_axes": {str(a): why for a, why in skipped.items()},
+            **s.metadata(KIND_VOLUME),
+        }
+    names = [
+        format_name(source.name, *map(int, tiles.boxes[i]), axis=int(tiles.item[i]), slice_index=int(tiles.slice[i]))
+        for i in range(len(tiles))
+    ]
+    _write(shard, names, [source.path] * len(tiles), tiles, dedup.exemplar_of, keep, patches, metadata)
+    result.n_cut, result.n_kept = len(tiles), len(keep)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 2D image groups
+# --------------------------------------------------------------------------------------------------------------
+def _read_image_uint8(path: str) -> np.ndarray:
+    from cellemnet.io import read_image, to_uint8
+
+    return to_uint8(read_image(path), name=path)
+
+
+def patchify_group(source: Source, shard: Path, s: PatchSettings, progress: bool = False) -> SourceResult:
+    started = time.perf_counter()
+    result = SourceResult(source.path, str(shard), "done")
+    if not source.files:
+        raise InputError(f"{source.path}: no images found (looked for {', '.join(_image_suffixes())})")
+    files: list[str] = []
+    stems: dict[str, str] = {}
+    parts: list[_Tiles] = []
+    bar = _bar(len(source.files), f"hash {source.name}", progress, unit="image")
+    for path in source.files:
+        bar.update(1)
+        stem = source_name(Path(path).name)
+        if stem in stems:
+            result.errors.append(f"{path}: same name stem '{stem}' as {stems[stem]}; rename one (left out)")
+            continue
+        try:
+            image = _read_image_uint8(path)
+        except InputError as exc:
+            result.errors.append(f"{exc} (left out)")
+            continue
+        stems[stem] = path
+        boxes = grid_boxes(*image.shape, s.crop_size)
+        n = len(boxes)
+        parts.append(_Tiles(np.full(n, len(files)), np.full(n, -1), boxes, dhash_boxes(image, boxes, s.crop_size,
+                                                                                        s.hash_size)))
+        files.append(path)
+    bar.close()
+    if not files:
+        raise InputError(f"{source.path}: none of its {len(source.files)} images could be read")
+    tiles = _Tiles.concat(parts).sorted()
+    dedup = greedy_clusters(tiles.hashes, s.max_distance, order=walk_order(len(tiles), s.seed))
+    keep = np.sort(dedup.exemplars)
+    patches: list[np.ndarray] = []
+    current, image = -1, None
+    for i in keep.tolist():  # sorted by image, so each image is read once
+        if tiles.item[i] != current:
+            current = int(tiles.item[i])
+            image = _read_image_uint8(files[current])
+        y0, y1, x0, x1 = tiles.boxes[i]
+        patches.append(image[y0:y1, x0:x1].copy())
+    stems_by_index = [source_name(Path(f).name) for f in files]
+    names = [format_name(stems_by_index[int(tiles.item[i])], *map(int, tiles.boxes[i])) for i in range(len(tiles))]
+    sources = [files[int(k)] for k in tiles.item]
+    metadata = {
+        "kind": KIND_IMAGES,
+        "source": source.path,
+        "files": files,
+        "left_out": result.errors,
+        **s.metadata(KIND_IMAGES),
+    }
+    _write(shard, names, sources, tiles, dedup.exemplar_of, keep, patches, metadata)
+    result.n_cut, result.n_kept = len(tiles), len(keep)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _image_suffixes() -> tuple[str, ...]:
+    from cellemnet.io import IMAGE_SUFFIXES
+
+    return IMAGE_SUFFIXES
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Writing, resuming, running many sources
+# --------------------------------------------------------------------------------------------------------------
+def _write(shard, names, sources, tiles: _Tiles, exemplar_of, keep, patches, metadata) -> None:
+    duplicate_of = ["" if exemplar_of[i] == i else names[exemplar_of[i]] for i in range(len(names))]
+    manifest = store.ShardManifest(names, sources, tiles.hashes, duplicate_of)
+    metadata["n_cut"], metadata["n_kept"] = len(names), int(len(keep))
+    store.write_shard(shard, [names[i] for i in keep], patches, tiles.hashes[keep], metadata, manifest=manifest)
+
+
+def settings_mismatch(shard: Path, s: PatchSettings, kind: str) -> str | None:
+    """Why an existing complete shard was made with other settings (None when they agree)."""
+    with store.ShardReader(shard) as reader:
+        meta = reader.metadata
+    wanted = s.metadata(kind)
+    diffs = [f"{k} {meta.get(k)!r} (now {v!r})" for k, v in wanted.items() if meta.get(k) != v]
+    return ", ".join(diffs) if diffs else None
+
+
+def _process(source: Source, out_dir: str, s: PatchSettings, progress: bool) -> SourceResult:
+    shard = Path(out_dir) / f"{source.name}{store.SHARD_SUFFIX}"
+    try:
+        if source.kind == KIND_VOLUME:
+            return patchify_volume(source, shard, s, progress)
+        return patchify_group(source, shard, s, progress)
+    except InputError as exc:
+        return SourceResult(source.path, str(shard), "failed", errors=[str(exc)])
+    except MemoryError:
+        return SourceResult(source.path, str(shard), "failed", errors=[f"{source.path}: out of memory"])
+    except Exception as exc:  # noqa: BLE001 - one bad source must not stop the others; keep the trace for bugs
+        detail = traceback.format_exc(limit=3).strip().splitlines()[-1]
+        return SourceResult(source.path, str(shard), "failed", errors=[f"{source.path}: unexpected error: {detail}"])
+
+
+def _init_worker() -> None:
+    import numba
+
+    numba.set_num_threads(1)  # the processes already share the cores
+
+
+def _bar(total: int, desc: str, enabled: bool, unit: str = "it"):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, disable=not enabled, dynamic_ncols=True)
+
+
+def run_sources(
+    sources: Sequence[Source], out_dir: str | os.PathLike, settings: PatchSettings, processes: int = 1,
+    progress: bool = True,
+) -> list[SourceResult]:
+    """Patchify every source into ``out_dir`` (skipping complete shards), then rebuild the folder manifest."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    store.remove_stale_temporaries(out)
+    results: list[SourceResult] = []
+    todo: list[Source] = []
+    seen: dict[str, str] = {}
+    for source in sources:
+        shard = out / f"{source.name}{store.SHARD_SUFFIX}"
+        if source.name in seen:
+            results.append(SourceResult(source.path, str(shard), "failed", errors=[
+                f"{source.path}: same source name '{source.name}' as {seen[source.name]}; rename one"]))
+            continue
+        seen[source.name] = source.path
+        if store.is_complete_shard(shard):
+            mismatch = settings_mismatch(shard, settings, source.kind)
+            if mismatch:
+                results.append(SourceResult(source.path, str(shard), "failed", errors=[
+                    f"{shard}: made with other settings: {mismatch}; delete it or choose another output folder"]))
+                continue
+            with store.ShardReader(shard) as reader:
+                meta = reader.metadata
+            results.append(SourceResult(source.path, str(shard), "skipped", meta.get("n_cut", 0),
+                                        meta.get("n_kept", len(reader)), errors=list(meta.get("left_out", []))))
+            continue
+        todo.append(source)
+
+    from tqdm import tqdm
+
+    with tqdm(total=len(todo), desc="sources", unit="source", disable=not progress or not todo,
+              dynamic_ncols=True) as bar:
+        if processes <= 1 or len(todo) <= 1:
+            for source in todo:
+                results.append(_process(source, str(out), settings, progress))
+                bar.update(1)
+        else:
+            context = multiprocessing.get_context("spawn")  # safe with numba threads and on every platform
+            with cf.ProcessPoolExecutor(max_workers=processes, mp_context=context, initializer=_init_worker) as pool:
+                futures = [pool.submit(_process, source, str(out), settings, False) for source in todo]
+                for future in cf.as_completed(futures):
+                    results.append(future.result())
+                    bar.update(1)
+    store.rebuild_folder_manifest(out)
+    order = {s.path: i for i, s in enumerate(sources)}
+    return sorted(results, key=lambda r: order.get(r.source, len(order)))
+
+
+def summarize(results: Iterable[SourceResult], what: str, out_dir: str | os.PathLike, seconds: float) -> tuple[str, int]:
+    """The end-of-run summary and the exit code (1 when anything failed or was left out)."""
+    results = list(results)
+    done = [r for r in results if r.status == "done"]
+    skipped = [r for r in results if r.status == "skipped"]
+    failed = [r for r in results if r.status == "failed"]
+    cut = sum(r.n_cut for r in done + skipped)
+    kept = sum(r.n_kept for r in done + skipped)
+    problems = [line for r in results for line in r.errors]
+    lines = [line for r in results for line in (f"note: {r.source}: {n}" for n in r.notes)]
+    lines += [f"error: {line}" for line in problems]
+    share = f" ({100.0 * kept / cut:.1f}%)" if cut else ""
+    lines.append(
+        f"{what}: {len(results)} sources: {len(done)} done, {len(skipped)} skipped (already complete), "
+        f"{len(failed)} failed; {cut} patches cut, {kept} kept{share}; shards and {store.MANIFEST_NAME} in "
+        f"{out_dir}; {seconds:.1f} s"
+    )
+    if problems:
+        lines.append(f"{what}: {len(problems)} problem(s) above; fix or remove those files and re-run "
+                     f"(finished shards are kept)")
+    return "\n".join(lines), (1 if problems else 0)
