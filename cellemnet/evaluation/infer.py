@@ -230,10 +230,17 @@ def log_test_result(ckpt: Mapping[str, Any], config: Mapping[str, Any], results:
 
     if not config["logging"]:
         return None
-    tracker = start_run(
-        config["experiment_name"], run_name="inference", run_id=ckpt.get("run_id") or None,
-        tracking_dir=config["tracking_dir"], tags=None,
-    )
+    run_id = ckpt.get("run_id") or None
+    try:
+        tracker = start_run(config["experiment_name"], run_name="inference", run_id=run_id,
+                            tracking_dir=config["tracking_dir"])
+    except Exception as exc:  # the training run lives in another store (or was deleted): keep the result anyway
+        if run_id is None:
+            raise
+        print(f"warning: training run {run_id} not found in this MLflow store ({exc.__class__.__name__}); "
+              "logging the test metrics to a new run")
+        tracker = start_run(config["experiment_name"], run_name="inference", tracking_dir=config["tracking_dir"],
+                            tags={"training_run_id": run_id})
     with tracker:
         tracker.log_metrics(metrics, step=0)
         for r in results:

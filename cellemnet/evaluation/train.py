@@ -10,12 +10,10 @@ scheduler state, norms, config and MLflow run id, so `resume=PATH` continues whe
 """
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -330,12 +328,3 @@ def _finetune(config, dist, device, config_path, progress, start_run) -> dict[st
         print(f"finished {total - start + 1} step(s) in {seconds:.1f} s; checkpoint {where}")
     return {"checkpoint": str(last_checkpoint) if last_checkpoint else None, "run_id": run_id,
             "metrics": last_metrics, "seconds": seconds}
-
-
-def json_safe(value: Any) -> Any:
-    """Configs hold only YAML types; this is a guard for numpy scalars creeping in."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
