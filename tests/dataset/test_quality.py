@@ -196,3 +196,16 @@ def test_nn_wrong_shape_weights_and_offline_url_give_clear_errors(tmp_path):
         predict_informative([_texture(0)], weights=tmp_path / "patch_quality_classifier_nn.pth", method="nn")
     with pytest.raises(ConfigError, match="6458015"):
         predict_informative([_texture(0)], method="nn")
+
+
+def test_synthetic_em_kept_and_synthetic_blank_fields_dropped():
+    from cellemnet.synthetic import make_image
+    from cellemnet.synthetic import make_uninformative as blank_field
+
+    good = []
+    for seed, look in enumerate(("tem", "sem_inverted", "fib_sem", "sstem")):
+        img, _ = make_image((448, 448), look=look, seed=seed)
+        good += [img[:224, :224], img[224:, 224:]]
+    bad = [blank_field((224, 224), kind, seed=s) for s, kind in enumerate(("resin", "noise", "saturated") * 2)]
+    assert predict_informative(good).all()
+    assert not predict_informative(bad).any()
