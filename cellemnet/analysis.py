@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from cellemnet.constants import EM_NORMS
+from cellemnet.errors import InputError
 
 RESNET_STAGES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
 
@@ -45,7 +46,11 @@ def load_encoder(path: str | Path | None = None, seed: int = 0):
 
     if path is None:
         return resnet50_encoder(1, seed), [EM_NORMS["mean"][0], EM_NORMS["std"][0]], "random-init ResNet-50"
-    exported = encoder_from_checkpoint(load_checkpoint_file(path))
+    try:
+        exported = encoder_from_checkpoint(load_checkpoint_file(path))
+    except InputError as exc:
+        message = str(exc)
+        raise InputError(message if str(path) in message else f"{path}: {message}") from None
     model = load_encoder_into_resnet50(exported)
     return model.eval(), list(exported["norms"]), f"{exported['method']} ResNet-50 from {Path(path).name}"
 

@@ -14,6 +14,17 @@ from cellemnet.constants import EM_MEAN, EM_STD
 NORMS = [EM_MEAN, EM_STD]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """Tiny inputs: one thread is faster than two on a busy 2-core machine (and leaves a core to others)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def encoder():
     return analysis.resnet50_encoder(1, seed=0)
@@ -210,3 +221,16 @@ def test_mask_agreement_at_full_resolution_matches_the_step_by_step_result(encod
     small = analysis.mask_agreement(encoder, img, mask, NORMS, k=8, layer="layer3", max_side=24)
     assert small.response.shape == (48, 40)
     assert np.corrcoef(small.correlations, r)[0, 1] > 0.9  # ranking filters on smaller maps changes little
+
+
+def test_load_encoder_names_the_file_when_it_holds_no_resnet(tmp_path):
+    import torch
+
+    from cellemnet.errors import InputError
+
+    path = tmp_path / "not_an_encoder.pth"
+    torch.save({"state_dict": {"linear.weight": torch.zeros(2, 2)}}, path)
+    with pytest.raises(InputError, match="not_an_encoder.pth"):
+        analysis.load_encoder(path)
+    with pytest.raises(InputError, match="missing.pth"):
+        analysis.load_encoder(tmp_path / "missing.pth")
