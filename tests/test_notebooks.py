@@ -126,3 +126,19 @@ def test_curated_patches_figure_runs_the_curation_library_on_synthetic_data(tmp_
     assert all(score <= 0.5 for _, score in groups["uninformative"])
     path = figures.draw_curated_patches(tmp_path, data=tmp_path / "no-shared-data")
     assert path == tmp_path / "curated_patches.png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_check_benchmarks_reads_a_named_benchmark_from_the_data_root(monkeypatch, tmp_path):
+    """The notebook finds a set-up benchmark through the project's layout table and $CELLEMNET_DATA_ROOT."""
+    from cellemnet.synthetic import make_benchmark
+
+    bench = tmp_path / "root" / "lucchi_pp"
+    make_benchmark(bench, n_train=3, n_test=2, shape=(96, 96), n_valid=0, n_test3d=0)
+    (bench / "test2d").rename(bench / "test")  # lucchi_pp's test folder in the layout
+    monkeypatch.setenv("CELLEMNET_DATA_ROOT", str(tmp_path / "root"))
+    monkeypatch.setenv("CELLEMNET_BENCHMARK", "lucchi_pp")
+    monkeypatch.setenv(DATA_ENV, str(tmp_path / "no-shared-data-here"))
+    printed = _printed(_execute(NOTEBOOK_DIR / "check_benchmarks.ipynb", monkeypatch))
+    assert "benchmark lucchi_pp under" in printed
+    assert str(bench / "test") in printed and "no ISBI 2012 data" in printed
