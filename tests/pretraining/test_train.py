@@ -109,6 +109,18 @@ def test_torchrun_two_processes_on_the_cpu(root, tmp_path, tiny, make_patches):
     assert int(state["state_dict"]["queue_ptr"]) == (4 * 4) % 16  # the queue took the keys of both ranks
     assert len(_metrics(model_dir)) == 4  # rank 0 only logs
 
+    # SwAV: distributed Sinkhorn, per-rank queues gathered into the checkpoint.
+    swav_dir = tmp_path / "swav"
+    args = tiny(data, swav_dir, iters_per_epoch=2, epochs=2, nmb_crops=[2, 2], size_crops=[32, 16],
+                nmb_prototypes=10, hidden_mlp=32, feat_dim=8, queue_length=8, epoch_queue_starts=1)
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(root / "pretraining/train_swav.py"), str(root / "pretraining/configs/swav.yaml"),
+                          *args], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    state = torch.load(swav_dir / "current.pth", weights_only=True)
+    assert state["queue"].shape == (2, 2, 4, 8)  # 2 ranks x 2 assigned crops x (8 / 2) rows x feat_dim
+    assert state["queue"].abs().sum() > 0 and state["global_step"] == 4
+
 
 def _launch(root, cfg_args, log):
     return subprocess.Popen([sys.executable, str(root / "pretraining/train_mocov2.py"),
