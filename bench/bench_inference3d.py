@@ -4,7 +4,7 @@ Same randomly initialised ResNet-50 U-Net, same volume (a crop of the real ISBI 
 ../shared/data is present, else a synthetic volume), fp32 on both sides. Prints both times, the speed-up
 and the largest difference between the two probability volumes (must be <= 1e-3).
 
-    python bench/bench_inference3d.py [--depth 16] [--size 128] [--batch 32] [--repeats 2] [--device auto]
+    python bench/bench_inference3d.py [--depth 12] [--size 96] [--batch 32] [--repeats 1] [--device auto]
 """
 from __future__ import annotations
 
@@ -47,10 +47,10 @@ def timed(fn, repeats: int) -> tuple[float, np.ndarray]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--depth", type=int, default=16)
-    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--depth", type=int, default=12)
+    parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
 
