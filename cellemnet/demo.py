@@ -162,6 +162,7 @@ def main_demo(out: Path, size_name: str, data: Path | None) -> dict:
     })
     env.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{out / 'mlflow_store' / 'mlflow.db'}")
     (out / "mlflow_store").mkdir(exist_ok=True)
+    os.environ["MLFLOW_TRACKING_URI"] = env["MLFLOW_TRACKING_URI"]  # the report reads the runs back
     state = DemoState(out=out, size=size, env=env, n_steps=12)
     t0 = time.perf_counter()
 
@@ -188,7 +189,7 @@ def main_demo(out: Path, size_name: str, data: Path | None) -> dict:
         "pretraining/train_mocov2.py", "pretraining/configs/mocov2.yaml",
         f"data_path={curated}", f"model_dir={model_dir}", f"epochs={size_.pretrain_epochs}",
         f"batch_size={size_.pretrain_batch}", f"crop_size={size_.pretrain_crop}", f"moco_k={size_.pretrain_queue}",
-        "workers=0", "schedule=[1000]", "save_freq=1", "print_freq=5", "lr=0.03", "resume=auto",
+        "workers=0", "schedule=[1000]", "save_freq=1", "print_freq=1", "lr=0.03", "resume=auto",
         "experiment_name=demo_pretraining",
     ], "pretrain")
     encoder = out / "encoder_mocov2.pth"
@@ -213,7 +214,7 @@ def main_demo(out: Path, size_name: str, data: Path | None) -> dict:
 
     from cellemnet.demo_report import write_report
 
-    report = write_report(out, ious=ious, timings=state.timings, total_seconds=time.perf_counter() - t0)
+    report = write_report(out, ious=ious, timings=state.timings, total_seconds=time.perf_counter() - t0, bench=bench)
     results.update(report)
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     counts = report["counts"]

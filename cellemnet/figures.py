@@ -114,7 +114,8 @@ def overlays(rows: Sequence[tuple[str, np.ndarray, np.ndarray | None, Mapping[st
         axes[r][0].set_title(label, fontsize=8)
         for c, arm in enumerate(arms, start=1):
             axes[r][c].imshow(overlay_rgb(image, mask, preds[arm]))
-            axes[r][c].set_title(f"{arm} (green: truth, magenta: predicted)", fontsize=7)
+            axes[r][c].set_title(arm, fontsize=8)
         for ax in axes[r]:
             ax.axis("off")
+    fig.suptitle("green: ground truth, magenta: prediction, white: both", fontsize=9)
     return _figure_to_png(fig, path)
