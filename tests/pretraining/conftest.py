@@ -37,3 +37,15 @@ def make_patches():
 @pytest.fixture
 def tiny():
     return tiny_overrides
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread(monkeypatch):
+    """Tiny tensors: one thread avoids OpenMP barrier stalls on a busy 2-core machine (measured 9 s vs 140 s)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # for the subprocesses the tests launch
+    yield
+    torch.set_num_threads(before)

@@ -121,7 +121,7 @@ def test_infonce_loss_falls_when_queries_are_optimised():
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0]
 
 
@@ -139,5 +139,5 @@ def test_swav_loss_falls_when_a_head_is_optimised():
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert losses[-1] < 0.8 * losses[0]

@@ -80,6 +80,13 @@ def test_mocov2_on_real_patches_exports_an_encoder_that_unet_loads(shared_data, 
     unet = smp.Unet("resnet50", in_channels=1, encoder_weights=None, classes=1)
     unet.encoder.load_state_dict(encoder["state_dict"], strict=True)
     torch.testing.assert_close(unet.encoder.conv1.weight, state["state_dict"]["encoder_q.conv1.weight"])
+    # The evaluation stage reads both the exported file and the raw checkpoint.
+    from cellemnet.evaluation.weights import load_encoder_strict, weights_from_file
+
+    for path in (tmp_path / "encoder.pth", model_dir / "current.pth"):
+        weights = weights_from_file(path, name="ours")
+        assert weights.in_channels == 1 and weights.norms["mean"] == [pytest.approx(0.57287007)]
+        load_encoder_strict(smp.Unet("resnet50", in_channels=1, encoder_weights=None, classes=1), weights)
 
 
 def test_our_swav_resnet50_checkpoint_exports_torchvision_names(tmp_path):
