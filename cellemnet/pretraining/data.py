@@ -135,7 +135,9 @@ class PatchDataset:
 
     def __init__(self, data_path: str | os.PathLike, index: dict[str, Any], transform: Callable | None = None):
         self.data_path = Path(data_path)
-        self.files = [rel for _, rel in index["files"]]
+        # One bytes array instead of a list of str: DataLoader workers then share it without copy-on-write
+        # growth (touching Python objects' refcounts copies their pages into every worker).
+        self.files = np.array([rel.encode() for _, rel in index["files"]], dtype=np.bytes_)
         self.shard_paths = [self.data_path / rel for _, rel, _ in index["shards"]]
         counts = [count for _, _, count in index["shards"]]
         self.shard_starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64) + len(self.files)
@@ -147,7 +149,7 @@ class PatchDataset:
 
     def read(self, i: int) -> np.ndarray:
         if i < len(self.files):
-            return read_patch(self.data_path / self.files[i])
+            return read_patch(self.data_path / self.files[i].decode())
         s = int(np.searchsorted(self.shard_starts, i, side="right")) - 1
         if s not in self._readers:
             from cellemnet.dataset.store import ShardReader
