@@ -18,6 +18,7 @@ from typing import Sequence
 
 import numba
 import numpy as np
+from numba import prange
 
 from cellemnet.constants import DEFAULT_CROP_SIZE, DEFAULT_HASH_SIZE
 
@@ -93,10 +94,13 @@ def _clip8(value: np.int64) -> np.uint8:
 
 
 @numba.njit(cache=True)
-def _horizontal(src, y0, y1, x0, starts, counts, weights, out):
-    """out[r, xx] = clip8(sum_t src[y0 + r, x0 + starts[xx] + t] * weights[xx, t]); rows y0..y1."""
-    for r in range(y1 - y0):
-        row = src[y0 + r]
+def _horizontal(src, row0, row_step, n_rows, x0, starts, counts, weights, out):
+    """out[r, xx] = clip8(sum_t src[row0 + r * row_step, x0 + starts[xx] + t] * weights[xx, t]), r < n_rows.
+
+    A row step other than 1 reads a cross section straight out of a flattened stack of slices.
+    """
+    for r in range(n_rows):
+        row = src[row0 + r * row_step]
         for xx in range(starts.shape[0]):
             n = counts[xx]
             base = x0 + starts[xx]
@@ -125,6 +129,26 @@ def _vertical_t(src_t, starts, counts, weights, out):
 
 
 @numba.njit(cache=True)
+def _vertical_rows(src, row0, row_step, x0, width, starts, counts, weights, acc, out):
+    """Vertical pass row by row: out[yy, c] = clip8(sum_t src[row0 + (starts[yy] + t) * row_step, x0 + c] * w).
+
+    Accumulating whole rows keeps the inner loop contiguous (vectorised) for wide outputs; acc is scratch of
+    at least ``width`` int64.
+    """
+    a = acc[:width]
+    for yy in range(starts.shape[0]):
+        a[:] = _HALF
+        for t in range(counts[yy]):
+            w = np.int64(weights[yy, t])
+            row = src[row0 + (starts[yy] + t) * row_step, x0 : x0 + width]
+            for c in range(width):
+                a[c] += np.int64(row[c]) * w
+        dst = out[yy]
+        for c in range(width):
+            dst[c] = _clip8(a[c])
+
+
+@numba.njit(cache=True)
 def _bits(small):
     """dHash bits of the (hash_size, hash_size + 1) image, row-major, first bit most significant."""
     h = np.uint64(0)
@@ -135,54 +159,72 @@ def _bits(small):
 
 
 @numba.njit(cache=True)
-def _hash_boxes(
-    image, boxes, table_of_box,
+def _hash_box_range(
+    start, stop, image, boxes, table_of_box,
     bl_hs, bl_hc, bl_hw, bl_vs, bl_vc, bl_vw, bl_need_h, bl_need_v,
     lz_hs, lz_hc, lz_hw, lz_vs, lz_vc, lz_vw,
     crop_size, out,
 ):
-    """Hash every box (y0, y1, x0, x1) of ``image``; boxes smaller than crop_size are first stretched bilinearly."""
+    """Hash boxes start..stop of ``image``, each (first row, row step, rows, x0, x1); boxes smaller than
+    crop_size are first stretched bilinearly, as Pillow's resize would."""
     n_cols = lz_hs.shape[0]
     n_rows = lz_vs.shape[0]
     stretched = np.empty((crop_size, crop_size), dtype=np.uint8)
     stretch_tmp = np.empty((crop_size, crop_size), dtype=np.uint8)
-    stretch_tmp_t = np.empty((crop_size, crop_size), dtype=np.uint8)
+    acc = np.empty(crop_size, dtype=np.int64)
     narrow = np.empty((crop_size, n_cols), dtype=np.uint8)
     narrow_t = np.empty((n_cols, crop_size), dtype=np.uint8)
     small = np.empty((n_rows, n_cols), dtype=np.uint8)
-    for b in range(boxes.shape[0]):
-        y0 = boxes[b, 0]
-        y1 = boxes[b, 1]
-        x0 = boxes[b, 2]
-        x1 = boxes[b, 3]
+    for b in range(start, stop):
+        row0 = boxes[b, 0]
+        step = boxes[b, 1]
+        h = boxes[b, 2]
+        x0 = boxes[b, 3]
+        x1 = boxes[b, 4]
         k = table_of_box[b]
         if k < 0:  # already crop_size x crop_size: Pillow's BILINEAR resize is a plain copy
             src = image
-            sy0 = y0
+            sy0 = row0
+            sstep = step
             sx0 = x0
         else:
-            h = y1 - y0
-            # horizontal stretch of the box's rows to crop_size columns (skipped when the width already fits)
+            # bilinear stretch to crop_size x crop_size: horizontal pass first (skipped when the width already
+            # fits), then the vertical one (skipped when the height fits), as Pillow does
             if bl_need_h[k]:
-                _horizontal(image, y0, y1, x0, bl_hs[k], bl_hc[k], bl_hw[k], stretch_tmp[:h])
-            else:
-                stretch_tmp[:h, :] = image[y0:y1, x0 : x0 + crop_size]
-            if bl_need_v[k]:
-                for r in range(h):
-                    for c in range(crop_size):
-                        stretch_tmp_t[c, r] = stretch_tmp[r, c]
-                _vertical_t(stretch_tmp_t[:, :h], bl_vs[k], bl_vc[k], bl_vw[k], stretched)
-            else:
-                stretched[:, :] = stretch_tmp
+                _horizontal(image, row0, step, h, x0, bl_hs[k], bl_hc[k], bl_hw[k], stretch_tmp[:h])
+                if bl_need_v[k]:
+                    _vertical_rows(stretch_tmp, 0, 1, 0, crop_size, bl_vs[k], bl_vc[k], bl_vw[k], acc, stretched)
+                else:
+                    stretched[:, :] = stretch_tmp
+            else:  # width is crop_size: the vertical pass reads the image rows directly
+                _vertical_rows(image, row0, step, x0, crop_size, bl_vs[k], bl_vc[k], bl_vw[k], acc, stretched)
             src = stretched
             sy0 = 0
+            sstep = 1
             sx0 = 0
-        _horizontal(src, sy0, sy0 + crop_size, sx0, lz_hs, lz_hc, lz_hw, narrow)
+        _horizontal(src, sy0, sstep, crop_size, sx0, lz_hs, lz_hc, lz_hw, narrow)
         for r in range(crop_size):
             for c in range(n_cols):
                 narrow_t[c, r] = narrow[r, c]
         _vertical_t(narrow_t, lz_vs, lz_vc, lz_vw, small)
         out[b] = _bits(small)
+
+
+@numba.njit(cache=True, parallel=True)
+def _hash_boxes(
+    image, boxes, table_of_box,
+    bl_hs, bl_hc, bl_hw, bl_vs, bl_vc, bl_vw, bl_need_h, bl_need_v,
+    lz_hs, lz_hc, lz_hw, lz_vs, lz_vc, lz_vw,
+    crop_size, n_chunks, out,
+):
+    """Hash every box, the boxes split into chunks run by the available threads (each with its own buffers)."""
+    n = boxes.shape[0]
+    for c in prange(n_chunks):
+        _hash_box_range(
+            n * c // n_chunks, n * (c + 1) // n_chunks, image, boxes, table_of_box,
+            bl_hs, bl_hc, bl_hw, bl_vs, bl_vc, bl_vw, bl_need_h, bl_need_v,
+            lz_hs, lz_hc, lz_hw, lz_vs, lz_vc, lz_vw, crop_size, out,
+        )
 
 
 def _pad_tables(tables: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n_out: int):
@@ -214,21 +256,37 @@ def dhash_boxes(
 
     Boxes must be at most crop_size on each side (the tiling never makes larger ones). Returns uint64 hashes.
     """
+    boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+    heights = boxes[:, 1] - boxes[:, 0]
+    if (heights <= 0).any():
+        raise ValueError("boxes must not be empty")
+    strided = np.stack([boxes[:, 0], np.ones(len(boxes), np.int64), heights, boxes[:, 2], boxes[:, 3]], axis=1)
+    return dhash_strided_boxes(image, strided, crop_size, hash_size)
+
+
+def dhash_strided_boxes(
+    image: np.ndarray, boxes: np.ndarray, crop_size: int = DEFAULT_CROP_SIZE, hash_size: int = DEFAULT_HASH_SIZE
+) -> np.ndarray:
+    """dHash of boxes given as (first row, row step, rows, x0, x1) of a 2D uint8 image.
+
+    With a flattened (n * height, width) stack of slices, a row step of ``height`` picks the same row of
+    consecutive slices: a cross section through the stack, hashed without being copied out.
+    """
     _check_sizes(crop_size, hash_size)
     image = np.ascontiguousarray(image)
     if image.dtype != np.uint8 or image.ndim != 2:
         raise ValueError(f"expected a 2D uint8 image, got {image.dtype} {image.shape}")
-    boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+    boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 5)
     out = np.zeros(len(boxes), dtype=np.uint64)
     if len(boxes) == 0:
         return out
-    heights = boxes[:, 1] - boxes[:, 0]
-    widths = boxes[:, 3] - boxes[:, 2]
+    heights = boxes[:, 2]
+    widths = boxes[:, 4] - boxes[:, 3]
+    last_rows = boxes[:, 0] + (heights - 1) * boxes[:, 1]
     if (heights <= 0).any() or (widths <= 0).any() or (heights > crop_size).any() or (widths > crop_size).any():
         raise ValueError(f"boxes must be non-empty and at most {crop_size} on each side")
-    if (boxes[:, 0] < 0).any() or (boxes[:, 2] < 0).any() or (boxes[:, 1] > image.shape[0]).any() or (
-        boxes[:, 3] > image.shape[1]
-    ).any():
+    if (boxes[:, 0] < 0).any() or (boxes[:, 1] < 1).any() or (boxes[:, 3] < 0).any() or (
+        last_rows >= image.shape[0]).any() or (boxes[:, 4] > image.shape[1]).any():
         raise ValueError(f"boxes reach outside the {image.shape} image")
 
     table_of_box = np.full(len(boxes), -1, dtype=np.int64)
@@ -248,7 +306,7 @@ def dhash_boxes(
         image, boxes, table_of_box,
         bl_hs, bl_hc, bl_hw, bl_vs, bl_vc, bl_vw, need_h, need_v,
         lz_hs, lz_hc, lz_hw, lz_vs, lz_vc, lz_vw,
-        crop_size, out,
+        crop_size, max(1, min(len(boxes) // 4, 4 * numba.get_num_threads())), out,
     )
     return out
 

@@ -38,6 +38,7 @@ KEPT = "kept"
 DUPLICATE = "duplicate"
 
 _STR = h5py.string_dtype("utf-8")
+_WRITE_BLOCK = 64 << 20
 
 
 @dataclass
@@ -65,27 +66,30 @@ class ShardManifest:
 def write_shard(
     path: str | os.PathLike,
     names: Sequence[str],
-    patches: Sequence[np.ndarray],
+    patches: Iterable[np.ndarray],
     hashes: Sequence[int] | np.ndarray,
     metadata: dict | None = None,
     *,
     manifest: ShardManifest | None = None,
+    shapes: np.ndarray | None = None,
 ) -> Path:
     """Write a shard atomically (temporary file beside it, then rename). Returns the path.
 
-    ``patches`` are 2D uint8 arrays of any size; ``metadata`` must be JSON-serialisable.
+    ``patches`` are 2D uint8 arrays of any size; ``metadata`` must be JSON-serialisable. When ``shapes``
+    ((N, 2) heights and widths) is given, ``patches`` may be any iterable (e.g. a generator cutting them one by
+    one), so the patches never need to be in memory all at once.
     """
     path = Path(path)
     names = [str(n) for n in names]
     hashes = np.asarray(hashes, dtype=np.uint64).reshape(-1)
-    if not (len(names) == len(patches) == len(hashes)):
-        raise ValueError(f"{path}: {len(names)} names, {len(patches)} patches and {len(hashes)} hashes differ")
-    shapes = np.zeros((len(patches), 2), dtype=np.int32)
-    for i, patch in enumerate(patches):
-        if patch.ndim != 2 or patch.dtype != np.uint8:
-            raise ValueError(f"{path}: patch {names[i]} is {patch.dtype} {patch.shape}, not a 2D uint8 array")
-        shapes[i] = patch.shape
-    offsets = np.zeros(len(patches) + 1, dtype=np.int64)
+    if shapes is None:
+        patches = list(patches)
+        shapes = np.array([np.shape(p) for p in patches], dtype=np.int32).reshape(-1, 2) if patches else \
+            np.zeros((0, 2), np.int32)
+    shapes = np.asarray(shapes, dtype=np.int32).reshape(-1, 2)
+    if not (len(names) == len(shapes) == len(hashes)):
+        raise ValueError(f"{path}: {len(names)} names, {len(shapes)} patches and {len(hashes)} hashes differ")
+    offsets = np.zeros(len(shapes) + 1, dtype=np.int64)
     np.cumsum(shapes[:, 0].astype(np.int64) * shapes[:, 1], out=offsets[1:])
     meta_json = json.dumps(metadata or {}, sort_keys=True)
 
@@ -93,9 +97,7 @@ def write_shard(
         # track_times=False keeps a re-run byte-for-byte equal to the first run.
         with h5py.File(tmp, "w", track_order=False) as f:
             pixels = f.create_dataset("pixels", shape=(int(offsets[-1]),), dtype=np.uint8, track_times=False)
-            for i, patch in enumerate(patches):
-                if offsets[i + 1] > offsets[i]:
-                    pixels[offsets[i] : offsets[i + 1]] = np.ascontiguousarray(patch).reshape(-1)
+            _write_pixels(pixels, patches, shapes, offsets, names, path)
             f.create_dataset("offsets", data=offsets, track_times=False)
             f.create_dataset("shapes", data=shapes, track_times=False)
             f.create_dataset("names", data=np.array(names, dtype=object), dtype=_STR, track_times=False)
@@ -111,6 +113,31 @@ def write_shard(
             f.attrs["version"] = VERSION
             f.attrs["metadata"] = meta_json
     return path
+
+
+def _write_pixels(pixels, patches: Iterable[np.ndarray], shapes, offsets, names, path) -> None:
+    """Copy patches into the flat pixel dataset in blocks of ~64 MiB (few large writes, bounded memory)."""
+    buffer: list[np.ndarray] = []
+    buffered = 0
+    start = 0  # patch index where the buffer begins
+    count = 0
+    for i, patch in enumerate(patches):
+        if i >= len(shapes):
+            raise ValueError(f"{path}: more patches than names")
+        patch = np.asarray(patch)
+        if patch.ndim != 2 or patch.dtype != np.uint8 or tuple(patch.shape) != tuple(shapes[i]):
+            raise ValueError(f"{path}: patch {names[i]} is {patch.dtype} {patch.shape}, not 2D uint8 of shape "
+                             f"{tuple(int(v) for v in shapes[i])}")
+        buffer.append(patch.reshape(-1))
+        buffered += patch.size
+        count = i + 1
+        if buffered >= _WRITE_BLOCK:
+            pixels[offsets[start] : offsets[count]] = np.concatenate(buffer)
+            buffer, buffered, start = [], 0, count
+    if count != len(shapes):
+        raise ValueError(f"{path}: {count} patches for {len(shapes)} names")
+    if buffered:
+        pixels[offsets[start] : offsets[count]] = np.concatenate(buffer)
 
 
 # ---------------------------------------------------------------------------------------------------- reading
@@ -328,10 +355,10 @@ def write_manifest(path: str | os.PathLike, rows: Iterable[dict]) -> int:
     n = 0
     with atomic_path(path, suffix=".csv") as tmp:
         with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
-            writer.writeheader()
+            writer = csv.writer(fh, lineterminator="\n")
+            writer.writerow(MANIFEST_COLUMNS)
             for row in rows:
-                writer.writerow(row)
+                writer.writerow([row[k] for k in MANIFEST_COLUMNS])
                 n += 1
     return n
 
