@@ -132,7 +132,7 @@ def test_torchrun_two_processes_on_the_cpu(root, tmp_path, tiny, make_patches):
 def _launch(root, cfg_args, log):
     return subprocess.Popen([sys.executable, str(root / "pretraining/train_mocov2.py"),
                              str(root / "pretraining/configs/mocov2.yaml"), *cfg_args], stdout=log,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
 def _wait_for_lines(model_dir: Path, n: int, proc, timeout: float = 240) -> None:
@@ -147,12 +147,13 @@ def _wait_for_lines(model_dir: Path, n: int, proc, timeout: float = 240) -> None
 def test_resume_after_sigterm_and_after_a_kill_continues_mid_epoch(root, tmp_path, tiny, make_patches):
     data = make_patches(tmp_path / "patches", {"a": 16, "b": 8}, size=40)
     model_dir = tmp_path / "run"
-    args = tiny(data, model_dir, crop_size=32, moco_k=16, epochs=2, checkpoint_iters=1)
+    args = tiny(data, model_dir, crop_size=32, moco_k=16, epochs=2, checkpoint_iters=1, workers=1)
     log = open(tmp_path / "log.txt", "w")
-    # 1) SIGTERM: the current iteration finishes, a checkpoint is written, exit code 143.
+    # 1) SIGTERM to the whole process group (as SLURM does; the DataLoader worker gets it too): the current
+    #    iteration finishes, a checkpoint is written, exit code 143.
     proc = _launch(root, args, log)
     _wait_for_lines(model_dir, 2, proc)
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGTERM)
     assert proc.wait(timeout=120) == 143
     state = torch.load(model_dir / "current.pth", weights_only=True)
     done = len(_metrics(model_dir))
