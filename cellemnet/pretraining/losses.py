@@ -30,11 +30,13 @@ def infonce_loss(logits: torch.Tensor) -> torch.Tensor:
 
 
 def topk_accuracy(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[float]:
-    """Percent of rows whose target is among the k largest logits, for each k."""
-    maxk = min(max(ks), logits.shape[1])
-    top = logits.topk(maxk, dim=1).indices
-    hits = top.eq(target[:, None])
-    return [float(hits[:, : min(k, maxk)].any(dim=1).float().mean() * 100.0) for k in ks]
+    """Percent of rows whose target is among the k largest logits, for each k.
+
+    Ties count against the target, so collapsed (all-equal) logits score chance level or below, never 100 %.
+    """
+    target_logit = logits.gather(1, target[:, None])
+    rank = (logits >= target_logit).sum(dim=1) - 1  # other entries at least as large as the target
+    return [float((rank < k).float().mean() * 100.0) for k in ks]
 
 
 @torch.no_grad()

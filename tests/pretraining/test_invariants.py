@@ -141,3 +141,10 @@ def test_swav_loss_falls_when_a_head_is_optimised():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.8 * losses[0]
+
+
+def test_topk_accuracy_counts_ties_against_the_target():
+    logits = torch.tensor([[3.0, 1.0, 2.0], [1.0, 2.0, 3.0], [0.5, 0.5, 0.5]])
+    target = torch.zeros(3, dtype=torch.long)
+    top1, top2 = topk_accuracy(logits, target, ks=(1, 2))
+    assert top1 == pytest.approx(100 / 3) and top2 == pytest.approx(100 / 3)
