@@ -467,7 +467,7 @@ def _check_order(order, n: int) -> np.ndarray:
 
 def greedy_clusters(
     hashes, max_distance: int = DEFAULT_MAX_HAMMING, seed: int = 0, order=None, *, plan: BlockPlan | None = None,
-    n_threads: int | None = None, buffer_entries: int = _BUFFER_ENTRIES,
+    n_threads: int | None = None, buffer_entries: int | None = None,
 ) -> DedupResult:
     """Greedy exemplar selection with the assignment of every removed hash to the exemplar that removed it."""
     hashes = np.ascontiguousarray(np.asarray(hashes, dtype=np.uint64).reshape(-1))
@@ -498,6 +498,8 @@ def greedy_clusters(
     n_threads = max(1, min(n_threads or numba.get_num_threads(), numba.get_num_threads()))
     max_buckets = 1 << max(plan.bits) if not plan.brute_force else 0
 
+    if buffer_entries is None:  # small inputs need small buffers; they grow if a huge cluster needs it
+        buffer_entries = min(_BUFFER_ENTRIES, max(1024, 8 * n))
     out_q = np.empty((n_threads, buffer_entries), dtype=np.int32)
     out_r = np.empty((n_threads, buffer_entries), dtype=np.int32)
     fills = np.zeros(n_threads, dtype=np.int64)

@@ -34,6 +34,7 @@ from cellemnet.dataset.tiling import grid_boxes, grid_edges, usable_axes
 from cellemnet.errors import ConfigError, InputError
 
 _SLICES_PER_READ = 16  # slices read (and converted to uint8) at once from a volume
+_BAND_BUDGET = 160 << 20  # bytes of uint8 cross-section data held at once (a z band, or a block of it)
 KIND_VOLUME = "volume"
 KIND_IMAGES = "images"
 
@@ -179,17 +180,31 @@ def find_image_groups(imdir: str | os.PathLike) -> list[Source]:
 # --------------------------------------------------------------------------------------------------------------
 # 3D volumes
 # --------------------------------------------------------------------------------------------------------------
-def _read_uint8(reader, lo: int, hi: int, limits) -> np.ndarray:
-    """Slices lo..hi of a volume as uint8, reading a few slices at a time (bounded extra memory)."""
+def _read_uint8(reader, lo: int, hi: int, limits, ys: slice = slice(None), xs: slice = slice(None)) -> np.ndarray:
+    """reader[lo:hi, ys, xs] as uint8, converting a few slices at a time (bounded extra memory)."""
     from cellemnet.io import to_uint8
 
     if reader.dtype == np.uint8:
-        return np.asarray(reader[lo:hi])
-    out = np.empty((hi - lo, *reader.shape[1:]), dtype=np.uint8)
-    for start in range(lo, hi, _SLICES_PER_READ):
-        stop = min(start + _SLICES_PER_READ, hi)
-        out[start - lo : stop - lo] = to_uint8(reader[start:stop], limits, name=reader.path)
-    return out
+        return np.asarray(reader[lo:hi, ys, xs])
+    parts = [to_uint8(reader[start : min(start + _SLICES_PER_READ, hi), ys, xs], limits, name=reader.path)
+             for start in range(lo, hi, _SLICES_PER_READ)]
+    return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+
+def _cross_block(h: int, height: int, width: int, axis: int) -> int:
+    """Cross sections read together: the whole band when it fits the memory budget, else a block of y rows
+    (axis 1) or x columns (axis 2) of about that size, so a wide lazy volume never loads a whole band."""
+    n_sections = height if axis == 1 else width
+    if h * height * width <= _BAND_BUDGET:
+        return n_sections
+    per_section = h * (width if axis == 1 else height)
+    return max(1, min(n_sections, _BAND_BUDGET // per_section))
+
+
+def _read_cross_block(reader, lo: int, hi: int, axis: int, a: int, b: int, limits) -> np.ndarray:
+    if axis == 1:
+        return _read_uint8(reader, lo, hi, limits, ys=slice(a, b))
+    return _read_uint8(reader, lo, hi, limits, xs=slice(a, b))
 
 
 def _volume_bands(depth: int, crop_size: int, cross: bool, xy: bool) -> list[tuple[int, int, bool]]:
@@ -216,6 +231,32 @@ def _sections_image(slab: np.ndarray, axis: int) -> tuple[np.ndarray, int]:
     return out.reshape(h * width, height), width
 
 
+def _hash_xy(part: np.ndarray, first_z: int, chosen: np.ndarray, boxes0: np.ndarray, s: PatchSettings) -> _Tiles:
+    """Tiles of the chosen xy slices held in ``part`` (slices first_z.. of the volume)."""
+    image, height = _sections_image(part, 0)
+    first = ((chosen - first_z) * height)[:, None] + boxes0[None, :, 0]
+    strided = np.stack(np.broadcast_arrays(
+        first, 1, (boxes0[:, 1] - boxes0[:, 0])[None, :], boxes0[None, :, 2], boxes0[None, :, 3]), axis=-1)
+    hashes = dhash_strided_boxes(image, strided.reshape(-1, 5), s.crop_size, s.hash_size)
+    return _Tiles(np.zeros(len(hashes), np.int64), np.repeat(chosen, len(boxes0)), np.tile(boxes0, (len(chosen), 1)),
+                  hashes)
+
+
+def _hash_cross(block: np.ndarray, axis: int, a: int, lo: int, hi: int, s: PatchSettings) -> _Tiles | None:
+    """Tiles of the cross sections a.. (every slice_step-th) held in a (z band, rows, cols) block."""
+    image, step = _sections_image(block, axis)
+    indices = np.arange(a, a + step)
+    chosen = indices[indices % s.slice_step == 0]
+    if not len(chosen):
+        return None
+    cols = np.array(grid_edges(image.shape[1], s.crop_size), dtype=np.int64)
+    strided = np.stack(np.broadcast_arrays(
+        (chosen - a)[:, None], step, hi - lo, cols[None, :, 0], cols[None, :, 1]), axis=-1).reshape(-1, 5)
+    hashes = dhash_strided_boxes(image, strided, s.crop_size, s.hash_size)
+    boxes = np.stack([np.full(len(cols), lo), np.full(len(cols), hi), cols[:, 0], cols[:, 1]], axis=1)
+    return _Tiles(np.full(len(hashes), axis), np.repeat(chosen, len(cols)), np.tile(boxes, (len(chosen), 1)), hashes)
+
+
 def _hash_volume(reader, axes: list[int], s: PatchSettings, limits, progress: Callable[[int], None]) -> _Tiles:
     depth, height, width = reader.shape
     cs = s.crop_size
@@ -223,54 +264,62 @@ def _hash_volume(reader, axes: list[int], s: PatchSettings, limits, progress: Ca
     parts: list[_Tiles] = []
     boxes0 = grid_boxes(height, width, cs)
     for lo, hi, with_cross in _volume_bands(depth, cs, bool(cross), 0 in axes):
-        slab = _read_uint8(reader, lo, hi, limits)
         h = hi - lo
+        band_fits = h * height * width <= _BAND_BUDGET
+        slab = _read_uint8(reader, lo, hi, limits) if band_fits else None
         if 0 in axes:
-            z = np.arange(lo, hi)
-            chosen = z[z % s.slice_step == 0]
-            if len(chosen):
-                image, step = _sections_image(slab, 0)
-                first = ((chosen - lo) * height)[:, None] + boxes0[None, :, 0]
-                strided = np.stack(np.broadcast_arrays(
-                    first, 1, (boxes0[:, 1] - boxes0[:, 0])[None, :], boxes0[None, :, 2], boxes0[None, :, 3]),
-                    axis=-1).reshape(-1, 5)
-                hashes = dhash_strided_boxes(image, strided, cs, s.hash_size)
-                n = len(boxes0)
-                parts.append(_Tiles(np.zeros(len(hashes), np.int64), np.repeat(chosen, n), np.tile(boxes0, (len(chosen), 1)),
-                                    hashes))
+            for z0 in range(lo, hi, hi - lo if band_fits else _SLICES_PER_READ):
+                z1 = min(hi, z0 + (hi - lo if band_fits else _SLICES_PER_READ))
+                z = np.arange(z0, z1)
+                chosen = z[z % s.slice_step == 0]
+                if len(chosen):
+                    part = slab[z0 - lo : z1 - lo] if band_fits else _read_uint8(reader, z0, z1, limits)
+                    parts.append(_hash_xy(part, z0, chosen, boxes0, s))
         if with_cross:
             for axis in cross:
-                image, step = _sections_image(slab, axis)
-                chosen = np.arange(0, step, s.slice_step)
-                cols = np.array(grid_edges(image.shape[1], cs), dtype=np.int64)
-                strided = np.stack(np.broadcast_arrays(
-                    chosen[:, None], step, h, cols[None, :, 0], cols[None, :, 1]), axis=-1).reshape(-1, 5)
-                hashes = dhash_strided_boxes(image, strided, cs, s.hash_size)
-                boxes = np.stack([np.full(len(cols), lo), np.full(len(cols), hi), cols[:, 0], cols[:, 1]], axis=1)
-                parts.append(_Tiles(np.full(len(hashes), axis), np.repeat(chosen, len(cols)),
-                                    np.tile(boxes, (len(chosen), 1)), hashes))
-                del image
+                n_sections = height if axis == 1 else width
+                size = _cross_block(h, height, width, axis)
+                for a in range(0, n_sections, size):
+                    b = min(a + size, n_sections)
+                    if band_fits:
+                        block = slab[:, a:b, :] if axis == 1 else slab[:, :, a:b]
+                    else:
+                        block = _read_cross_block(reader, lo, hi, axis, a, b, limits)
+                    tiles = _hash_cross(block, axis, a, lo, hi, s)
+                    if tiles is not None:
+                        parts.append(tiles)
+                    del block
+        del slab
         progress(h)
     return _Tiles.concat(parts)
 
 
 def _cut_volume(reader, tiles: _Tiles, keep: np.ndarray, limits) -> Iterator[np.ndarray]:
-    """Yield the kept tiles (indices in storage order), reading each xy slice or z band that holds some once."""
-    depth = reader.shape[0]
+    """Yield the kept tiles (indices in storage order), reading each xy slice, or block of cross sections of a
+    z band, that holds some once."""
+    depth, height, width = reader.shape
     loaded_key, data = None, None
     for i in keep.tolist():
         axis, index = int(tiles.item[i]), int(tiles.slice[i])
         y0, y1, x0, x1 = (int(v) for v in tiles.boxes[i])
-        key = (0, index) if axis == 0 else (1, y0, y1)
+        if axis == 0:
+            key, a = (0, index), 0
+        else:
+            size = _cross_block(y1 - y0, height, width, axis)
+            a = index // size * size
+            key = (axis, y0, y1, a)
         if key != loaded_key:
-            data = None  # free the previous slice/band before reading the next
-            data = _read_uint8(reader, index, index + 1, limits)[0] if axis == 0 else \
-                _read_uint8(reader, y0, min(y1, depth), limits)
+            data = None  # free the previous slice/block before reading the next
+            if axis == 0:
+                data = _read_uint8(reader, index, index + 1, limits)[0]
+            else:
+                n_sections = height if axis == 1 else width
+                data = _read_cross_block(reader, y0, min(y1, depth), axis, a, min(a + size, n_sections), limits)
             loaded_key = key
         if axis == 0:
             yield data[y0:y1, x0:x1].copy()
         else:
-            section = data[:, index, :] if axis == 1 else data[:, :, index]
+            section = data[:, index - a, :] if axis == 1 else data[:, :, index - a]
             yield np.ascontiguousarray(section[:, x0:x1])
 
 

@@ -302,3 +302,16 @@ def test_real_data_isbi_group_isbi_volume_cryoet_and_cem_examples(shared_data, t
     assert tomo["metadata"]["dtype"] == "float32" and tomo["metadata"]["intensity_limits"][0] < 0
     assert 0 < len(tomo["names"]) < 101
     assert all(p.shape == (135, 135) for p in tomo["patches"])
+
+
+def test_wide_volumes_read_in_blocks_give_the_same_shards(tmp_path, monkeypatch):
+    """When a z band exceeds the memory budget, cross sections are read in blocks: same result, less memory."""
+    import cellemnet.dataset.patchify as patchify
+
+    vol = (_volume((40, 90, 110)).astype(np.float32) - 50) * 3  # float: converted to uint8 block by block
+    write_volume(tmp_path / "v" / "wide.h5", vol)
+    assert P3.main([str(tmp_path / "v"), str(tmp_path / "whole"), "-cs", "32", "-q"]) == 0
+    monkeypatch.setattr(patchify, "_BAND_BUDGET", 32 * 90 * 7)  # a few sections per block
+    assert P3.main([str(tmp_path / "v"), str(tmp_path / "blocks"), "-cs", "32", "-q"]) == 0
+    assert _shard_contents(tmp_path / "blocks") == _shard_contents(tmp_path / "whole")
+    assert (tmp_path / "blocks" / "manifest.csv").read_text() == (tmp_path / "whole" / "manifest.csv").read_text()
