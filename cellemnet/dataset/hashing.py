@@ -180,7 +180,6 @@ def _hash_box_range(
         step = boxes[b, 1]
         h = boxes[b, 2]
         x0 = boxes[b, 3]
-        x1 = boxes[b, 4]
         k = table_of_box[b]
         if k < 0:  # already crop_size x crop_size: Pillow's BILINEAR resize is a plain copy
             src = image
