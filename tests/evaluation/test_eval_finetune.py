@@ -137,3 +137,18 @@ def test_training_on_odd_sized_images_with_validation(tmp_path):
     out = finetune(load_eval_config(cfg_path, stage="train"), progress=False)
     assert 0.0 <= out["metrics"]["valid_mito_IoU"] <= 1.0
     assert out["checkpoint"].endswith("epoch1_of_1.pth")
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes(tmp_path):
+    """DDP on the CPU (gloo): two processes, one checkpoint with plain (unwrapped) parameter names."""
+    data = tiny_benchmark(tmp_path / "bench")
+    cfg = tiny_config(tmp_path / "cfg.yaml", data, iters=1, bsz=1, logging=False)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    run = subprocess.run([*torchrun, str(ROOT / "evaluation" / "finetune.py"), str(cfg)],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    ckpts = list((tmp_path / "models").glob("*.pth"))
+    assert [p.name for p in ckpts] == ["example-random_init_ft_all_epoch1_of_1.pth"]
+    state = torch.load(ckpts[0], map_location="cpu", weights_only=True)["state_dict"]
+    assert "encoder.conv1.weight" in state and not any(k.startswith("module.") for k in state)
