@@ -4,7 +4,7 @@ Data locations: `data_dir`, `test_dir2d`, `test_dir3d` and `test_dir` may be rel
 the data root (`data_root=...` on the command line or in the file, else the CELLEMNET_DATA_ROOT environment
 variable, else the current directory). Tracked YAML files therefore never need rewriting for a machine.
 
-Does not import torch.
+Importing this module does not import torch (checking the augmentations loads albumentations, which does).
 """
 from __future__ import annotations
 

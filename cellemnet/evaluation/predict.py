@@ -8,8 +8,6 @@
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -153,6 +151,3 @@ def predict_volume_slicewise(predictor: Predictor, volume: np.ndarray, mode: str
     """The original's way: one slice per forward pass (kept for the benchmark and as a reference)."""
     return predictor.predict_volume(volume, mode=mode, batch=1)
 
-
-def stack_slices(slices: Sequence[np.ndarray]) -> np.ndarray:
-    return np.stack(list(slices))

@@ -7,7 +7,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from cellemnet.evaluation.config import load_eval_config
 from cellemnet.evaluation.infer import run_inference2d, run_inference3d, run_inference_mixed
