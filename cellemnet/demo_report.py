@@ -68,13 +68,11 @@ def patch_examples(out: Path, counts: dict, per_group: int = 8) -> dict[str, lis
 
 def pretraining_history(experiment: str = "demo_pretraining") -> tuple[list[int], list[float]]:
     """The loss MLflow recorded for the demo's pretraining run (the newest run of that experiment)."""
-    import mlflow
     from mlflow.tracking import MlflowClient
 
     from cellemnet.tracking import tracking_uri
 
-    mlflow.set_tracking_uri(tracking_uri())
-    client = MlflowClient()
+    client = MlflowClient(tracking_uri())
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return [], []

@@ -16,6 +16,23 @@ from typing import Any, Mapping
 DEFAULT_TRACKING_DIR = "mlflow_store"
 
 
+
+def _use_uri(uri: str) -> None:
+    """Point mlflow's fluent API at uri without touching os.environ.
+
+    mlflow.set_tracking_uri() also writes MLFLOW_TRACKING_URI into os.environ; left there, it would override every
+    later tracking_dir in this process (and leak into child processes), so the user's own value is restored.
+    """
+    import mlflow
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 def tracking_uri(tracking_dir: str | os.PathLike | None = None) -> str:
     """MLFLOW_TRACKING_URI when set, else a SQLite file inside tracking_dir (default ./mlflow_store)."""
     env = os.environ.get("MLFLOW_TRACKING_URI")
@@ -122,7 +139,7 @@ def start_run(
     import mlflow
 
     uri = tracking_uri(tracking_dir)
-    mlflow.set_tracking_uri(uri)
+    _use_uri(uri)
     if mlflow.get_experiment_by_name(experiment) is None:
         kwargs = {}
         if uri.startswith("sqlite:"):
@@ -147,7 +164,7 @@ def read_runs(experiment: str | None = None, tracking_dir: str | os.PathLike | N
     """All runs (of one experiment, or every experiment) as a pandas DataFrame, for reports."""
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri(tracking_dir))
+    _use_uri(tracking_uri(tracking_dir))
     if experiment is None:
         return mlflow.search_runs(search_all_experiments=True)
     exp = mlflow.get_experiment_by_name(experiment)
