@@ -53,7 +53,7 @@ class DemoSize:
 SIZES = {
     "default": DemoSize(
         n_groups_2d=3, images_per_group=4, n_volumes=3, image_shape=(512, 512), volume_shape=(24, 256, 256),
-        pretrain_epochs=4, pretrain_batch=16, pretrain_crop=112, pretrain_queue=512,
+        pretrain_epochs=30, pretrain_batch=16, pretrain_crop=112, pretrain_queue=512,
         bench_train=12, bench_shape=(256, 256), bench_volume=(16, 128, 128), finetune_iters=150, finetune_crop=128,
     ),
     "small": DemoSize(
@@ -163,7 +163,7 @@ def main_demo(out: Path, size_name: str, data: Path | None) -> dict:
     env.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{out / 'mlflow_store' / 'mlflow.db'}")
     (out / "mlflow_store").mkdir(exist_ok=True)
     os.environ["MLFLOW_TRACKING_URI"] = env["MLFLOW_TRACKING_URI"]  # the report reads the runs back
-    state = DemoState(out=out, size=size, env=env, n_steps=12)
+    state = DemoState(out=out, size=size, env=env, n_steps=13)
     t0 = time.perf_counter()
 
     _say(f"CellEMNet demo ({size_name}) -> {out}")
@@ -189,10 +189,10 @@ def main_demo(out: Path, size_name: str, data: Path | None) -> dict:
         "pretraining/train_mocov2.py", "pretraining/configs/mocov2.yaml",
         f"data_path={curated}", f"model_dir={model_dir}", f"epochs={size_.pretrain_epochs}",
         f"batch_size={size_.pretrain_batch}", f"crop_size={size_.pretrain_crop}", f"moco_k={size_.pretrain_queue}",
-        "workers=0", "schedule=[1000]", "save_freq=1", "print_freq=1", "lr=0.03", "resume=auto",
+        "workers=0", "schedule=[1000]", f"save_freq={size_.pretrain_epochs}", "print_freq=1", "lr=0.03", "resume=auto",
         "experiment_name=demo_pretraining",
     ], "pretrain")
-    encoder = out / "encoder_mocov2.pth"
+    encoder = out / "demo_mocov2" / "encoder.pth"  # the parent folder names the arm in checkpoints and reports
     last_ckpt = newest_checkpoint(model_dir)
     run_step(state, "pretraining: export the encoder", ["pretraining/export_encoder.py", str(last_ckpt), str(encoder)], "export")
 
@@ -200,7 +200,7 @@ def main_demo(out: Path, size_name: str, data: Path | None) -> dict:
     for arm, pretraining in (("random_init", "random_init"), ("pretrained", str(encoder))):
         ft_dir = out / "finetune" / arm
         common = [
-            f"data_dir={bench}", f"model_dir={ft_dir}", f"experiment_name=demo_{arm}", f"pretraining={pretraining}",
+            f"data_dir={bench}", f"model_dir={ft_dir}", "experiment_name=demo_synthetic_mito", f"pretraining={pretraining}",
             f"iters={size_.finetune_iters}", f"test_dir2d={bench / 'test2d'}", f"test_dir3d={bench / 'test3d'}",
             f"save_dir2d={out / 'predictions' / arm / '2d'}", f"save_dir3d={out / 'predictions' / arm / '3d'}",
         ]
@@ -211,6 +211,8 @@ def main_demo(out: Path, size_name: str, data: Path | None) -> dict:
         o3 = run_step(state, f"evaluation: 3D inference ({arm})", ["evaluation/inference3d.py", "evaluation/configs/example.yaml", str(checkpoint), *common], f"inference3d_{arm}")
         ious[arm] = {"2d": parse_test_iou(o2), "3d": parse_test_iou(o3)}
     results["iou"] = ious
+    run_step(state, "evaluation: IoU table and chart from the MLflow runs", [
+        "evaluation/report.py", "--out", str(out / "figures"), "--experiment", "demo_synthetic_mito"], "report")
 
     from cellemnet.demo_report import write_report
 
@@ -242,9 +244,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=None,
                         help="your own folder: images2d/<project>/* and/or volumes/* (optional benchmark/ with "
                              "train/{images,masks} and test2d/, test3d/ for fine-tuning)")
+    parser.add_argument("--publish-figures", type=Path, default=None, metavar="DIR",
+                        help="also copy the report's figures to DIR as demo_*.png (the README's come from images/)")
     args = parser.parse_args(argv)
-    main_demo(args.out, args.size, args.data)
+    results = main_demo(args.out, args.size, args.data)
+    if args.publish_figures is not None:
+        publish_figures(results, args.publish_figures)
     return 0
+
+
+def publish_figures(results: dict, folder: Path) -> list[Path]:
+    """Copy the report's figures to folder/demo_<name>.png, atomically."""
+    from cellemnet.io import atomic_write_bytes
+
+    written = []
+    for source in results.get("figures", {}).values():
+        source = Path(source)
+        target = folder / f"demo_{source.name}"
+        atomic_write_bytes(target, source.read_bytes())
+        written.append(target)
+    _say(f"figures copied to {folder}: {', '.join(p.name for p in written)}")
+    return written
 
 
 if __name__ == "__main__":

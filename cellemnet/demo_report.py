@@ -150,6 +150,9 @@ def write_report(out: Path, ious: Mapping[str, Mapping[str, float]], timings: Ma
     for arm, v in ious.items():
         lines.append(f"| {arm} | {v['2d']:.3f} | {v['3d']:.3f} |")
     lines += ["", "![IoU](figures/iou.png)", ""]
+    table = fig_dir / "benchmark_iou.md"
+    if table.exists():  # written by evaluation/report.py from the MLflow runs
+        lines += ["The same runs read back from MLflow by `evaluation/report.py` (each run's last logged Test_Set_IoU, the 3D one):", "", table.read_text().strip(), ""]
     if "overlays" in made:
         lines += ["![predictions](figures/predictions.png)", ""]
     lines += ["## Time per step", "", "| step | seconds |", "|---|---|"]

@@ -29,6 +29,15 @@ import numpy as np
 
 from cellemnet.errors import InputError
 
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
 PathLike = str | os.PathLike
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
@@ -68,6 +77,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     suffix = suffix if suffix is not None else "".join(path.suffixes) or ".tmp"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{suffix}", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs get the usual permissions
     tmp_path = Path(tmp)
     try:
         yield tmp_path
