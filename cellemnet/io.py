@@ -474,11 +474,29 @@ def _read_sitk_volume(path: Path) -> tuple[np.ndarray, Spacing]:
         array = sitk.GetArrayFromImage(image)
         array = np.stack([_to_gray(a) for a in array]) if array.ndim == 4 else _to_gray(array)
     else:
-        array = sitk.GetArrayFromImage(image)
+        array = _array_view_of(image)
     spacing = tuple(float(s) for s in reversed(image.GetSpacing()))
     if array.ndim == 2:
         spacing = (1.0,) + spacing[-2:]
     return array, _pad_spacing(spacing)
+
+
+class _ImageBackedArray(np.ndarray):
+    """A read-only numpy view of a SimpleITK image's buffer that keeps the image alive.
+
+    GetArrayFromImage copies the whole volume (two copies in memory at the peak); the view does not, but its
+    buffer belongs to the image, so the image is kept as an attribute of the array (views of it keep it too).
+    """
+
+    _sitk_image = None
+
+
+def _array_view_of(image) -> np.ndarray:
+    import SimpleITK as sitk
+
+    view = sitk.GetArrayViewFromImage(image).view(_ImageBackedArray)
+    view._sitk_image = image
+    return view
 
 
 def _read_other_sitk_volume(path: Path, suffix: str) -> tuple[np.ndarray, Spacing]:
