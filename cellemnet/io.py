@@ -440,7 +440,8 @@ def read_volume(path: PathLike) -> tuple[Any, Spacing]:
     """Read a volume: (array in (z, y, x) order, spacing (z, y, x)).
 
     For HDF5 and Zarr the array is the lazy h5py Dataset / zarr Array (slice it to read); the HDF5 file stays
-    open as long as the Dataset is referenced. For every other format it is a numpy array (MRC: a copy).
+    open as long as the Dataset is referenced. For every other format it is a numpy array (MRC: a copy; SimpleITK
+    formats: a read-only view of the image buffer, so no second copy of a big volume; `np.array(a)` for a writable one).
     """
     reader = open_volume(path)
     _, _, kind = split_container_path(path)
