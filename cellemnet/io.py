@@ -470,7 +470,7 @@ def _as_3d(array: np.ndarray, path: PathLike) -> np.ndarray:
 def _read_sitk_volume(path: Path) -> tuple[np.ndarray, Spacing]:
     import SimpleITK as sitk
 
-    image = sitk.ReadImage(str(path))
+    image = _sitk_read_keeping_locale(sitk, path)
     if image.GetNumberOfComponentsPerPixel() > 1:
         array = sitk.GetArrayFromImage(image)
         array = np.stack([_to_gray(a) for a in array]) if array.ndim == 4 else _to_gray(array)
@@ -482,22 +482,38 @@ def _read_sitk_volume(path: Path) -> tuple[np.ndarray, Spacing]:
     return array, _pad_spacing(spacing)
 
 
-class _ImageBackedArray(np.ndarray):
-    """A read-only numpy view of a SimpleITK image's buffer that keeps the image alive.
+def _sitk_read_keeping_locale(sitk, path: Path):
+    """sitk.ReadImage, restoring the process locale afterwards: ITK's VTK reader switches it to "C", after which
+    Python decodes subprocess output as ASCII."""
+    import locale
 
-    GetArrayFromImage copies the whole volume (two copies in memory at the peak); the view does not, but its
-    buffer belongs to the image, so the image is kept as an attribute of the array (views of it keep it too).
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        return sitk.ReadImage(str(path))
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+class _SitkBuffer:
+    """Exposes a SimpleITK image's pixel buffer to numpy and keeps the image alive for as long as numpy needs it.
+
+    GetArrayFromImage copies the whole volume (two copies in memory at the peak). GetArrayViewFromImage does not,
+    but its view does not keep the image alive. numpy collapses chains of ndarray views to the owner of the memory,
+    so the image must hang on a non-ndarray base object, which is this one.
     """
 
-    _sitk_image = None
+    def __init__(self, image):
+        import SimpleITK as sitk
+
+        self._image = image
+        view = sitk.GetArrayViewFromImage(image)
+        self.__array_interface__ = dict(view.__array_interface__)
 
 
 def _array_view_of(image) -> np.ndarray:
-    import SimpleITK as sitk
-
-    view = sitk.GetArrayViewFromImage(image).view(_ImageBackedArray)
-    view._sitk_image = image
-    return view
+    array = np.asarray(_SitkBuffer(image))
+    array.flags.writeable = False
+    return array
 
 
 def _read_other_sitk_volume(path: Path, suffix: str) -> tuple[np.ndarray, Spacing]:

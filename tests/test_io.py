@@ -445,3 +445,24 @@ def test_other_simpleitk_formats_are_read(tmp_path, volume16):
     data, spacing = io.read_volume(tmp_path / "v.vtk")
     np.testing.assert_array_equal(data, volume16)
     assert spacing == (3.0, 2.0, 1.0)
+
+
+def test_simpleitk_volume_view_outlives_its_reader(tmp_path):
+    """read_volume gives SimpleITK formats as a zero-copy view; slices of it must stay valid after the array
+    itself is dropped and other volumes are read (a view that did not keep the image alive read freed memory)."""
+    import gc
+
+    from cellemnet.io import read_volume, write_volume
+
+    first = (np.arange(8 * 64 * 64) % 251).astype(np.uint8).reshape(8, 64, 64)
+    write_volume(tmp_path / "a.nrrd", first)
+    write_volume(tmp_path / "b.nrrd", 255 - first)
+    volume, _ = read_volume(tmp_path / "a.nrrd")
+    part, transposed = np.asarray(volume)[3:5], volume[::2].T
+    del volume
+    gc.collect()
+    filler = [np.full((8, 64, 64), 7, np.uint8) for _ in range(50)]
+    second, _ = read_volume(tmp_path / "b.nrrd")
+    assert np.array_equal(part, first[3:5]) and np.array_equal(transposed, first[::2].T)
+    assert np.array_equal(second, 255 - first) and len(filler) == 50
+    assert not second.flags.writeable  # a view of the image buffer: copy it to write
