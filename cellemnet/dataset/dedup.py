@@ -115,6 +115,17 @@ def _mask_tables(plan: BlockPlan) -> tuple[np.ndarray, np.ndarray]:
 # ------------------------------------------------------------------------------------------------ kernels
 
 
+@numba.njit(cache=True, inline="always")
+def _found_in_earlier_block(x, b, radii, bits, shifts):
+    """True when the pair with difference bits x is also found through a block before b (so it is counted once)."""
+    for b2 in range(b):
+        if radii[b2] >= 0:
+            m2 = np.uint64((np.int64(1) << bits[b2]) - 1)
+            if _popcount((x >> np.uint64(shifts[b2])) & m2) <= radii[b2]:
+                return True
+    return False
+
+
 @numba.njit(cache=True)
 def _build_block(active, hashes, shift_bits, n_bits, off, base, entry_ids, entry_hashes):
     """Counting sort of the active hashes by one block's value into entries base.. of the shared arrays."""
@@ -191,14 +202,7 @@ def _probe_block(
                 r = entry_ids[e]
                 if rank[r] <= rq or removed[r]:
                     continue
-                seen = False
-                for b2 in range(b):
-                    if radii[b2] >= 0:
-                        m2 = np.uint64((np.int64(1) << bits[b2]) - 1)
-                        if _popcount((x >> np.uint64(shifts[b2])) & m2) <= radii[b2]:
-                            seen = True
-                            break
-                if seen:
+                if _found_in_earlier_block(x, b, radii, bits, shifts):
                     continue
                 if fill >= cap:
                     return -1
@@ -335,14 +339,7 @@ def _scan_bucket_block(
                     r = entry_ids[elo + e]
                     if rank[r] <= rq or removed[r]:
                         continue
-                    seen = False
-                    for b2 in range(b):
-                        if radii[b2] >= 0:
-                            m2 = np.uint64((np.int64(1) << bits[b2]) - 1)
-                            if _popcount((x >> np.uint64(shifts[b2])) & m2) <= radii[b2]:
-                                seen = True
-                                break
-                    if seen:
+                    if _found_in_earlier_block(x, b, radii, bits, shifts):
                         continue
                     if fill >= cap:
                         return -1
