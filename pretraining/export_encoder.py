@@ -18,11 +18,26 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="training checkpoint (.pth / .pth.tar)")
     parser.add_argument("out", help="exported encoder file to write")
+    parser.add_argument("--force", action="store_true",
+                        help="export even when the checkpoint's run ended with the verdict 'did not learn'")
     args = parser.parse_args(argv)
-    from cellemnet.pretraining.export import export_encoder
+    from cellemnet.errors import InputError
+    from cellemnet.pretraining.export import export_encoder, load_checkpoint_file
+    from cellemnet.pretraining.health import checkpoint_verdict, refusal
 
+    ckpt = load_checkpoint_file(args.checkpoint)
+    why_not = refusal(ckpt, args.checkpoint)
+    if why_not and not args.force:
+        raise InputError(why_not)
+    if why_not:
+        print(f"WARNING (--force): {why_not}", file=sys.stderr)
+    verdict = checkpoint_verdict(ckpt)
+    del ckpt
     enc = export_encoder(args.checkpoint, args.out)
-    print(f"wrote {args.out}: {enc['method']} ResNet-50 encoder, {len(enc['state_dict'])} tensors, "
+    arch = enc.get("arch", "resnet50")
+    status = "no verdict recorded" if verdict is None else (
+        "run verdict: learned" if verdict["learned"] else "run verdict: did not learn (forced)")
+    print(f"wrote {args.out}: {enc['method']} {arch} encoder ({status}), {len(enc['state_dict'])} tensors, "
           f"norms mean {enc['norms'][0]:.6f} std {enc['norms'][1]:.6f}")
     return 0
 

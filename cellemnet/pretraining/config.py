@@ -93,6 +93,19 @@ COMMON_SCHEMA: dict[str, Field] = {
                               check=_non_negative),
     "iters_per_epoch": Field(int, None, "cap on iterations per epoch (smoke tests); null = whole epoch",
                              nullable=True, check=_positive),
+    "lr_scaling": Field(str, "none", "none: use lr as given; linear: lr * batch_size / lr_reference_batch "
+                        "(Goyal et al. 2017)", choices=("none", "linear")),
+    "lr_reference_batch": Field(int, 128, "global batch that lr is meant for when lr_scaling is linear",
+                                check=_positive),
+    "allow_unsafe_ssl": Field(bool, False, "train even when a setting cannot work on this data (queue or "
+                              "prototypes too large): a loud warning instead of an error"),
+    "health_every": Field(int, 1, "measure the encoder's health every N epochs (0 = at the start and the end "
+                          "only)", check=_non_negative),
+    "health_patches": Field(int, 256, "patches in the fixed health set (two views each)", check=_positive),
+    "probe_data": Field(str, None, "labeled benchmark folder (train/, test/ with images and masks) for an online "
+                        "encoder probe; null = none", nullable=True, path=PATH_DIR),
+    "probe_every": Field(int, 0, "run the online probe every N epochs (0 = at the start and the end only)",
+                         check=_non_negative),
 }
 
 MOCOV2_SCHEMA: dict[str, Field] = {
@@ -104,7 +117,11 @@ MOCOV2_SCHEMA: dict[str, Field] = {
     "cos": Field(bool, False, "cosine lr schedule instead of steps"),
     "moco_dim": Field(int, 128, "feature dimension", check=_positive),
     "moco_k": Field(int, 65536, "queue length (negatives)", check=_positive),
-    "moco_m": Field(float, 0.999, "key encoder EMA momentum"),
+    "moco_m": Field(float, 0.999, "key encoder EMA momentum (with moco_m_schedule cosine: its start value)",
+                    check=lambda v: None if 0 <= v < 1 else "must be in [0, 1)"),
+    "moco_m_schedule": Field(str, "constant", "constant, or cosine from moco_m to 1 over the run (for short "
+                             "runs: the key encoder then moves early and settles late)",
+                             choices=("constant", "cosine")),
     "moco_t": Field(float, 0.2, "softmax temperature", check=_positive),
     "mlp": Field(bool, True, "MLP projection head (MoCo v2)"),
 }
@@ -115,6 +132,8 @@ SWAV_SCHEMA: dict[str, Field] = {
     "epochs": Field(int, 200, "training epochs", check=_positive),
     "batch_size": Field(int, 64, "GLOBAL batch, split evenly over all processes", check=_positive),
     "lr": Field(float, 0.6, "base learning rate after warmup (base_lr)", check=_positive),
+    "lr_reference_batch": Field(int, 64, "global batch that lr is meant for when lr_scaling is linear",
+                                check=_positive),
     "final_lr": Field(float, 0.0006, "learning rate at the end of the cosine", check=_non_negative),
     "warmup_epochs": Field(int, 0, "linear warmup epochs", check=_non_negative),
     "start_warmup": Field(float, 0.0, "learning rate at the start of the warmup", check=_non_negative),

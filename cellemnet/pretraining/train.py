@@ -8,7 +8,9 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import math
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from cellemnet import runtime
 from cellemnet.config import save_config
 from cellemnet.errors import ConfigError, InputError
 from cellemnet.pretraining import checkpoint as ckpt_io
+from cellemnet.pretraining import guardrails, health
 from cellemnet.pretraining.augment import MultiCrop, TwoViews
 from cellemnet.pretraining.config import norms_pair
 from cellemnet.pretraining.data import SourceBalancedSampler, build_dataset
@@ -45,6 +48,10 @@ class MoCoV2Method:
         mean, std = norms_pair(self.cfg)
         return TwoViews(self.cfg["crop_size"], mean, std)
 
+    def health_transform(self):
+        mean, std = norms_pair(self.cfg)
+        return TwoViews(self.cfg["crop_size"], mean, std)
+
     def build_model(self) -> nn.Module:
         c = self.cfg
         return MoCo(c["arch"], c["moco_dim"], c["moco_k"], c["moco_m"], c["moco_t"], c["mlp"])
@@ -56,13 +63,18 @@ class MoCoV2Method:
 
     def lr(self, epoch: int, step: int, iters_per_epoch: int) -> float:
         c = self.cfg
-        return mocov2_lr(c["lr"], epoch, c["epochs"], c["schedule"], c["cos"])
+        return mocov2_lr(guardrails.effective_lr(c), epoch, c["epochs"], c["schedule"], c["cos"])
 
     def start_epoch(self, epoch: int, model: nn.Module, run: "Run") -> None:
         pass
 
     def step(self, batch, run: "Run") -> dict[str, float]:
+        c = self.cfg
         im_q, im_k = (_to_device(x, run.device, run.channels_last) for x in batch)
+        run.unwrapped.momentum = guardrails.moco_momentum(c["moco_m"], run.global_step, run.total_steps,
+                                                          c["moco_m_schedule"])
+        # Until the queue holds only real keys, top-k compares against random vectors: not evidence of anything.
+        queue_full = run.global_step * c["batch_size"] >= c["moco_k"]
         with runtime.autocast(run.device, run.amp):
             logits, keys = run.model(im_q, im_k)
             loss = infonce_loss(logits)
@@ -71,9 +83,11 @@ class MoCoV2Method:
         run.scaler.step(run.optimizer)
         run.scaler.update()
         run.unwrapped.dequeue_and_enqueue(keys)
-        target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
-        top1, top5 = topk_accuracy(logits.detach(), target)
-        return {"loss": float(loss.detach()), "top1": top1, "top5": top5}
+        out = {"loss": float(loss.detach()), "moco_m": run.unwrapped.momentum}
+        if queue_full:
+            target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+            out["top1"], out["top5"] = topk_accuracy(logits.detach(), target)
+        return out
 
     def extra_state(self, run: "Run") -> dict[str, Any]:
         return {}  # the queue and its pointer are buffers of the model's state_dict
@@ -95,6 +109,11 @@ class SwAVMethod:
         mean, std = norms_pair(c)
         return MultiCrop(c["nmb_crops"], c["size_crops"], c["min_scale_crops"], c["max_scale_crops"], mean, std)
 
+    def health_transform(self):
+        c = self.cfg
+        mean, std = norms_pair(c)
+        return TwoViews(c["size_crops"][0], mean, std, scale=(c["min_scale_crops"][0], c["max_scale_crops"][0]))
+
     def build_model(self) -> nn.Module:
         c = self.cfg
         return SwAV(c["arch"], c["hidden_mlp"], c["feat_dim"], c["nmb_prototypes"])
@@ -105,8 +124,8 @@ class SwAVMethod:
 
     def lr(self, epoch: int, step: int, iters_per_epoch: int) -> float:
         c = self.cfg
-        return swav_lr(step, iters_per_epoch, c["epochs"], c["lr"], c["final_lr"], c["warmup_epochs"],
-                       c["start_warmup"])
+        return swav_lr(step, iters_per_epoch, c["epochs"], guardrails.effective_lr(c), c["final_lr"],
+                       c["warmup_epochs"], c["start_warmup"])
 
     def queue_rows_per_rank(self, run: "Run") -> int:
         global_batch = run.batch_per_rank * run.info.world_size
@@ -190,7 +209,10 @@ class Run:
         self.amp = cfg["amp"] and cuda
         self.channels_last = cfg["channels_last"] and cuda
         self.global_step = 0
+        self.total_steps = 0
         self.stop_requested = False
+        self.nonfinite = False
+        self.monitor: health.HealthMonitor | None = None
 
     def say(self, text: str) -> None:
         if self.info.is_main:
@@ -236,6 +258,7 @@ def _checkpoint_state(run: Run, epoch: int, iteration: int, sampler: SourceBalan
         "config": dict(run.cfg),
         "norms": norms_pair(run.cfg),
         "run_id": run_id,
+        "health": run.monitor.state() if run.monitor is not None else None,
         **run.method.extra_state(run),
     }
 
@@ -287,6 +310,16 @@ def train(cfg: dict[str, Any], method_name: str) -> dict[str, Any]:
     if iters_per_epoch < 1:
         raise InputError(f"{cfg['data_path']}: {len(dataset)} patches are fewer than one global batch "
                          f"({cfg['batch_size']})")
+    run.total_steps = cfg["epochs"] * iters_per_epoch
+    # Settings that cannot work on this many patches stop here, before any model is built.
+    for warning in guardrails.check_data_settings({**cfg, "_planned_steps": run.total_steps}, method_name,
+                                                  len(dataset)):
+        if info.is_main:
+            print(f"WARNING: {warning}", file=sys.stderr, flush=True)
+    health_set = None
+    if info.is_main:
+        health_set = health.make_health_set(dataset, run.method.health_transform(), cfg["health_patches"],
+                                            cfg["seed"])
 
     # Model: identical init on every rank (DDP also broadcasts rank 0's weights).
     runtime.seed_everything(cfg["seed"])
@@ -341,10 +374,21 @@ def train(cfg: dict[str, Any], method_name: str) -> dict[str, Any]:
     run.say(f"{method_name}: {len(dataset)} patches from {len(sources)} sources, {info.world_size} process(es) on "
             f"{device.type}, global batch {cfg['batch_size']}, {iters_per_epoch} iterations/epoch")
 
+    def log_health(metrics: dict[str, float], step: int, record: dict[str, Any]) -> None:
+        tracker.log_metrics(metrics, step=step)
+        _log_line(model_dir, record)
+
+    run.monitor = health.HealthMonitor(cfg, method_name, health_set, device, log_health, run.say,
+                                       probe=_online_probe(cfg, device) if info.is_main else None)
+    run.monitor.load(state.get("health") if state is not None else None)
+    run.monitor.start(model)
+    chance = health.loss_chance_level(method_name, cfg)
+
     previous_handler = _install_sigterm(run)
     interrupted = False
     last_path = resume_path
     epoch_means: dict[str, float] = {}
+    epoch = start_epoch
     try:
         for epoch in range(start_epoch, cfg["epochs"]):
             first_iter = start_iter if epoch == start_epoch else 0
@@ -353,8 +397,9 @@ def train(cfg: dict[str, Any], method_name: str) -> dict[str, Any]:
             run.method.start_epoch(epoch, model, run)
             model.train()
             sums: dict[str, float] = {}
+            counts: dict[str, int] = {}  # per key: MoCo's top-k only exists once the queue is full
             window: dict[str, float] = {}
-            count = window_count = 0
+            window_counts: dict[str, int] = {}
             bar = tqdm(total=iters_per_epoch, initial=first_iter, desc=f"epoch {epoch + 1}/{cfg['epochs']}",
                        disable=not info.is_main, dynamic_ncols=True)
             it = first_iter
@@ -366,45 +411,63 @@ def train(cfg: dict[str, Any], method_name: str) -> dict[str, Any]:
                 metrics = run.method.step(batch, run)
                 run.global_step += 1
                 it += 1
-                count += 1
-                window_count += 1
+                if not math.isfinite(metrics["loss"]):
+                    run.nonfinite = run.stop_requested = True
+                    run.monitor.nonfinite_step = run.global_step
                 for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                    window[k] = window.get(k, 0.0) + v
+                    for acc, n in ((sums, counts), (window, window_counts)):
+                        acc[k] = acc.get(k, 0.0) + v
+                        n[k] = n.get(k, 0) + 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{lr:.3g}")
                 if run.global_step % cfg["print_freq"] == 0 or it == iters_per_epoch:
-                    record = {k: v / window_count for k, v in window.items()}
+                    record = {k: v / window_counts[k] for k, v in window.items()}
                     record["lr"] = lr
                     tracker.log_metrics(record, step=run.global_step)
                     if info.is_main:
                         _log_line(model_dir, {"epoch": epoch, "iteration": it, "step": run.global_step, **record})
-                    window, window_count = {}, 0
+                    window, window_counts = {}, {}
                 stop = _should_stop(run)
-                if it < iters_per_epoch and (stop or (cfg["checkpoint_iters"] and
-                                                      run.global_step % cfg["checkpoint_iters"] == 0)):
+                if it < iters_per_epoch and not stop and cfg["checkpoint_iters"] and \
+                        run.global_step % cfg["checkpoint_iters"] == 0:
                     last_path = _save(run, epoch, it, sampler, run_id, keep=False)
                 if stop:
                     interrupted = True
                     break
             bar.close()
             if interrupted:
-                if it >= iters_per_epoch:  # stopped exactly at the epoch end: save the finished epoch
-                    last_path = _save(run, epoch + 1, 0, sampler, run_id, keep=False)
+                if run.nonfinite:
+                    run.say(f"the loss became non-finite at step {run.global_step}: training stopped")
+                    run.monitor.finish(model, epoch, run.global_step)
+                    last_path = _save(run, epoch, it, sampler, run_id, keep=False)
+                    break
+                # stopped exactly at the epoch end: save the finished epoch
+                last_path = _save(run, epoch + 1, 0, sampler, run_id, keep=False) if it >= iters_per_epoch else \
+                    _save(run, epoch, it, sampler, run_id, keep=False)
                 run.say(f"stopped by SIGTERM at epoch {epoch}, iteration {it}; continue with resume=auto")
                 break
             # Epoch means averaged over processes (each rank saw a different part of the epoch).
             keys = sorted(sums)
-            means = torch.tensor([sums[k] / max(count, 1) for k in keys], device=device, dtype=torch.float64)
+            means = torch.tensor([sums[k] / max(counts[k], 1) for k in keys], device=device, dtype=torch.float64)
             if info.distributed:
                 torch.distributed.all_reduce(means)
                 means /= info.world_size
             epoch_means = {f"epoch_{k}": float(v) for k, v in zip(keys, means.tolist())}
-            tracker.log_metrics({**epoch_means, "epoch": epoch + 1}, step=run.global_step)
-            keep = (epoch + 1) % cfg["save_freq"] == 0 or epoch + 1 == cfg["epochs"]
+            tracker.log_metrics({**epoch_means, "epoch": epoch + 1, "loss_chance": chance}, step=run.global_step)
+            last = epoch + 1 == cfg["epochs"]
+            run.monitor.epoch_end(model, epoch + 1, run.global_step, last=last)
+            keep = (epoch + 1) % cfg["save_freq"] == 0 or last
             last_path = _save(run, epoch + 1, 0, sampler, run_id, keep=keep)
-            run.say(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v:.4f}" for k, v in epoch_means.items()))
-        tracker.end("KILLED" if interrupted else "FINISHED")
+            run.say(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v:.4f}" for k, v in epoch_means.items())
+                    + f" (chance level of the loss {chance:.3f})")
+        result = None
+        if not interrupted or run.nonfinite:
+            result = run.monitor.finish(model, epoch + (0 if run.nonfinite else 1), run.global_step)
+            _write_health(run, model_dir)
+            if result is not None:
+                tracker.set_tags({"verdict": "learned" if result["learned"] else "did not learn",
+                                  "verdict_reason": result["reason"]})
+        tracker.end("KILLED" if interrupted and not run.nonfinite else "FINISHED")
     except BaseException:
         tracker.end("FAILED")
         raise
@@ -412,8 +475,27 @@ def train(cfg: dict[str, Any], method_name: str) -> dict[str, Any]:
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
         runtime.cleanup_distributed()
-    return {"interrupted": interrupted, "global_step": run.global_step, "checkpoint": str(last_path or ""),
-            "run_id": run_id, **epoch_means}
+    return {"interrupted": interrupted and not run.nonfinite, "global_step": run.global_step,
+            "checkpoint": str(last_path or ""), "run_id": run_id, "verdict": result, **epoch_means}
+
+
+def _write_health(run: Run, model_dir: Path) -> None:
+    """<model_dir>/health.json: every health record and the verdict (what export_encoder.py checks)."""
+    if not run.info.is_main or run.monitor is None or not run.monitor.active:
+        return
+    from cellemnet.io import atomic_write_bytes
+
+    atomic_write_bytes(model_dir / health.HEALTH_FILE, json.dumps(run.monitor.state(), indent=2).encode())
+
+
+def _online_probe(cfg: dict[str, Any], device: torch.device):
+    """A function trunk -> probe IoU on cfg['probe_data'], or None when no labeled data is configured."""
+    if not cfg.get("probe_data"):
+        return None
+    from cellemnet.evaluation.probe import load_probe_data, probe_trunk
+
+    data = load_probe_data(cfg["probe_data"])
+    return lambda trunk: probe_trunk(trunk, cfg["arch"], data, device=device)
 
 
 def main_for(method_name: str, argv: list[str] | None = None) -> int:

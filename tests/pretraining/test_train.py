@@ -33,7 +33,8 @@ def _real_patches(shared_data: Path, out: Path) -> Path:
 
 def _metrics(model_dir: Path) -> list[dict]:
     path = model_dir / METRICS_LOG
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    records = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    return [r for r in records if r.get("kind") != "health"]  # the step records
 
 
 @pytest.mark.slow
@@ -59,22 +60,29 @@ def test_mocov2_on_real_patches_exports_an_encoder_that_unet_loads(shared_data, 
     data = _real_patches(shared_data, tmp_path / "real")
     model_dir = tmp_path / "moco"
     cfg = load_pretraining_config(root / "pretraining/configs/mocov2.yaml", "mocov2", tiny(
-        data, model_dir, arch="resnet50", crop_size=32, moco_k=16, iters_per_epoch=2, epochs=2, save_freq=1,
+        data, model_dir, arch="resnet50", crop_size=32, moco_k=16, iters_per_epoch=3, epochs=2, save_freq=1,
         logging="true", tracking_dir=tmp_path / "mlflow"))
     summary = train(cfg, "mocov2")
     assert sorted(p.name for p in model_dir.glob("*.pth")) == ["checkpoint_0001.pth", "checkpoint_0002.pth",
                                                                 "current.pth"]
     state = torch.load(model_dir / "current.pth", weights_only=True)
-    assert state["state_dict"]["queue"].shape == (128, 16) and int(state["state_dict"]["queue_ptr"]) == 16 % 16
+    assert state["state_dict"]["queue"].shape == (128, 16) and int(state["state_dict"]["queue_ptr"]) == 24 % 16
     assert state["run_id"] == summary["run_id"] and state["config"]["moco_k"] == 16
     assert {"model", "optimizer"} <= {"model" if "state_dict" in state else "", *state} and "sampler" in state
     runs = read_runs("MoCo_CEM", tmp_path / "mlflow")
     assert len(runs) == 1 and runs.loc[0, "params.moco_k"] == "16"
     assert {"metrics.loss", "metrics.lr", "metrics.top1", "metrics.top5", "metrics.epoch_loss"} <= set(runs.columns)
 
-    out = subprocess.run([sys.executable, str(root / "pretraining/export_encoder.py"), str(model_dir / "current.pth"),
-                          str(tmp_path / "encoder.pth")], capture_output=True, text=True)
+    export = [sys.executable, str(root / "pretraining/export_encoder.py"), str(model_dir / "current.pth"),
+              str(tmp_path / "encoder.pth")]
+    # Six steps on 24 patches teach nothing: the verdict says so and export needs --force.
+    assert state["health"]["verdict"]["learned"] is False
+    refused = subprocess.run(export, capture_output=True, text=True)
+    assert refused.returncode != 0 and "did not learn" in refused.stderr and "--force" in refused.stderr
+    assert not (tmp_path / "encoder.pth").exists()
+    out = subprocess.run([*export, "--force"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+    assert "did not learn" in out.stderr
     encoder = torch.load(tmp_path / "encoder.pth", weights_only=True)
     assert encoder["method"] == "mocov2" and encoder["in_channels"] == 1 and len(encoder["norms"]) == 2
     unet = smp.Unet("resnet50", in_channels=1, encoder_weights=None, classes=1)
