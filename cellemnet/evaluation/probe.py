@@ -68,7 +68,7 @@ import json
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -339,6 +339,12 @@ def sample_pixels(masks: Sequence[np.ndarray], per_image: int, seed: int) -> lis
     return out
 
 
+def train_pixel_count(data: ProbeData, settings: ProbeSettings) -> int:
+    """Pixels sample_pixels draws per seed (every image gives min(per_image, its size))."""
+    per_image = settings.per_image(len(data.train))
+    return sum(min(per_image, item.mask.size) for item in data.train)
+
+
 def features_at(features: Mapping[str, torch.Tensor], layers: Sequence[str], ys: np.ndarray, xs: np.ndarray,
                 padded_hw: tuple[int, int]) -> torch.Tensor:
     """(P, sum C) features of one tile (features: layer -> (C, h, w)) at tile pixels (ys, xs), bilinearly
@@ -548,9 +554,9 @@ def report_lines(result: ProbeResult) -> list[str]:
              f"{'seed':>6} {'encoder IoU':>12} {'random IoU':>11} {'difference':>11}"]
     for seed, e, r, d in zip(result.seeds, result.encoder_iou, result.random_iou, result.difference):
         lines.append(f"{seed:>6} {e:>12.4f} {r:>11.4f} {d:>+11.4f}")
-    record = result.as_dict()
-    lines.append(f"{'mean':>6} {result.encoder_mean:>12.4f} {result.random_mean:>11.4f} {result.difference_mean:>+11.4f}")
-    lines.append(f"{'sd':>6} {record['encoder_sd']:>12.4f} {record['random_sd']:>11.4f} {record['difference_sd']:>11.4f}")
+    r = result.as_dict()
+    lines.append(f"{'mean':>6} {r['encoder_mean']:>12.4f} {r['random_mean']:>11.4f} {r['difference_mean']:>+11.4f}")
+    lines.append(f"{'sd':>6} {r['encoder_sd']:>12.4f} {r['random_sd']:>11.4f} {r['difference_sd']:>11.4f}")
     lines.append(f"({result.seconds:.1f} s)")
     lines.append(f"Probe_IoU: {result.encoder_mean:.4f} (random: {result.random_mean:.4f}, "
                  f"difference: {result.difference_mean:.4f})")
@@ -609,8 +615,7 @@ def _probe(trunk: torch.nn.Module, name: str, arch: str, data: ProbeData, norms:
         encoder_image_iou=[encoder_scores[s].image_ious for s in seeds],
         random_image_iou=[random_scores[s].image_ious for s in seeds],
         data_dir=data.data_dir, test_dir=data.test_dir, n_train_images=len(data.train), n_test_images=len(data.test),
-        train_pixels=sum(len(i) for i in sample_pixels([t.mask for t in data.train],
-                                                       settings.per_image(len(data.train)), seeds[0])),
+        train_pixels=train_pixel_count(data, settings),
         seconds=time.time() - started, settings=_settings_record(settings),
         example_name=data.test[0].name, example_encoder=encoder_scores[seeds[0]].example,
         example_random=random_scores[seeds[0]].example,
@@ -699,7 +704,8 @@ def _norms_check(value) -> str | None:
 
 
 PROBE_SCHEMA: dict[str, Field] = {
-    "arch": Field(str, None, nullable=True, choices=ARCHS, help="encoder architecture (default: the file's, else resnet50)"),
+    "arch": Field(str, None, nullable=True, choices=ARCHS,
+                  help="encoder architecture (default: the file's, else resnet50)"),
     "layers": Field(list, list(DEFAULT_LAYERS), check=_check_layers, help=f"features, out of {list(LAYERS)}"),
     "seeds": Field(list, [0, 1, 2], check=_check_seeds, help="random-encoder init and pixel-sample seeds"),
     "pixels_per_image": Field(int, 2000, check=_positive, help="train pixels sampled per image (class-balanced)"),
