@@ -13,7 +13,8 @@ from typing import Sequence
 import torch
 from torchvision.transforms import v2
 
-BLUR_SIGMA = (0.1, 2.0)
+BLUR_SIGMA = (0.1, 2.0)  # at the paper's 224 px crops; smaller crops scale the upper end (see view_transform)
+PAPER_CROP = 224
 NOISE_VAR = (1e-5, 1e-4)
 
 
@@ -38,19 +39,32 @@ def blur_kernel_size(crop_size: int) -> int:
     return k if k % 2 else k + 1
 
 
-def view_transform(crop_size: int, scale: tuple[float, float], mean: float, std: float) -> v2.Compose:
-    """One view: (1, H, W) uint8 tensor -> (1, crop_size, crop_size) float32 normalised tensor."""
+class StandardizeView(torch.nn.Module):
+    """(x - mean(x)) / std(x) per view: absolute brightness is not biology (it differs by instrument and session),
+    and instance discrimination otherwise learns it first - the stem turns into a brightness detector."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - x.mean()) / x.std().clamp_min(1e-3)
+
+
+def view_transform(crop_size: int, scale: tuple[float, float], mean: float, std: float,
+                   standardize: bool = False) -> v2.Compose:
+    """One view: (1, H, W) uint8 tensor -> (1, crop_size, crop_size) float32 normalised tensor.
+
+    The blur's sigma range is the paper's at 224 px and shrinks with smaller crops, so a view loses the same share
+    of its detail (sigma 2 px at a 64 px crop would blur away what a 224 px crop keeps)."""
+    sigma = (BLUR_SIGMA[0], max(BLUR_SIGMA[0], BLUR_SIGMA[1] * min(1.0, crop_size / PAPER_CROP)))
     return v2.Compose(
         [
             v2.RandomApply([v2.RandomRotation(180, interpolation=v2.InterpolationMode.NEAREST, fill=0)], p=0.5),
             v2.RandomResizedCrop(crop_size, scale=tuple(scale), antialias=True),
             v2.ColorJitter(brightness=0.4, contrast=0.4),
-            v2.RandomApply([v2.GaussianBlur(blur_kernel_size(crop_size), sigma=BLUR_SIGMA)], p=0.5),
+            v2.RandomApply([v2.GaussianBlur(blur_kernel_size(crop_size), sigma=sigma)], p=0.5),
             v2.RandomHorizontalFlip(),
             v2.RandomVerticalFlip(),
             v2.ToDtype(torch.float32, scale=True),
             RandomGaussianNoise(),
-            v2.Normalize(mean=[mean], std=[std]),
+            StandardizeView() if standardize else v2.Normalize(mean=[mean], std=[std]),
         ]
     )
 
@@ -58,8 +72,9 @@ def view_transform(crop_size: int, scale: tuple[float, float], mean: float, std:
 class TwoViews:
     """MoCo: two independent views of one patch, returned as a (query, key) pair."""
 
-    def __init__(self, crop_size: int, mean: float, std: float, scale: tuple[float, float] = (0.2, 1.0)):
-        self.transform = view_transform(crop_size, scale, mean, std)
+    def __init__(self, crop_size: int, mean: float, std: float, scale: tuple[float, float] = (0.2, 1.0),
+                 standardize: bool = False):
+        self.transform = view_transform(crop_size, scale, mean, std, standardize)
 
     def __call__(self, patch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.transform(patch), self.transform(patch)

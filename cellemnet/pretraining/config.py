@@ -124,6 +124,13 @@ MOCOV2_SCHEMA: dict[str, Field] = {
                              choices=("constant", "cosine")),
     "moco_t": Field(float, 0.2, "softmax temperature", check=_positive),
     "mlp": Field(bool, True, "MLP projection head (MoCo v2)"),
+    "mlp_bn": Field(bool, False, "BatchNorm in the MLP head (SimCLR / MoCo v3 style; for short runs)"),
+    "bn_splits": Field(int, 4, "one process only: encode the shuffled key batch in this many chunks (shuffled BN "
+                       "without several GPUs); 1 = off", check=_positive),
+    "crop_scale": Field(list, [0.2, 1.0], "RandomResizedCrop area range of both views", check=_number_list),
+    "standardize_views": Field(bool, False, "standardise each view by its own mean and std instead of the fixed "
+                               "norms (removes the brightness shortcut of instance discrimination)"),
+    "warmup_epochs": Field(int, 0, "linear lr warmup over this many epochs (per iteration)", check=_non_negative),
 }
 
 SWAV_SCHEMA: dict[str, Field] = {
@@ -135,6 +142,8 @@ SWAV_SCHEMA: dict[str, Field] = {
     "lr_reference_batch": Field(int, 64, "global batch that lr is meant for when lr_scaling is linear",
                                 check=_positive),
     "final_lr": Field(float, 0.0006, "learning rate at the end of the cosine", check=_non_negative),
+    "standardize_views": Field(bool, False, "standardise each view by its own mean and std instead of the fixed "
+                               "norms (removes the brightness shortcut of instance discrimination)"),
     "warmup_epochs": Field(int, 0, "linear warmup epochs", check=_non_negative),
     "start_warmup": Field(float, 0.0, "learning rate at the start of the warmup", check=_non_negative),
     "weight_decay": Field(float, 1e-6, "weight decay (wd), applied through LARC", check=_non_negative),

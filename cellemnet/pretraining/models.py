@@ -40,11 +40,12 @@ class MoCo(nn.Module):
     """MoCo v2: query encoder, EMA key encoder, queue of negative keys, shuffled BN across processes."""
 
     def __init__(self, arch: str = "resnet50", dim: int = 128, queue_size: int = 65536, momentum: float = 0.999,
-                 temperature: float = 0.2, mlp: bool = True):
+                 temperature: float = 0.2, mlp: bool = True, mlp_bn: bool = False, bn_splits: int = 1):
         super().__init__()
         self.queue_size, self.momentum, self.temperature = queue_size, momentum, temperature
-        self.encoder_q = self._encoder(arch, dim, mlp)
-        self.encoder_k = self._encoder(arch, dim, mlp)
+        self.bn_splits = bn_splits
+        self.encoder_q = self._encoder(arch, dim, mlp, mlp_bn)
+        self.encoder_k = self._encoder(arch, dim, mlp, mlp_bn)
         self.encoder_k.load_state_dict(self.encoder_q.state_dict())
         for p in self.encoder_k.parameters():
             p.requires_grad_(False)
@@ -52,11 +53,18 @@ class MoCo(nn.Module):
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
 
     @staticmethod
-    def _encoder(arch: str, dim: int, mlp: bool) -> nn.Module:
+    def _encoder(arch: str, dim: int, mlp: bool, mlp_bn: bool = False) -> nn.Module:
         trunk = resnet_trunk(arch)
         width = trunk.fc.in_features
-        trunk.fc = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, dim)) if mlp else nn.Linear(
-            width, dim)
+        if mlp and mlp_bn:
+            # BN centres the post-ReLU trunk features (all positive, so nearly parallel at init): embeddings start
+            # spread and InfoNCE's gradients do not vanish (SimCLR, MoCo v3 heads).
+            trunk.fc = nn.Sequential(nn.Linear(width, width, bias=False), nn.BatchNorm1d(width), nn.ReLU(),
+                                     nn.Linear(width, dim, bias=False), nn.BatchNorm1d(dim, affine=False))
+        elif mlp:
+            trunk.fc = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, dim))
+        else:
+            trunk.fc = nn.Linear(width, dim)
         return trunk
 
     @torch.no_grad()
@@ -78,7 +86,13 @@ class MoCo(nn.Module):
     def _keys(self, im_k: torch.Tensor) -> torch.Tensor:
         """Key features; across processes the batch is shuffled first so BN statistics mix samples of all ranks."""
         if not _distributed():
-            return F.normalize(self.encoder_k(im_k), dim=1)
+            if self.bn_splits <= 1 or not self.training:
+                return F.normalize(self.encoder_k(im_k), dim=1)
+            # One process: shuffled BN by hand. Keys are encoded in random chunks, so their BN statistics differ
+            # from the query batch's and the model cannot tell "current batch" from "queue" by them.
+            perm = torch.randperm(im_k.shape[0], device=im_k.device)
+            k = torch.cat([self.encoder_k(chunk) for chunk in im_k[perm].chunk(self.bn_splits)])
+            return F.normalize(k, dim=1)[torch.argsort(perm)]
         world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
         gathered = all_gather_cat(im_k)
         perm = torch.randperm(gathered.shape[0], device=im_k.device)

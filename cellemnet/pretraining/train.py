@@ -46,15 +46,16 @@ class MoCoV2Method:
 
     def transform(self):
         mean, std = norms_pair(self.cfg)
-        return TwoViews(self.cfg["crop_size"], mean, std)
+        return TwoViews(self.cfg["crop_size"], mean, std, scale=tuple(self.cfg["crop_scale"]),
+                        standardize=self.cfg["standardize_views"])
 
     def health_transform(self):
-        mean, std = norms_pair(self.cfg)
-        return TwoViews(self.cfg["crop_size"], mean, std)
+        return self.transform()
 
     def build_model(self) -> nn.Module:
         c = self.cfg
-        return MoCo(c["arch"], c["moco_dim"], c["moco_k"], c["moco_m"], c["moco_t"], c["mlp"])
+        return MoCo(c["arch"], c["moco_dim"], c["moco_k"], c["moco_m"], c["moco_t"], c["mlp"], c["mlp_bn"],
+                    c["bn_splits"])
 
     def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         params = [p for p in model.parameters() if p.requires_grad]
@@ -63,7 +64,9 @@ class MoCoV2Method:
 
     def lr(self, epoch: int, step: int, iters_per_epoch: int) -> float:
         c = self.cfg
-        return mocov2_lr(guardrails.effective_lr(c), epoch, c["epochs"], c["schedule"], c["cos"])
+        lr = mocov2_lr(guardrails.effective_lr(c), epoch, c["epochs"], c["schedule"], c["cos"])
+        warmup = c["warmup_epochs"] * iters_per_epoch
+        return lr * min(1.0, (step + 1) / warmup) if warmup else lr
 
     def start_epoch(self, epoch: int, model: nn.Module, run: "Run") -> None:
         pass
