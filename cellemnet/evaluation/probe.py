@@ -52,6 +52,8 @@ API (all arguments explicit; torch and scikit-learn are imported by this module)
         the weights' `arch` attribute when they carry one, else resnet50. A random_init encoder is built once
         under seed ENCODER_INIT_SEED (never one of the baseline seeds).
 
+    check_trunk_arch(trunk, arch)   # ConfigError when the trunk is not that architecture (probe_trunk calls it)
+
     ProbeResult: seeds, encoder_iou, random_iou (lists per seed), difference (paired), encoder_mean,
         random_mean, difference_mean, *_sd (sample sd, 0 for one seed), per-image IoUs, seconds, as_dict(),
         and the predictions of the first test image (seed seeds[0]) for the figure.
@@ -83,6 +85,9 @@ LAYERS = ("conv1", "layer1", "layer2", "layer3", "layer4")
 LAYER_STRIDES = {"conv1": 2, "layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}
 DEFAULT_LAYERS = ("layer1", "layer2", "layer3")
 ARCHS = ("resnet18", "resnet34", "resnet50")
+# (residual block class, blocks in layer1..layer4): how a trunk shows which of ARCHS it is
+ARCH_BLOCKS = {"resnet18": ("BasicBlock", (2, 2, 2, 2)), "resnet34": ("BasicBlock", (3, 4, 6, 3)),
+               "resnet50": ("Bottleneck", (3, 4, 6, 3))}
 DIVISOR = 32  # the deepest layer has stride 32
 ENCODER_INIT_SEED = 2**31 - 1  # the random_init ENCODER's seed, apart from the baseline seeds
 STD_FLOOR = 1e-6  # features constant on the train pixels (dead ReLUs) are left unscaled
@@ -234,6 +239,18 @@ def trunk_features(trunk: torch.nn.Module, x: torch.Tensor, layers: Sequence[str
         if name in layers:
             out[name] = x
     return out
+
+
+def check_trunk_arch(trunk: torch.nn.Module, arch: str) -> None:
+    """The random baseline is built from `arch`: refuse a trunk of another architecture."""
+    if arch not in ARCHS:
+        raise ConfigError(f"arch '{arch}': must be one of {list(ARCHS)}")
+    layers = [getattr(trunk, f"layer{i}", None) for i in range(1, 5)]
+    if any(layer is None for layer in layers):
+        raise ConfigError("the trunk has no layer1..layer4 (a torchvision ResNet or smp ResNetEncoder is needed)")
+    found = (type(layers[0][0]).__name__, tuple(len(layer) for layer in layers))
+    if found != ARCH_BLOCKS[arch]:
+        raise ConfigError(f"arch '{arch}' does not match the trunk ({found[0]} blocks {list(found[1])})")
 
 
 def trunk_in_channels(trunk: torch.nn.Module) -> int:
@@ -630,8 +647,7 @@ def _settings_record(settings: ProbeSettings) -> dict:
 def probe_trunk(trunk: torch.nn.Module, arch: str, data: ProbeData, norms: Mapping[str, Any] | Sequence[float],
                 settings: ProbeSettings = ProbeSettings(), progress: bool = False, name: str = "trunk") -> ProbeResult:
     """Probe a torchvision ResNet trunk (or smp ResNetEncoder) in place; see the module docstring."""
-    if arch not in ARCHS:
-        raise ConfigError(f"arch '{arch}': must be one of {list(ARCHS)}")
+    check_trunk_arch(trunk, arch)
     started = time.time()
     was_training = trunk.training
     trunk.eval()

@@ -208,6 +208,9 @@ def test_keys_are_validated():
         P.load_probe_config(["arch=vgg16"])
     with pytest.raises(ConfigError, match="key 'seeds'"):
         P.load_probe_config(["seeds=[1,1]"])
+    with pytest.raises(ConfigError, match="arch 'resnet50' does not match the trunk"):
+        P.check_trunk_arch(P.random_trunk("resnet18", 1, seed=0), "resnet50")
+    P.check_trunk_arch(P.random_trunk("resnet34", 1, seed=0), "resnet34")
     cfg = P.load_probe_config(["seeds=[4]", "layers=[conv1,layer2]"])
     assert cfg["seeds"] == [4] and cfg["layers"] == ["conv1", "layer2"] and cfg["arch"] is None
 
