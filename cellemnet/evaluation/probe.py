@@ -50,7 +50,7 @@ API (all arguments explicit; torch and scikit-learn are imported by this module)
         cellemnet_mocov2, cellemnet_swav, a weights/checkpoint path), resolved with
         cellemnet.evaluation.weights.resolve_pretraining and built as the U-Net's smp encoder. arch: given, else
         the weights' `arch` attribute when they carry one, else resnet50. A random_init encoder is built once
-        under seed ENCODER_INIT_SEED (never one of the baseline seeds).
+        under seed ENCODER_INIT_SEED (2**31 - 1, apart from the usual baseline seeds).
 
     check_trunk_arch(trunk, arch)   # ConfigError when the trunk is not that architecture (probe_trunk calls it)
 
