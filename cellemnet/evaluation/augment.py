@@ -14,13 +14,25 @@ same YAML gives the same augmentation:
 * `always_apply: true` (removed) -> p = 1
 
 Normalize (mean/std for 1 or 3 channels, pixels divided by 255) always ends the pipeline.
+
+Seeding. `Compose(seed=s)` alone is not enough: albumentations 2.0 gives every transform its own generator
+seeded with the same s, so transforms with the same probability decide alike (HorizontalFlip and VerticalFlip
+with p=0.5 flip together on every image). `seed_pipeline` gives the whole pipeline one shared stream instead, and
+`SegmentationDataset` reseeds it for every image drawn from (seed, draw number), so a run's augmentation does not
+depend on how many DataLoader workers there are or which one prepares which image.
+
+Scale. `scale_warning` says when the training augmentation shows objects at a systematically different size
+than inference does (inference sees test images at native scale).
 """
 from __future__ import annotations
 
 import difflib
 import math
 import os
+import random
 from typing import Any, Mapping, Sequence
+
+import numpy as np
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations otherwise calls home on import
 
@@ -102,15 +114,37 @@ def normalize_transform(norms: Mapping[str, Sequence[float]]):
     return A.Normalize(mean=tuple(norms["mean"]), std=tuple(norms["std"]), max_pixel_value=255.0)
 
 
-def build_train_transforms(entries: Sequence[Mapping[str, Any]], norms: Mapping[str, Sequence[float]]):
-    """Config augmentations, then padding to a multiple of 32 (so any crop size works), then Normalize."""
+def build_train_transforms(entries: Sequence[Mapping[str, Any]], norms: Mapping[str, Sequence[float]],
+                           seed: int | None = None):
+    """Config augmentations, then padding to a multiple of 32 (so any crop size works), then Normalize.
+
+    seed: one shared random stream for the whole pipeline (see the module doc); None: albumentations' own
+    unseeded state.
+    """
     import albumentations as A
 
     pad = A.PadIfNeeded(
         min_height=None, min_width=None, pad_height_divisor=32, pad_width_divisor=32,
         position="top_left", border_mode=REFLECT_101,
     )
-    return A.Compose([*build_augmentations(entries), pad, normalize_transform(norms)])
+    pipeline = A.Compose([*build_augmentations(entries), pad, normalize_transform(norms)])
+    if seed is not None:
+        seed_pipeline(pipeline, (seed,))
+    return pipeline
+
+
+def random_state(words: Sequence[int]) -> tuple[np.random.Generator, random.Random]:
+    """A numpy and a Python generator, both from the integers `words` (e.g. (seed, draw)); distinct words give
+    independent streams (numpy SeedSequence)."""
+    sequence = np.random.SeedSequence([int(w) % 2**32 for w in words])
+    numpy_rng = np.random.default_rng(sequence)
+    python_rng = random.Random(int(sequence.generate_state(2, np.uint64)[1]))
+    return numpy_rng, python_rng
+
+
+def seed_pipeline(pipeline, words: Sequence[int]) -> None:
+    """Give every transform of an albumentations Compose the same (shared) stream made from `words`."""
+    pipeline.set_random_state(*random_state(words))
 
 
 def build_eval_transforms(norms: Mapping[str, Sequence[float]]):
@@ -118,3 +152,96 @@ def build_eval_transforms(norms: Mapping[str, Sequence[float]]):
     import albumentations as A
 
     return A.Compose([normalize_transform(norms)])
+
+
+# ---------------------------------------------------------------------------------------------- scale check
+SCALE_TOLERANCE = 1.5  # typical zoom beyond this factor (either way) is "systematically another scale"
+_SIZE_CROPS = {"RandomCrop", "CenterCrop", "CropNonEmptyMaskIfExists", "RandomCropNearBBox", "AtLeastOneBBoxRandomCrop"}
+
+
+def _size_of(kw: Mapping[str, Any]) -> tuple[int, int] | None:
+    if "size" in kw:
+        h, w = kw["size"]
+        return int(h), int(w)
+    if "height" in kw and "width" in kw:
+        return int(kw["height"]), int(kw["width"])
+    return None
+
+
+def _log_zoom_rrc(out_hw: tuple[int, int], in_hw: tuple[int, int], scale: Sequence[float]) -> float:
+    """E[log zoom] of RandomResizedCrop: a crop of area s * (input area), s uniform in `scale`, resized to out_hw.
+
+    Linear zoom = sqrt(out area / (s * input area)); E[log s] for s ~ U(a, b) = (b ln b - a ln a) / (b - a) - 1.
+    """
+    a, b = float(scale[0]), float(scale[1])
+    if not 0 < a <= b:
+        return 0.0
+    mean_log_s = math.log(a) if math.isclose(a, b) else (b * math.log(b) - a * math.log(a)) / (b - a) - 1.0
+    ratio = (out_hw[0] * out_hw[1]) / (in_hw[0] * in_hw[1])
+    return 0.5 * (math.log(ratio) - mean_log_s)
+
+
+def typical_zooms(entries: Sequence[Mapping[str, Any]], image_hw: tuple[int, int]) -> list[dict[str, Any]]:
+    """The scale-changing steps of the pipeline for a training image of image_hw, in order, each counted on its own:
+    {"transform": name, "zoom": typical linear zoom, "native_scale": the RandomResizedCrop `scale` (crop area /
+    input area) that keeps the native scale, else None}.
+
+    Typical = geometric mean over the transform's random draws: 2.0 shows objects twice as large as the image
+    does (inference shows them at 1.0), 0.5 half as large. The image size is followed through the pipeline
+    (padding, fixed-size crops with their probability p), so `CropNonEmptyMaskIfExists(512, p=0.8)` before a
+    RandomResizedCrop counts as a 512 input 80 % of the time. Counted: RandomResizedCrop (scale range, crop
+    size), Resize, RandomScale (scale_limit).
+    """
+    sizes: list[tuple[float, tuple[int, int]]] = [(1.0, (int(image_hw[0]), int(image_hw[1])))]
+    out: list[dict[str, Any]] = []
+
+    def resized_to(size: tuple[int, int], p: float) -> list[tuple[float, tuple[int, int]]]:
+        return [(q * p, size) for q, _ in sizes] + [(q * (1 - p), hw) for q, hw in sizes if p < 1]
+
+    for entry in entries:
+        entry = dict(entry)
+        for name, kw in translate(str(entry.pop("aug")), entry):
+            p = float(kw.get("p", 1.0))
+            size = _size_of(kw)
+            if name == "PadIfNeeded":
+                lo_h, lo_w = kw.get("min_height") or 0, kw.get("min_width") or 0
+                sizes = [(q, (max(h, lo_h), max(w, lo_w))) for q, (h, w) in sizes]
+            elif name in _SIZE_CROPS and size:
+                sizes = resized_to(size, p)
+            elif name == "RandomResizedCrop" and size:
+                log_zoom = sum(q * _log_zoom_rrc(size, hw, kw.get("scale", (0.08, 1.0))) for q, hw in sizes)
+                mean_log_area = sum(q * math.log(hw[0] * hw[1]) for q, hw in sizes)
+                native = size[0] * size[1] / math.exp(mean_log_area)
+                out.append({"transform": name, "zoom": math.exp(p * log_zoom), "native_scale": min(native, 1.0)})
+                sizes = resized_to(size, p)
+            elif name == "Resize" and size:
+                log_zoom = sum(q * 0.5 * math.log(size[0] * size[1] / (hw[0] * hw[1])) for q, hw in sizes)
+                out.append({"transform": name, "zoom": math.exp(p * log_zoom), "native_scale": None})
+                sizes = resized_to(size, p)
+            elif name == "RandomScale":
+                limit = kw.get("scale_limit", 0.1)  # albumentations: a number v means (1 - v, 1 + v)
+                lo, hi = (1 + limit[0], 1 + limit[1]) if isinstance(limit, (list, tuple)) else (1 - limit, 1 + limit)
+                lo, hi = max(float(lo), 1e-6), max(float(hi), 1e-6)
+                mean_log = math.log(lo) if math.isclose(lo, hi) else (
+                    (hi * math.log(hi) - lo * math.log(lo)) / (hi - lo) - 1.0)
+                out.append({"transform": name, "zoom": math.exp(p * mean_log), "native_scale": None})
+    return out
+
+
+def scale_warning(entries: Sequence[Mapping[str, Any]], image_hw: tuple[int, int], source: str = "config",
+                  tolerance: float = SCALE_TOLERANCE) -> str | None:
+    """One line when a transform typically zooms training images by more than `tolerance` (either way), else None."""
+    for step in typical_zooms(entries, image_hw):
+        zoom = step["zoom"]
+        if 1 / tolerance <= zoom <= tolerance:
+            continue
+        h, w = image_hw
+        size = f"{1 / zoom:.1f}x smaller" if zoom < 1 else f"{zoom:.1f}x larger"
+        fix = "use RandomCrop (native scale)"
+        native = step["native_scale"]
+        if native is not None:
+            fix += (f" or a scale range around crop area / image area = {native:.3g}, "
+                    f"e.g. scale: [{native / 2:.3g}, {min(2 * native, 1.0):.3g}]")
+        return (f"{source}: key 'augmentations': {step['transform']} trains on objects {size} than inference shows "
+                f"them (typical zoom {zoom:.2f} on the {h}x{w} training images); {fix}")
+    return None

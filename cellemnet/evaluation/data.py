@@ -56,6 +56,29 @@ def find_pairs(folder: str | Path, require_masks: bool, volumes: bool = False) -
     return pairs
 
 
+def image_size(path: Path) -> tuple[int, int]:
+    """(height, width) of a 2D image from its header where the format allows (TIFF, PNG, JPEG, BMP)."""
+    from cellemnet.io import file_suffix, read_image
+
+    try:
+        if file_suffix(path) in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                shape, axes = tif.series[0].shape, tif.series[0].axes
+            if "Y" in axes and "X" in axes:
+                return int(shape[axes.index("Y")]), int(shape[axes.index("X")])
+        else:
+            from PIL import Image
+
+            with Image.open(path) as img:  # lazy: reads the header only
+                width, height = img.size
+            return int(height), int(width)
+    except Exception:  # a header the fast path cannot read: read the image
+        pass
+    return tuple(read_image(path).shape[:2])
+
+
 def read_gray8(path: Path) -> np.ndarray:
     from cellemnet.io import read_image, to_uint8
 
@@ -93,9 +116,38 @@ def to_channels(image: np.ndarray, in_channels: int) -> np.ndarray:
     return np.repeat(image, 3, axis=-1) if in_channels == 3 else image
 
 
+class SeededDraws:
+    """An index sampler's indices, each paired with its draw's seed words (*stream, draw number).
+
+    The dataset reseeds its augmentation from those words, so image k of the run is augmented the same way
+    whichever DataLoader worker (or the main process) prepares it. The draw counter lives here, in the main
+    process, and runs on across epochs (each epoch gets fresh augmentations).
+    """
+
+    def __init__(self, sampler, stream: tuple[int, ...]):
+        self.sampler = sampler
+        self.stream = tuple(int(w) for w in stream)
+        self.draws = 0
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        for index in self.sampler:
+            yield int(index), (*self.stream, self.draws)
+            self.draws += 1
+
+    def set_epoch(self, epoch: int) -> None:
+        """For DistributedSampler underneath (a new shuffle each epoch)."""
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+
 class SegmentationDataset:
     """torch-style dataset of (image CHW float32, mask, name) after the albumentations pipeline.
 
+    Items are an index, or (index, seed words) from SeededDraws: the pipeline is then reseeded from the words
+    first (cellemnet.evaluation.augment.seed_pipeline).
     mask: (1, H, W) float 0/1 for binary, (H, W) int64 labels for multi-class; all zeros when absent.
     """
 
@@ -109,9 +161,16 @@ class SegmentationDataset:
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, item: int | tuple[int, tuple[int, ...]]) -> dict:
         import torch
 
+        if isinstance(item, tuple):
+            from cellemnet.evaluation.augment import seed_pipeline
+
+            index, words = item
+            seed_pipeline(self.transforms, words)
+        else:
+            index = item
         pair = self.pairs[index]
         image = read_gray8(pair.image)
         if pair.mask is not None:

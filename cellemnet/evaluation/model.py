@@ -1,20 +1,29 @@
-"""The U-Net (smp, ResNet-50 encoder), encoder freezing, and the train/eval mode that keeps frozen BN frozen."""
+"""The U-Net (smp, ResNet-18/34/50 encoder), encoder freezing, and the train/eval mode that keeps frozen BN frozen."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from cellemnet.evaluation.weights import EncoderWeights, imagenet_offline_error, load_encoder_strict
+from cellemnet.evaluation.weights import (
+    EncoderWeights, check_encoder_arch, imagenet_offline_error, load_encoder_strict,
+)
 
 # Index of the first encoder child that trains, for each finetune_layer (smp ResNetEncoder children are
 # conv1, bn1, relu, maxpool, layer1, layer2, layer3, layer4).
 _FIRST_TRAINED_CHILD = {"all": "conv1", "layer1": "layer1", "layer2": "layer2", "layer3": "layer3", "layer4": "layer4"}
 
 
-def build_unet(num_classes: int, weights: EncoderWeights, encoder: str = "resnet50") -> nn.Module:
-    """smp.Unet with the encoder weights loaded strictly (or smp's ImageNet weights)."""
+def build_unet(num_classes: int, weights: EncoderWeights, encoder: str = "resnet50",
+               decoder_seed: int | None = None) -> nn.Module:
+    """smp.Unet with the encoder weights loaded strictly (or smp's ImageNet weights).
+
+    decoder_seed: initialise the decoder and segmentation head from this seed alone, so that they are identical
+    whatever encoder (channels, weights) comes before them in the same run. None: from the global torch RNG,
+    as smp does.
+    """
     import segmentation_models_pytorch as smp
 
+    check_encoder_arch(weights, encoder, f"'{weights.name}'")
     try:
         model = smp.Unet(
             encoder_name=encoder, encoder_weights=weights.smp_weights, in_channels=weights.in_channels,
@@ -24,8 +33,24 @@ def build_unet(num_classes: int, weights: EncoderWeights, encoder: str = "resnet
         if weights.smp_weights is None:
             raise
         raise imagenet_offline_error(exc) from None
+    if decoder_seed is not None:
+        reinit_decoder(model, decoder_seed)
     load_encoder_strict(model, weights)
     return model
+
+
+DECODER_STREAM = 0xDEC0DE  # mixed into the seed: the decoder's draws are not the random encoder's first draws
+
+
+def reinit_decoder(model: nn.Module, seed: int) -> None:
+    """Re-run smp's decoder/head initialisation from a stream of its own derived from `seed`, in a forked RNG
+    (the global stream is left as it was)."""
+    import numpy as np
+
+    decoder_seed = int(np.random.SeedSequence([seed % 2**32, DECODER_STREAM]).generate_state(1)[0])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(decoder_seed)
+        model.initialize()
 
 
 def build_unet_for_inference(num_classes: int, in_channels: int, encoder: str = "resnet50") -> nn.Module:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from cellemnet.evaluation.augment import build_eval_transforms, build_train_transforms
-from cellemnet.evaluation.data import SegmentationDataset
+from cellemnet.evaluation.data import SeededDraws, SegmentationDataset
 from cellemnet.evaluation.metrics import AverageMeter, EMAMeter, batch_iou
 from cellemnet.evaluation.model import build_unet, freeze_encoder, set_train_mode
 from cellemnet.evaluation.weights import EncoderWeights, checkpoint_label, resolve_pretraining
@@ -97,16 +97,25 @@ def _cycle(loader, sampler=None):
 
 def _loader(dataset, batch_size: int, shuffle: bool, jobs: int, device: torch.device, dist: DistInfo,
             drop_last: bool, seed: int):
-    from torch.utils.data import DataLoader, DistributedSampler
+    """A DataLoader whose order and augmentation follow from `seed` (and the rank) alone, for any `jobs`.
 
-    sampler = None
+    The shuffle has a generator of its own, the workers' base seeds another one (so they never shift the
+    order), and with shuffle each draw carries its seed words (SeededDraws) for the augmentation.
+    """
+    from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
+
     if dist.distributed and shuffle:
         sampler = DistributedSampler(dataset, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=seed)
-    generator = torch.Generator().manual_seed(seed)
+    elif shuffle:
+        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
+    else:
+        sampler = SequentialSampler(dataset)
+    if shuffle:
+        sampler = SeededDraws(sampler, stream=(seed, dist.rank))
     loader = DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+        dataset, batch_size=batch_size, sampler=sampler,
         num_workers=jobs, pin_memory=device.type == "cuda", drop_last=drop_last,
-        persistent_workers=jobs > 0, generator=generator,
+        persistent_workers=jobs > 0, generator=torch.Generator().manual_seed(seed + 1),
     )
     return loader, sampler
 
@@ -169,8 +178,10 @@ def _finetune(config, dist, device, config_path, progress, start_run) -> dict[st
     started = time.time()
     resume = load_training_checkpoint(config["resume"]) if config["resume"] else None
 
-    weights = resolve_pretraining(config["pretraining"], config["norms"])
-    model = build_unet(config["num_classes"], weights, config["encoder"])
+    weights = resolve_pretraining(config["pretraining"], config["norms"], encoder=config["encoder"])
+    # The decoder and head get a seeded stream of their own: identical in every arm of one seed, whatever the
+    # encoder (random, loaded, 1 or 3 channels) drew before them.
+    model = build_unet(config["num_classes"], weights, config["encoder"], decoder_seed=config["seed"])
     trainable = freeze_encoder(model, config["finetune_layer"], config["unfreeze_encoder_bn"])
     if resume is not None:
         model.load_state_dict(resume["state_dict"], strict=True)
@@ -184,7 +195,8 @@ def _finetune(config, dist, device, config_path, progress, start_run) -> dict[st
 
     data_dir = Path(config["data_dir"])
     train_set = SegmentationDataset(
-        data_dir / "train", build_train_transforms(config["augmentations"], weights.norms), weights.in_channels,
+        data_dir / "train", build_train_transforms(config["augmentations"], weights.norms, seed=config["seed"]),
+        weights.in_channels,
         config["num_classes"], require_masks=True,
     )
     if len(train_set) < config["bsz"]:
