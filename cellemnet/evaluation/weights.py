@@ -1,8 +1,8 @@
 """Where the U-Net encoder's starting weights come from (the config's `pretraining` key).
 
 * `random_init`: random encoder; channels and normalisation from the config's `norms`.
-* `imagenet_supervised`: smp's ImageNet ResNet-50 (3 channels, ImageNet norms). Needs the network once
-  (Hugging Face hub); offline it is a clear error.
+* `imagenet_supervised`: smp's ImageNet ResNet of the config's `encoder` (3 channels, ImageNet norms). Needs the
+  network once (Hugging Face hub); offline it is a clear error.
 * `cellemnet_mocov2` / `cellemnet_swav`: the published CEM500K (MoCoV2) / CEM1.5M (SwAV) weights from Zenodo,
   kept in the torch hub cache (`$TORCH_HOME/hub/checkpoints/`). A cached file is used without the network;
   offline without the file, the error names the file and where to put it.
@@ -10,7 +10,9 @@
   published files, or a fine-tuned U-Net checkpoint from this stage. The layout is detected by
   `cellemnet.pretraining.export.encoder_from_checkpoint`.
 
-Loading is strict: every encoder key must match, otherwise it is an error (never a silently random encoder).
+Loading is strict: every encoder key must match, otherwise it is an error (never a silently random encoder). The
+file's arch (resnet18/34/50, `cellemnet.pretraining.export.encoder_arch`) must be the config's `encoder`: a
+mismatch is a one-line ConfigError naming both. The published files hold ResNet-50s.
 """
 from __future__ import annotations
 
@@ -41,8 +43,9 @@ class EncoderWeights:
     name: str  # short label used in checkpoint names
     in_channels: int
     norms: dict[str, list[float]]  # {"mean": [...], "std": [...]}, one entry per channel
-    state_dict: dict[str, Any] | None = None  # torchvision ResNet-50 names without fc
+    state_dict: dict[str, Any] | None = None  # torchvision ResNet names without fc
     smp_weights: str | None = None  # "imagenet" for smp's own weights
+    arch: str | None = None  # the ResNet the weights are for; None: any (random init)
 
 
 def hub_checkpoint_dir() -> Path:
@@ -90,12 +93,26 @@ def weights_from_checkpoint(ckpt: Mapping[str, Any], name: str, source: str) -> 
     mean, std = enc["norms"]
     return EncoderWeights(
         name=name, in_channels=int(enc["in_channels"]), norms={"mean": [float(mean)], "std": [float(std)]},
-        state_dict=enc["state_dict"],
+        state_dict=enc["state_dict"], arch=enc["arch"],
     )
 
 
-def resolve_pretraining(pretraining: str, config_norms: Mapping[str, Any]) -> EncoderWeights:
-    """Turn the config's `pretraining` value into weights, channels and norms."""
+def check_encoder_arch(weights: EncoderWeights, encoder: str | None, source: str) -> EncoderWeights:
+    """The weights, when they are for the config's `encoder` (None: any); else a ConfigError naming both archs."""
+    if encoder is not None and weights.arch is not None and weights.arch != encoder:
+        raise ConfigError(
+            f"key 'encoder' is {encoder} but pretraining {source} holds a {weights.arch} encoder "
+            f"(set encoder={weights.arch}, or use a {encoder} file)"
+        )
+    return weights
+
+
+def resolve_pretraining(pretraining: str, config_norms: Mapping[str, Any], encoder: str | None = None) -> EncoderWeights:
+    """Turn the config's `pretraining` value into weights, channels and norms.
+
+    encoder: the U-Net's encoder (the config's `encoder` key); weights for another arch are a ConfigError naming
+    both. None: no check here (build_unet checks again against the encoder it builds).
+    """
     from cellemnet.evaluation.config import as_norms
 
     if pretraining == "random_init":
@@ -103,14 +120,17 @@ def resolve_pretraining(pretraining: str, config_norms: Mapping[str, Any]) -> En
         return EncoderWeights("random_init", len(norms["mean"]), norms)
     if pretraining == "imagenet_supervised":
         return EncoderWeights("imagenet_supervised", 3, {k: list(v) for k, v in IMAGENET_NORMS.items()},
-                              smp_weights="imagenet")
+                              smp_weights="imagenet", arch=encoder)
     if pretraining in PUBLISHED:
+        if encoder not in (None, "resnet50"):  # fail before a download of weights that cannot be used
+            raise ConfigError(f"key 'encoder' is {encoder} but pretraining '{pretraining}' is a resnet50 encoder "
+                              f"(set encoder=resnet50)")
         path = published_weights_path(pretraining)
-        return weights_from_file(path, name=pretraining)
+        return check_encoder_arch(weights_from_file(path, name=pretraining), encoder, f"'{pretraining}'")
     path = Path(os.path.expanduser(pretraining))
     if not path.is_file():
         raise ConfigError(f"pretraining: weights file not found: {path}")
-    return weights_from_file(path, name=checkpoint_label(str(path)))
+    return check_encoder_arch(weights_from_file(path, name=checkpoint_label(str(path))), encoder, str(path))
 
 
 def weights_from_file(path: str | os.PathLike, name: str) -> EncoderWeights:
@@ -146,7 +166,7 @@ def load_encoder_strict(model, weights: EncoderWeights) -> None:
 
 def imagenet_offline_error(exc: Exception) -> ConfigError:
     return ConfigError(
-        "pretraining 'imagenet_supervised': could not get smp's ImageNet ResNet-50 weights "
-        f"({exc.__class__.__name__}); they come from the Hugging Face hub (smp-hub/resnet50.imagenet). "
+        "pretraining 'imagenet_supervised': could not get smp's ImageNet ResNet weights "
+        f"({exc.__class__.__name__}); they come from the Hugging Face hub (smp-hub/<encoder>.imagenet). "
         "Run once with internet (unset HF_HUB_OFFLINE) to cache them in ~/.cache/huggingface, or use another pretraining"
     )

@@ -1,15 +1,20 @@
-"""Turn a pretraining checkpoint into a plain ResNet-50 encoder file that evaluation loads.
+"""Turn a pretraining checkpoint into a plain ResNet encoder file that evaluation loads; the ResNet arch facts.
 
 Exported file (torch.save of a dict of tensors and plain types; load with weights_only=True):
-    {"state_dict": torchvision ResNet-50 parameter/buffer names without `fc.*`, conv1 of shape [64, 1, 7, 7],
-     "norms": [mean, std], "method": "mocov2" | "swav", "in_channels": 1}
+    {"state_dict": torchvision ResNet parameter/buffer names without `fc.*`, conv1 of shape [64, 1, 7, 7],
+     "norms": [mean, std], "method": "mocov2" | "swav", "in_channels": 1, "arch": "resnet18" | "resnet34" | "resnet50"}
+Files written before "arch" existed hold a ResNet-50, or whatever their state dict shows (`arch_from_state_dict`).
 
-Accepted inputs: this project's MoCoV2/SwAV training checkpoints, the published CEM500K MoCoV2 file
-(keys `module.encoder_q.*`), the published CEM1.5M SwAV file (keys `module.*` plus `projection_head`/`prototypes`),
-and an already exported file.
+Accepted inputs: this project's MoCoV2/SwAV training checkpoints (any arch in ENCODER_ARCHS), the published CEM500K
+MoCoV2 file (keys `module.encoder_q.*`), the published CEM1.5M SwAV file (keys `module.*` plus
+`projection_head`/`prototypes`), an already exported file and a fine-tuned U-Net checkpoint (`encoder.*`).
+
+The arch facts live here, once: `one_channel_resnet(arch)` builds the network, `encoder_keys(arch)` lists its
+exported names without touching any random number generator, `arch_from_state_dict` recognises a trunk.
 """
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -18,18 +23,82 @@ from cellemnet.constants import EM_MEAN, EM_STD
 from cellemnet.errors import InputError
 
 METHODS = ("mocov2", "swav")
+ENCODER_ARCHS = ("resnet18", "resnet34", "resnet50")
+# Residual blocks per stage (layer1..layer4) and whether the blocks are bottlenecks (conv3 exists), per arch.
+_ARCH_LAYOUT = {
+    "resnet18": ((2, 2, 2, 2), False),
+    "resnet34": ((3, 4, 6, 3), False),
+    "resnet50": ((3, 4, 6, 3), True),
+}
 # Where the ResNet trunk lives inside the known layouts, tried in this order (after stripping DDP's `module.`).
 _TRUNK_PREFIXES = ("encoder_q.", "encoder.", "backbone.", "")
 # Head parameters that are not part of the encoder.
 _HEAD_PREFIXES = ("fc.", "projection_head.", "prototypes")
 
 
-def resnet50_encoder_keys() -> list[str]:
-    """State-dict names of torchvision's ResNet-50 without fc (the exported layout)."""
+def check_arch(arch: str) -> str:
+    if arch not in ENCODER_ARCHS:
+        raise InputError(f"encoder arch '{arch}' is not one of {list(ENCODER_ARCHS)}")
+    return arch
+
+
+def one_channel_resnet(arch: str = "resnet50"):
+    """torchvision ResNet of `arch` (random init) with a 1-channel 7x7 conv1, initialised as torchvision's convs.
+
+    `fc` is torchvision's (1000 outputs): callers replace it with their head or drop it.
+    """
+    import torch
     import torchvision
 
-    model = torchvision.models.resnet50(weights=None)
-    return [k for k in model.state_dict() if not k.startswith("fc.")]
+    model = getattr(torchvision.models, check_arch(arch))(weights=None)
+    model.conv1 = torch.nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    torch.nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+    return model
+
+
+@functools.lru_cache(maxsize=None)
+def _encoder_keys(arch: str) -> tuple[str, ...]:
+    import torch
+
+    # Built on the meta device: no memory, and no draw from the torch RNG (reading names must not change the
+    # random init of whatever is built next, e.g. a U-Net decoder in one arm of a comparison only).
+    with torch.device("meta"):
+        model = one_channel_resnet(arch)
+    return tuple(k for k in model.state_dict() if not k.startswith("fc."))
+
+
+def encoder_keys(arch: str = "resnet50") -> list[str]:
+    """State-dict names of the exported layout: torchvision's ResNet of `arch` without fc (RNG untouched)."""
+    return list(_encoder_keys(check_arch(arch)))
+
+
+def resnet50_encoder_keys() -> list[str]:
+    """State-dict names of torchvision's ResNet-50 without fc (kept for callers of the ResNet-50-only API)."""
+    return encoder_keys("resnet50")
+
+
+def arch_from_state_dict(state_dict: Mapping[str, Any], prefix: str = "") -> str:
+    """The arch of a torchvision-named ResNet trunk: bottleneck blocks (layer1.0.conv3) mean resnet50, else the
+    number of blocks per stage tells resnet18 from resnet34."""
+    blocks = tuple(
+        len({k[len(prefix):].split(".")[1] for k in state_dict if k.startswith(f"{prefix}layer{i}.")})
+        for i in range(1, 5)
+    )
+    bottleneck = f"{prefix}layer1.0.conv3.weight" in state_dict
+    for arch, layout in _ARCH_LAYOUT.items():
+        if layout == (blocks, bottleneck):
+            return arch
+    kind = "bottleneck" if bottleneck else "basic"
+    raise InputError(f"ResNet trunk with {kind} blocks {list(blocks)} per stage is none of {list(ENCODER_ARCHS)}")
+
+
+def declared_arch(ckpt: Mapping[str, Any]) -> str | None:
+    """The arch a checkpoint says it holds: its "arch" key, or its training config's (pretraining checkpoints)."""
+    arch = ckpt.get("arch")
+    config = ckpt.get("config")
+    if arch is None and isinstance(config, Mapping):
+        arch = config.get("arch")
+    return None if arch in (None, "") else str(arch)
 
 
 def _strip_module(state_dict: Mapping[str, Any]) -> dict[str, Any]:
@@ -73,8 +142,12 @@ def normalise_norms(norms: Any) -> list[float]:
     return out
 
 
-def encoder_from_checkpoint(ckpt: Mapping[str, Any]) -> dict[str, Any]:
-    """The exported encoder dict (see module doc) from a loaded checkpoint dict of any accepted layout."""
+def encoder_from_checkpoint(ckpt: Mapping[str, Any], arch: str | None = None) -> dict[str, Any]:
+    """The exported encoder dict (see module doc) from a loaded checkpoint dict of any accepted layout.
+
+    The arch is read from the state dict's shapes and must agree with what the checkpoint declares (its "arch"
+    key) and with `arch` when given; any disagreement is an InputError naming both.
+    """
     import torch
 
     if "state_dict" not in ckpt:
@@ -84,7 +157,12 @@ def encoder_from_checkpoint(ckpt: Mapping[str, Any]) -> dict[str, Any]:
     method = ckpt.get("method") or _guess_method(state_dict, prefix)
     if method not in METHODS:
         raise InputError(f"checkpoint method {method!r} is not one of {list(METHODS)}")
-    wanted = resnet50_encoder_keys()
+    found = arch_from_state_dict(state_dict, prefix)
+    declared = declared_arch(ckpt)
+    if declared is not None and declared != found:
+        raise InputError(f"checkpoint says arch '{declared}' but its weights are a {found}")
+    if arch is not None and check_arch(arch) != found:
+        raise InputError(f"checkpoint holds a {found} encoder, not the {arch} asked for")
     trunk = {
         k[len(prefix):]: v
         for k, v in state_dict.items()
@@ -92,7 +170,7 @@ def encoder_from_checkpoint(ckpt: Mapping[str, Any]) -> dict[str, Any]:
     }
     out: dict[str, Any] = {}
     missing = []
-    for key in wanted:
+    for key in encoder_keys(found):
         if key in trunk:
             out[key] = trunk[key].detach().clone().cpu()
         elif key.endswith("num_batches_tracked"):
@@ -101,16 +179,18 @@ def encoder_from_checkpoint(ckpt: Mapping[str, Any]) -> dict[str, Any]:
             missing.append(key)
     if missing:
         raise InputError(
-            f"checkpoint encoder is not a ResNet-50: {len(missing)} parameters missing (first: '{prefix}{missing[0]}')"
+            f"checkpoint encoder is not a complete {found}: {len(missing)} parameters missing "
+            f"(first: '{prefix}{missing[0]}')"
         )
     conv1 = out["conv1.weight"]
     if tuple(conv1.shape) != (64, 1, 7, 7):
-        raise InputError(f"conv1.weight has shape {tuple(conv1.shape)}; a 1-channel ResNet-50 needs (64, 1, 7, 7)")
+        raise InputError(f"conv1.weight has shape {tuple(conv1.shape)}; a 1-channel ResNet needs (64, 1, 7, 7)")
     return {
         "state_dict": out,
         "norms": normalise_norms(ckpt.get("norms")),
         "method": str(method),
         "in_channels": 1,
+        "arch": found,
     }
 
 
@@ -130,15 +210,19 @@ def load_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
     return ckpt
 
 
-def export_encoder(checkpoint_path: str | os.PathLike, out_path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint, write the exported encoder atomically to out_path, return the exported dict."""
+def export_encoder(checkpoint_path: str | os.PathLike, out_path: str | os.PathLike,
+                   arch: str | None = None) -> dict[str, Any]:
+    """Read a checkpoint, write the exported encoder atomically to out_path, return the exported dict.
+
+    arch: refuse a checkpoint whose encoder is another arch (default: export whichever it is).
+    """
     import torch
 
     from cellemnet.io import atomic_path
 
     ckpt = load_checkpoint_file(checkpoint_path)
     try:
-        encoder = encoder_from_checkpoint(ckpt)
+        encoder = encoder_from_checkpoint(ckpt, arch=arch)
     except InputError as exc:
         raise InputError(f"{checkpoint_path}: {exc}") from None
     with atomic_path(out_path) as tmp:
@@ -146,13 +230,20 @@ def export_encoder(checkpoint_path: str | os.PathLike, out_path: str | os.PathLi
     return encoder
 
 
-def load_encoder_into_resnet50(encoder: Mapping[str, Any]):
-    """A torchvision ResNet-50 with a 1-channel conv1, no fc, and the exported weights (strict load)."""
-    import torch
-    import torchvision
+def encoder_arch(encoder: Mapping[str, Any]) -> str:
+    """The arch of an exported encoder dict: its "arch" key, else (older files) what its state dict shows."""
+    return declared_arch(encoder) or arch_from_state_dict(encoder["state_dict"])
 
-    model = torchvision.models.resnet50(weights=None)
-    model.conv1 = torch.nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+
+def load_encoder_into_resnet(encoder: Mapping[str, Any]):
+    """A torchvision ResNet of the encoder's arch with a 1-channel conv1, no fc, and the exported weights (strict)."""
+    import torch
+
+    model = one_channel_resnet(encoder_arch(encoder))
     model.fc = torch.nn.Identity()
     model.load_state_dict(encoder["state_dict"], strict=True)
     return model
+
+
+# The name from when only ResNet-50 was exported; any arch loads.
+load_encoder_into_resnet50 = load_encoder_into_resnet
