@@ -88,7 +88,8 @@ def pretraining_history(experiment: str = "demo_pretraining") -> tuple[list[int]
     return [m.step for m in history], [m.value for m in history]
 
 
-def prediction_rows(out: Path, bench: Path, arms: list[str], n: int = 3):
+def prediction_rows(out: Path, bench: Path, arms: list[str], seed: int, n: int = 3):
+    """(name, image, mask, {arm: prediction}) for the first test images, predictions of one seed."""
     from cellemnet.io import read_image
 
     rows = []
@@ -98,7 +99,7 @@ def prediction_rows(out: Path, bench: Path, arms: list[str], n: int = 3):
         mask = read_image(mask_path) if mask_path.exists() else None
         preds = {}
         for arm in arms:
-            pred_path = out / "predictions" / arm / "2d" / image_path.name
+            pred_path = out / "predictions" / arm / f"seed{seed}" / "2d" / image_path.name
             if pred_path.exists():
                 preds[arm] = read_image(pred_path)
         if len(preds) == len(arms):
@@ -106,8 +107,58 @@ def prediction_rows(out: Path, bench: Path, arms: list[str], n: int = 3):
     return rows
 
 
-def write_report(out: Path, ious: Mapping[str, Mapping[str, float]], timings: Mapping[str, float],
-                 total_seconds: float, bench: Path | None = None) -> dict:
+def _mean_sd(values) -> tuple[float, float]:
+    v = np.asarray(list(values), dtype=float)
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+
+
+def compare_arms(ious: Mapping[str, Mapping[int, Mapping[str, float]]], kind: str,
+                 base: str = "random_init", other: str = "pretrained") -> dict:
+    """Mean +- sd per arm over seeds and the paired per-seed difference (other - base), as numbers and text."""
+    seeds = sorted(set(ious[base]) & set(ious[other]))
+    diffs = [ious[other][s][kind] - ious[base][s][kind] for s in seeds]
+    out = {"seeds": seeds, "per_seed": {arm: [ious[arm][s][kind] for s in seeds] for arm in (base, other)},
+           "differences": diffs}
+    for arm in (base, other):
+        m, sd = _mean_sd(out["per_seed"][arm])
+        out[f"{arm}_mean"], out[f"{arm}_sd"] = m, sd
+        out[arm] = f"{m:.3f} ± {sd:.3f}"
+    m, sd = _mean_sd(diffs)
+    out["difference_mean"], out["difference_sd"] = m, sd
+    out["difference"] = f"{m:+.3f} ± {sd:.3f}"
+    return out
+
+
+def _verdict_lines(verdict: Mapping | None, records: list) -> list[str]:
+    if verdict is None:
+        return ["**Verdict: none** (the run wrote no health record).", ""]
+    if verdict["learned"]:
+        lines = [f"**Verdict: learned** — {verdict['reason']}.", ""]
+    else:
+        lines = [f"**Verdict: DID NOT LEARN** — {verdict['reason']}. The pretrained arm below starts from this "
+                 "encoder (exported with --force), so it shows what an unlearned encoder costs, not what "
+                 "pretraining buys.", ""]
+    if records:
+        first, last = records[0], records[-1]
+        lines += ["| health (fixed patches, eval mode) | initial encoder | end of run |", "|---|---|---|"]
+        for key, label in (("retrieval", "retrieval of the other view (trunk features)"),
+                           ("sim_gap", "similarity gap, same patch - different patches"),
+                           ("spread", "embedding spread (1 = uniform, 0 = collapsed)"),
+                           ("feature_rank", "effective rank of the trunk features"),
+                           ("probe_iou", "online probe IoU")):
+            if key in first and key in last:
+                lines.append(f"| {label} | {first[key]:.3f} | {last[key]:.3f} |")
+        lines.append("")
+    return lines
+
+
+def write_report(out: Path, ious: Mapping[str, Mapping[int, Mapping[str, float]]], timings: Mapping[str, float],
+                 total_seconds: float, bench: Path | None = None, verdict: Mapping | None = None,
+                 probe: Mapping | None = None) -> dict:
+    """ious[arm][seed] = {"2d": IoU, "3d": IoU}; verdict from the pretraining's health.json; probe from
+    evaluation/probe_encoder.py's result.json."""
+    import json
+
     from cellemnet import figures
     from cellemnet.io import atomic_write_text
     from cellemnet.tracking import tracking_uri
@@ -123,13 +174,21 @@ def write_report(out: Path, ious: Mapping[str, Mapping[str, float]], timings: Ma
     steps, losses = pretraining_history()
     if steps:
         made["loss"] = figures.loss_curve(steps, losses, fig_dir / "pretraining_loss.png", title="MoCoV2 pretraining loss")
-    bars = {"2D test images": {arm: v["2d"] for arm, v in ious.items()},
-            "3D test volume": {arm: v["3d"] for arm, v in ious.items()}}
-    made["iou"] = figures.grouped_bars(bars, fig_dir / "iou.png", title="Test_Set_IoU: random init vs pretrained")
-    rows = prediction_rows(out, bench, list(ious))
+    health_file = out / "pretraining" / "health.json"
+    records = json.loads(health_file.read_text())["records"] if health_file.is_file() else []
+    if records:
+        made["health"] = figures.health_curves(records, fig_dir / "pretraining_health.png")
+    comparison = {kind: compare_arms(ious, kind) for kind in ("2d", "3d")}
+    bars = {"2D test images": {arm: comparison["2d"]["per_seed"][arm] for arm in ious},
+            "3D test volume": {arm: comparison["3d"]["per_seed"][arm] for arm in ious}}
+    made["iou"] = figures.bars_with_seeds(bars, fig_dir / "iou.png",
+                                          title="Test_Set_IoU over seeds: random init vs pretrained")
+    first_seed = comparison["2d"]["seeds"][0]
+    rows = prediction_rows(out, bench, list(ious), first_seed)
     if rows:
         made["overlays"] = figures.overlays(rows, fig_dir / "predictions.png")
 
+    n_seeds = len(comparison["2d"]["seeds"])
     lines = [
         "# CellEMNet demo report", "",
         f"Whole pipeline on {'built-in synthetic' if (out / 'raw').exists() else 'your'} data in {total_seconds / 60:.1f} minutes.", "",
@@ -141,20 +200,38 @@ def write_report(out: Path, ious: Mapping[str, Mapping[str, float]], timings: Ma
     ]
     if "montage" in made:
         lines += ["![curation montage](figures/curation_montage.png)", ""]
-    lines += ["## 2. Pretraining (MoCoV2, ResNet-50)", ""]
+    lines += ["## 2. Pretraining (MoCoV2, ResNet-18, `pretraining/configs/mocov2_small.yaml`)", ""]
+    lines += _verdict_lines(verdict, records)
+    if "health" in made:
+        lines += ["![pretraining health](figures/pretraining_health.png)", ""]
     if "loss" in made:
-        lines += [f"Loss from {losses[0]:.3f} to {losses[-1]:.3f} over {len(losses)} logged points.", "",
+        lines += [f"Loss from {losses[0]:.3f} to {losses[-1]:.3f} over {len(losses)} logged points (the loss alone "
+                  "is no evidence: MoCo's loss rises while its queue fills with real keys).", "",
                   "![pretraining loss](figures/pretraining_loss.png)", ""]
-    lines += ["## 3. Evaluation (U-Net fine-tuning)", "",
-              "| initialisation | Test_Set_IoU 2D | Test_Set_IoU 3D |", "|---|---|---|"]
-    for arm, v in ious.items():
-        lines.append(f"| {arm} | {v['2d']:.3f} | {v['3d']:.3f} |")
-    lines += ["", "![IoU](figures/iou.png)", ""]
+    if probe:
+        lines += ["## 3. Encoder probe (frozen encoder, per-pixel linear head, no decoder)", "",
+                  f"Probe IoU {probe['encoder_mean']:.3f} ± {probe['encoder_sd']:.3f} for the pretrained encoder, "
+                  f"{probe['random_mean']:.3f} ± {probe['random_sd']:.3f} for frozen random encoders of the same "
+                  f"architecture; paired difference {probe['difference_mean']:+.3f} ± {probe['difference_sd']:.3f} "
+                  f"over {len(probe['seeds'])} seeds.", ""]
+    lines += ["## 4. Evaluation (U-Net fine-tuning, the paper's protocol)", "",
+              f"Pretrained encoder frozen (only the decoder trains) vs random init trained end to end; {n_seeds} "
+              "seeds per arm, the same seed gives both arms the same decoder init and data order. "
+              "Difference = pretrained - random, paired by seed.", "",
+              "| | random init (mean ± sd) | pretrained (mean ± sd) | paired difference |", "|---|---|---|---|"]
+    for kind, label in (("2d", "Test_Set_IoU 2D"), ("3d", "Test_Set_IoU 3D")):
+        c = comparison[kind]
+        lines.append(f"| {label} | {c['random_init']} | {c['pretrained']} | {c['difference']} |")
+    lines += ["", "Per seed (2D): " + ", ".join(
+        f"seed {s}: {r:.3f} vs {p:.3f}" for s, r, p in zip(comparison["2d"]["seeds"],
+                                                          comparison["2d"]["per_seed"]["random_init"],
+                                                          comparison["2d"]["per_seed"]["pretrained"])), "",
+              "![IoU](figures/iou.png)", ""]
     table = fig_dir / "benchmark_iou.md"
     if table.exists():  # written by evaluation/report.py from the MLflow runs
-        lines += ["The same runs read back from MLflow by `evaluation/report.py` (each run's last logged Test_Set_IoU, the 3D one):", "", table.read_text().strip(), ""]
+        lines += ["The same runs read back from MLflow by `evaluation/report.py`:", "", table.read_text().strip(), ""]
     if "overlays" in made:
-        lines += ["![predictions](figures/predictions.png)", ""]
+        lines += [f"Predictions of seed {first_seed}:", "", "![predictions](figures/predictions.png)", ""]
     lines += ["## Time per step", "", "| step | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in timings.items()]
     lines += ["", "## Explore the runs", "",
@@ -162,4 +239,5 @@ def write_report(out: Path, ious: Mapping[str, Mapping[str, float]], timings: Ma
               "```", f"{Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri {tracking_uri()}",
               "```", "", "then browse to http://127.0.0.1:5000. Step logs are in `logs/`.", ""]
     atomic_write_text(out / "report.md", "\n".join(lines))
-    return {"counts": {k: counts[k] for k in ("raw", "deduplicated", "kept")}, "figures": {k: str(v) for k, v in made.items()}}
+    return {"counts": {k: counts[k] for k in ("raw", "deduplicated", "kept")},
+            "figures": {k: str(v) for k, v in made.items()}, "comparison": comparison}

@@ -119,3 +119,49 @@ def overlays(rows: Sequence[tuple[str, np.ndarray, np.ndarray | None, Mapping[st
             ax.axis("off")
     fig.suptitle("green: ground truth, magenta: prediction, white: both", fontsize=9)
     return _figure_to_png(fig, path)
+
+
+def bars_with_seeds(values: Mapping[str, Mapping[str, Sequence[float]]], path: str | os.PathLike,
+                    ylabel: str = "IoU", title: str = "Test-set IoU over seeds") -> Path:
+    """values[group][series] -> per-seed values; bar = mean, error bar = sd, dots = the seeds themselves."""
+    plt = _pyplot()
+    groups = list(values)
+    series = list(dict.fromkeys(s for v in values.values() for s in v))
+    width = 0.8 / max(1, len(series))
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(groups) + 1.5), 3.4))
+    x = np.arange(len(groups))
+    for i, name in enumerate(series):
+        pos = x + (i - (len(series) - 1) / 2) * width
+        per_seed = [np.asarray(values[g].get(name, []), dtype=float) for g in groups]
+        means = [v.mean() if v.size else np.nan for v in per_seed]
+        sds = [v.std(ddof=1) if v.size > 1 else 0.0 for v in per_seed]
+        ax.bar(pos, means, width, yerr=sds, capsize=3, label=name, alpha=0.85)
+        for p, v, m in zip(pos, per_seed, means):
+            ax.scatter(np.full(v.size, p), v, s=10, color="black", zorder=3)
+            if np.isfinite(m):
+                ax.text(p, min(m + 0.04, 1.0), f"{m:.2f}", ha="center", fontsize=8)
+    ax.set_xticks(x, groups)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8, frameon=False)
+    ax.grid(axis="y", alpha=0.3)
+    return _figure_to_png(fig, path)
+
+
+def health_curves(records: Sequence[Mapping[str, float]], path: str | os.PathLike,
+                  title: str = "Pretraining health (fixed patches, eval mode)") -> Path:
+    """Retrieval, similarity gap, embedding spread (and probe IoU where measured) against the epoch."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    epochs = [r["epoch"] for r in records]
+    for key, label in (("retrieval", "retrieval (trunk)"), ("sim_gap", "similarity gap"), ("spread", "spread")):
+        ax.plot(epochs, [r[key] for r in records], marker="o", ms=3, lw=1.2, label=label)
+    probed = [(r["epoch"], r["probe_iou"]) for r in records if "probe_iou" in r]
+    if probed:
+        ax.plot(*zip(*probed), marker="s", ms=4, lw=1.2, label="probe IoU")
+    ax.set_xlabel("epoch")
+    ax.set_title(title)
+    ax.legend(fontsize=8, frameon=False)
+    ax.grid(alpha=0.3)
+    return _figure_to_png(fig, path)
