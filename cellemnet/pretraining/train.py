@@ -501,3 +501,27 @@ def _online_probe(cfg: dict[str, Any], device: torch.device):
     data = load_probe_data(cfg["probe_data"])
     settings = ProbeSettings(seeds=(0, 1))
     return lambda trunk: probe_trunk(trunk, cfg["arch"], data, cfg["norms"], settings=settings).encoder_mean
+
+
+def main_for(method_name: str, argv: list[str] | None = None) -> int:
+    """Body of pretraining/train_<method>.py: CONFIG [key=value ...] -> train; exit 143 when stopped by SIGTERM."""
+    import argparse
+
+    from cellemnet.pretraining.config import SCHEMAS, load_pretraining_config
+    from cellemnet.config import describe
+
+    parser = argparse.ArgumentParser(
+        description=f"{method_name} pretraining (any config key can be overridden as key=value)",
+        epilog="config keys:\n" + describe(SCHEMAS[method_name]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("config", help="YAML config file")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides")
+    args = parser.parse_args(argv)
+    cfg = load_pretraining_config(args.config, method_name, args.overrides)
+    started = time.time()
+    summary = train(cfg, method_name)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"done in {time.time() - started:.0f} s: {summary['global_step']} steps; "
+              f"checkpoint {summary['checkpoint']}")
+    return 143 if summary["interrupted"] else 0
