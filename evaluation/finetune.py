@@ -1,6 +1,9 @@
-"""Fine-tune a ResNet-50 U-Net on a benchmark: `python evaluation/finetune.py CONFIG [key=value ...]`.
+"""Fine-tune a ResNet U-Net on a benchmark: `python evaluation/finetune.py CONFIG [key=value ...]`.
 
 Every config key can be overridden on the command line (`iters=500 pretraining=random_init data_root=/data`).
+`encoder` is resnet50 (the paper's), resnet34 or resnet18. One `seed` fixes the model init, data order and
+augmentation: several seeds per arm are several runs, `seed=1 model_dir=models/seed1` (checkpoint names do not
+hold the seed, so give each seed its own model_dir).
 Relative data paths resolve against `data_root` or $CELLEMNET_DATA_ROOT. Several GPUs:
 `torchrun --nproc_per_node=N evaluation/finetune.py CONFIG`.
 """

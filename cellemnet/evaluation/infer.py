@@ -46,14 +46,27 @@ def load_predictor(state_path: str | Path, config: Mapping[str, Any]):
     state = ckpt["state_dict"]
     num_classes = int(ckpt.get("num_classes", state["segmentation_head.0.bias"].shape[0]))
     in_channels = int(ckpt.get("in_channels", state["encoder.conv1.weight"].shape[1]))
-    model = build_unet_for_inference(num_classes, in_channels, ckpt.get("encoder", "resnet50"))
+    encoder = checkpoint_encoder(ckpt, state_path)
+    model = build_unet_for_inference(num_classes, in_channels, encoder)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise InputError(f"{state_path}: weights do not fit a ResNet-50 U-Net ({str(exc).splitlines()[0]})") from None
+        raise InputError(f"{state_path}: weights do not fit a {encoder} U-Net ({str(exc).splitlines()[0]})") from None
     device = select_device(config["device"])
     predictor = Predictor(model, ckpt["norms"], in_channels, num_classes, device, amp=config["amp"])
     return predictor, ckpt
+
+
+def checkpoint_encoder(ckpt: Mapping[str, Any], state_path: str | Path) -> str:
+    """The U-Net encoder of a fine-tuning checkpoint: its "encoder" key, else what the encoder weights show."""
+    from cellemnet.pretraining.export import arch_from_state_dict
+
+    if ckpt.get("encoder"):
+        return str(ckpt["encoder"])
+    try:
+        return arch_from_state_dict(ckpt["state_dict"], prefix="encoder.")
+    except InputError as exc:
+        raise InputError(f"{state_path}: {exc}") from None
 
 
 def default_save_dir(state_path: str | Path, kind: str) -> Path:

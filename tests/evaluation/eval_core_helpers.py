@@ -31,6 +31,7 @@ def tiny_config(path: Path, data_dir: Path, **overrides) -> Path:
         "tracking_dir": str(path.parent / "mlflow_store"),
     })
     cfg.update(overrides)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
 
