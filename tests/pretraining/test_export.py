@@ -1,4 +1,4 @@
-"""Export: every accepted checkpoint layout gives torchvision ResNet-50 names that load strictly."""
+"""Export: every accepted checkpoint layout and arch (ResNet-18/34/50) gives torchvision names that load strictly."""
 from __future__ import annotations
 
 import pytest
@@ -83,3 +83,66 @@ def test_unreadable_checkpoint_names_the_file(tmp_path):
     with pytest.raises(InputError, match="junk.pth"):
         export_encoder(path, tmp_path / "out.pth")
     assert not (tmp_path / "out.pth").exists()
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet34", "resnet50"])
+def test_every_arch_exports_with_its_name_and_loads_into_torchvision_and_smp(arch, tmp_path):
+    import segmentation_models_pytorch as smp
+
+    from cellemnet.pretraining.export import encoder_keys, one_channel_resnet
+
+    trunk = one_channel_resnet(arch).state_dict()
+    src = tmp_path / "moco.pth"
+    ckpt = {"method": "mocov2", "norms": [0.5, 0.1], "config": {"arch": arch},
+            "state_dict": {f"encoder_q.{k}": v for k, v in trunk.items()}}
+    torch.save(ckpt, src)
+    enc = export_encoder(src, tmp_path / "enc.pth")
+    saved = torch.load(tmp_path / "enc.pth", weights_only=True)
+    assert enc["arch"] == saved["arch"] == arch
+    assert list(saved["state_dict"]) == encoder_keys(arch)
+    load_encoder_into_resnet50(saved)  # any arch, strict
+    smp.Unet(arch, in_channels=1, encoder_weights=None, classes=1).encoder.load_state_dict(saved["state_dict"])
+
+
+def test_old_files_without_arch_are_read_from_their_shapes(trunk_state):
+    from cellemnet.pretraining.export import arch_from_state_dict, encoder_arch, one_channel_resnet
+
+    old = encoder_from_checkpoint(_published_swav(trunk_state))
+    del old["arch"]
+    assert encoder_arch(old) == "resnet50"
+    small = {k: v for k, v in one_channel_resnet("resnet18").state_dict().items() if not k.startswith("fc.")}
+    assert arch_from_state_dict(small) == "resnet18"
+    assert encoder_arch({"state_dict": small}) == "resnet18"
+    assert arch_from_state_dict({f"encoder.{k}": v for k, v in small.items()}, prefix="encoder.") == "resnet18"
+
+
+def test_declared_and_found_arch_must_agree(trunk_state, tmp_path):
+    moco = _published_moco(trunk_state)
+    moco["arch"] = "resnet18"  # says resnet18, holds a resnet50
+    with pytest.raises(InputError, match="resnet18.*resnet50"):
+        encoder_from_checkpoint(moco)
+    src = tmp_path / "swav.pth"
+    torch.save(_published_swav(trunk_state), src)
+    with pytest.raises(InputError, match=r"swav.pth: .*resnet50.*resnet34"):
+        export_encoder(src, tmp_path / "out.pth", arch="resnet34")
+    assert not (tmp_path / "out.pth").exists()
+
+
+def test_a_truncated_trunk_is_no_known_arch():
+    from cellemnet.pretraining.export import one_channel_resnet
+
+    state = {k: v for k, v in one_channel_resnet("resnet34").state_dict().items() if not k.startswith("layer3.5.")}
+    with pytest.raises(InputError, match=r"basic blocks \[3, 4, 5, 3\]"):
+        encoder_from_checkpoint({"method": "swav", "state_dict": state})
+
+
+def test_one_channel_resnet_matches_the_pretraining_trunk():
+    """Same construction as the pretraining stage's trunk: the same seed gives the same weights."""
+    from cellemnet.pretraining.export import one_channel_resnet
+    from cellemnet.pretraining.models import resnet_trunk
+
+    torch.manual_seed(0)
+    ours = one_channel_resnet("resnet18").state_dict()
+    torch.manual_seed(0)
+    theirs = resnet_trunk("resnet18").state_dict()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
