@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import sys
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -21,6 +22,7 @@ DATA_ROOT_ENV = "CELLEMNET_DATA_ROOT"
 FINETUNE_LAYERS = ("none", "layer4", "layer3", "layer2", "layer1", "all")
 NAMED_PRETRAININGS = ("random_init", "imagenet_supervised", "cellemnet_mocov2", "cellemnet_swav")
 MODES_3D = ("stack", "orthoplane")
+ENCODERS = ("resnet18", "resnet34", "resnet50")  # = cellemnet.pretraining.export.ENCODER_ARCHS (no torch import here)
 DATA_PATH_KEYS = ("data_dir", "test_dir2d", "test_dir3d", "test_dir")
 
 
@@ -84,7 +86,7 @@ SCHEMA: dict[str, Field] = {
     "jobs": Field(int, 4, check=_non_negative, help="DataLoader workers"),
     "finetune_layer": Field(str, "none", choices=FINETUNE_LAYERS, help="train the encoder from this layer on"),
     "unfreeze_encoder_bn": Field(bool, False, help="train (and keep in train mode) the encoder's BatchNorm"),
-    "encoder": Field(str, "resnet50", choices=("resnet50",), help="U-Net encoder"),
+    "encoder": Field(str, "resnet50", choices=ENCODERS, help="U-Net encoder (the paper's: resnet50)"),
     "pretraining": Field(
         str, "cellemnet_mocov2", help=f"one of {list(NAMED_PRETRAININGS)} or the path of a weights file"
     ),
@@ -102,7 +104,7 @@ SCHEMA: dict[str, Field] = {
     "metrics": Field(list, ["IoU"], help="training metrics (IoU)"),
     "num_prints": Field(int, 10, check=_positive, help="how many times train/valid metrics are printed and logged"),
     "augmentations": Field(list, [], check=_check_augmentations, help="albumentations pipeline (list of {aug: ...})"),
-    "seed": Field(int, 42, help="new: random seed"),
+    "seed": Field(int, 42, help="new: seeds the model init, data order and augmentation"),
     "device": Field(str, "auto", help="new: auto, cpu or cuda"),
     "amp": Field(bool, True, help="new: mixed precision on the GPU (ignored on the CPU)"),
     # --- 2D inference
@@ -247,6 +249,9 @@ def load_eval_config(
         raise ConfigError(f"{source}: key 'augmentations': {exc}") from None
     if stage == "train":
         _require_dir(cfg, "data_dir", source, needs=("train/images", "train/masks"))
+        warning = training_scale_warning(cfg, source)
+        if warning:
+            print(f"WARNING: {warning}", file=sys.stderr, flush=True)
     elif stage == "infer2d":
         _require_dir(cfg, "test_dir2d", source, needs=("images",))
     elif stage == "infer3d":
@@ -256,6 +261,18 @@ def load_eval_config(
             raise ConfigError(f"{source}: key 'benchmark_names' is needed for mixed inference")
         _require_dir(cfg, "test_dir", source)
     return cfg
+
+
+def training_scale_warning(cfg: Mapping[str, Any], source: str = "config") -> str | None:
+    """A one-line warning when the training augmentation changes the scale systematically (see
+    cellemnet.evaluation.augment.scale_warning), judged on the first training image's size (header only)."""
+    from cellemnet.evaluation.augment import scale_warning
+    from cellemnet.evaluation.data import find_pairs, image_size
+
+    if not cfg["augmentations"]:
+        return None
+    first = find_pairs(Path(cfg["data_dir"]) / "train", require_masks=False)[0].image
+    return scale_warning(cfg["augmentations"], image_size(first), source=source)
 
 
 def as_norms(norms: Mapping[str, Any]) -> dict[str, list[float]]:

@@ -64,3 +64,85 @@ def test_unknown_transform_and_bad_arguments():
         build_augmentations([{"aug": "VerticalFlp"}])
     with pytest.raises(ConfigError, match="invalid arguments"):
         build_augmentations([{"aug": "RandomBrightnessContrast", "brightness_limit": "lots"}])
+
+
+# ---------------------------------------------------------------------------------------------- scale check
+def test_typical_zoom_of_random_resized_crop():
+    from cellemnet.evaluation.augment import typical_zooms
+
+    # the trap: 256 px from 768 x 1024 slices with scale (0.08, 1) shows objects ~2.3x smaller
+    (step,) = typical_zooms([{"aug": "RandomResizedCrop", "height": 256, "width": 256, "scale": [0.08, 1.0]}],
+                            (768, 1024))
+    assert step["transform"] == "RandomResizedCrop" and step["zoom"] == pytest.approx(0.426, abs=0.005)
+    assert step["native_scale"] == pytest.approx(256 * 256 / (768 * 1024))
+    # a fixed scale s = crop area / image area is exactly native
+    (native,) = typical_zooms([{"aug": "RandomResizedCrop", "size": [64, 64], "scale": [0.25, 0.25]}], (128, 128))
+    assert native["zoom"] == pytest.approx(1.0)
+    # a fixed-size crop first (with its probability) changes what the resized crop starts from
+    mixed = typical_zooms([{"aug": "CropNonEmptyMaskIfExists", "height": 64, "width": 64, "p": 0.5},
+                           {"aug": "RandomResizedCrop", "size": [64, 64], "scale": [0.25, 0.25]}], (128, 128))
+    assert mixed[0]["zoom"] == pytest.approx(math.sqrt(2.0))  # half the time 2x (64 -> 16 px crops), else 1x
+    assert typical_zooms([{"aug": "RandomCrop", "height": 64, "width": 64}, {"aug": "HorizontalFlip"}],
+                         (768, 1024)) == []
+    (resize,) = typical_zooms([{"aug": "Resize", "height": 384, "width": 512}], (768, 1024))
+    assert resize["zoom"] == pytest.approx(0.5)
+
+
+def test_scale_warning_names_key_transform_and_fix():
+    from cellemnet.evaluation.augment import scale_warning
+
+    bad = [{"aug": "RandomResizedCrop", "height": 256, "width": 256, "scale": [0.08, 1.0]}]
+    message = scale_warning(bad, (768, 1024), source="lucchi.yaml")
+    assert message.startswith("lucchi.yaml: key 'augmentations': RandomResizedCrop trains on objects 2.3x smaller")
+    assert "RandomCrop" in message and "0.0833" in message and "\n" not in message
+    assert scale_warning([{"aug": "RandomCrop", "height": 256, "width": 256}], (768, 1024)) is None
+    # the fix the warning proposes is quiet
+    assert scale_warning([{"aug": "RandomResizedCrop", "height": 256, "width": 256, "scale": [0.0417, 0.167]}],
+                         (768, 1024)) is None
+    zoom_in = [{"aug": "RandomResizedCrop", "height": 256, "width": 256, "scale": [0.05, 0.1]}]
+    assert "larger" in scale_warning(zoom_in, (256, 256))
+
+
+def _bench_with_images(root, hw):
+    from eval_core_helpers import write_png
+
+    rng = np.random.default_rng(0)
+    for split in ("train",):
+        image = rng.integers(0, 256, hw, dtype=np.uint8)
+        write_png(root / split / "images" / "a.png", image)
+        write_png(root / split / "masks" / "a.png", (image > 128).astype(np.uint8))
+    return root
+
+
+def test_loading_a_training_config_warns_once_on_stderr(tmp_path, capsys):
+    from cellemnet.evaluation.config import load_eval_config, training_scale_warning
+
+    from eval_core_helpers import tiny_config
+
+    data = _bench_with_images(tmp_path / "d", (300, 400))
+    bad = tiny_config(tmp_path / "bad.yaml", data, augmentations=[
+        {"aug": "RandomResizedCrop", "height": 64, "width": 64, "scale": [0.08, 1.0]}, {"aug": "HorizontalFlip"}])
+    cfg = load_eval_config(bad, stage="train")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"WARNING: {bad}: key 'augmentations': RandomResizedCrop")
+    assert "300x400" in err[0]
+    assert training_scale_warning(cfg, str(bad)) == err[0][len("WARNING: "):]
+    load_eval_config(bad, stage="none")  # only training is judged
+    assert capsys.readouterr().err == ""
+    good = tiny_config(tmp_path / "good.yaml", data, augmentations=[
+        {"aug": "RandomCrop", "height": 64, "width": 64}, {"aug": "HorizontalFlip"}])
+    load_eval_config(good, stage="train")
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("name,hw", [("example", (256, 256)), ("isbi2012", (512, 512))])
+def test_shipped_small_configs_train_at_native_scale(name, hw):
+    """The CPU configs' images: make_benchmark's default 256 x 256, ISBI 2012's 512 x 512 slices."""
+    import yaml
+
+    from cellemnet.evaluation.augment import scale_warning
+
+    from eval_core_helpers import ROOT
+
+    cfg = yaml.safe_load((ROOT / "evaluation" / "configs" / f"{name}.yaml").read_text())
+    assert scale_warning(cfg["augmentations"], hw) is None
