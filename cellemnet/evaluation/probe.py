@@ -668,8 +668,10 @@ def encoder_arch(weights, arch: str | None, encoder: str) -> str:
 def build_encoder(encoder: str, arch: str | None, norms: Mapping[str, Any]):
     """(smp encoder in eval mode, arch, norms, in_channels) for any `pretraining` value."""
     from cellemnet.evaluation.model import build_unet
-    from cellemnet.evaluation.weights import resolve_pretraining
+    from cellemnet.evaluation.weights import PUBLISHED, resolve_pretraining
 
+    if encoder in PUBLISHED and arch not in (None, "resnet50"):  # before a download that could not be used
+        raise ConfigError(f"arch '{arch}': encoder '{encoder}' is a resnet50 encoder")
     weights = resolve_pretraining(encoder, norms)
     arch = encoder_arch(weights, arch, encoder)
     if arch not in ARCHS:

@@ -108,29 +108,34 @@ def test_the_probe_measures_the_features(bench):
     assert scores["zeroed"] <= all_foreground + 1e-6
 
 
-def exported_encoder_file(trunk: torch.nn.Module, path) -> None:
-    """The layout cellemnet.pretraining.export writes for a 1-channel trunk."""
+def exported_encoder_file(trunk: torch.nn.Module, path, arch: str | None) -> None:
+    """The layout cellemnet.pretraining.export writes for a 1-channel trunk (older files have no 'arch')."""
     state = {k: v for k, v in trunk.state_dict().items() if not k.startswith("fc.")}
-    torch.save({"state_dict": state, "norms": [NORMS["mean"][0], NORMS["std"][0]], "method": "mocov2",
-                "in_channels": 1}, path)
+    record = {"state_dict": state, "norms": [NORMS["mean"][0], NORMS["std"][0]], "method": "mocov2",
+              "in_channels": 1}
+    torch.save(record if arch is None else {**record, "arch": arch}, path)
 
 
-def test_online_trunk_probe_equals_the_file_path(bench, tmp_path):
+@pytest.mark.parametrize("arch, recorded", [("resnet50", None), ("resnet18", "resnet18")])
+def test_online_trunk_probe_equals_the_file_path(bench, tmp_path, arch, recorded):
     from cellemnet.pretraining.models import resnet_trunk
 
     torch.manual_seed(11)
-    trunk = resnet_trunk("resnet50")
-    exported_encoder_file(trunk, tmp_path / "encoder.pth")
+    trunk = resnet_trunk(arch)
+    exported_encoder_file(trunk, tmp_path / "encoder.pth", recorded)
     trunk.train()
     rng_before = torch.get_rng_state()
-    online = P.probe_trunk(trunk, "resnet50", P.load_probe_data(bench), NORMS, FAST)
+    online = P.probe_trunk(trunk, arch, P.load_probe_data(bench), NORMS, FAST)
     assert trunk.training  # put back in the mode it had
     assert torch.equal(torch.get_rng_state(), rng_before)  # the pretraining loop's RNG is untouched
     from_file = P.probe_encoder(str(tmp_path / "encoder.pth"), P.load_probe_data(bench), settings=FAST,
                                 device="cpu", progress=False)
-    assert from_file.arch == "resnet50"
+    assert from_file.arch == arch  # no arch key: the file's own, else resnet50
     assert from_file.encoder_iou == pytest.approx(online.encoder_iou, abs=1e-9)
     assert from_file.random_iou == pytest.approx(online.random_iou, abs=1e-9)
+    if recorded:
+        with pytest.raises(ConfigError, match=f"arch 'resnet34': encoder '.*' holds a {arch} encoder"):
+            P.build_encoder(str(tmp_path / "encoder.pth"), "resnet34", NORMS)
 
 
 def test_the_baseline_is_cached_in_the_probe_data(bench):
