@@ -1,10 +1,12 @@
-"""Turn the MLflow fine-tuning runs into a table and a bar chart of test IoU by benchmark and pretraining.
+"""Turn the MLflow fine-tuning runs into tables and a bar chart of test IoU by benchmark and arm, over seeds.
 
     python evaluation/report.py [--tracking-dir DIR] [--out images] [--experiment NAME ...] [--iters N]
 
-Reads the local store (DIR/mlflow.db, default ./mlflow_store) or $MLFLOW_TRACKING_URI. Writes
-benchmark_iou.png, benchmark_iou.md, benchmark_iou.csv (mean, std and count per benchmark, pretraining and
-iterations) and benchmark_iou_runs.csv (one row per run) into the output folder.
+Reads the local store (DIR/mlflow.db, default ./mlflow_store) or $MLFLOW_TRACKING_URI. An arm is a pretraining
+with its finetune_layer, e.g. `cellemnet_mocov2 [none]` (frozen encoder) or `random_init [all]`. Writes
+benchmark_iou.png, benchmark_iou.md (the table, then each arm minus random_init paired by seed),
+benchmark_iou.csv (mean, sd and seed count per benchmark, arm and iterations), benchmark_iou_paired.csv and
+benchmark_iou_runs.csv (one row per run) into the output folder.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ def main(argv=None) -> int:
 
     result = write_report(out_dir=args.out, tracking_dir=args.tracking_dir, experiments=args.experiment,
                           iters=args.iters, chart_name=args.chart_name)
-    print(markdown_table(result["summary"]), end="")
+    print(markdown_table(result["summary"], result["paired"]), end="")
     print(f"\n{result['scored']} scored runs of {result['runs']}; wrote:")
     for path in result["paths"].values():
         print(f"  {path}")

@@ -12,15 +12,18 @@ from cellemnet.errors import InputError
 from cellemnet.evaluation import report
 from cellemnet.tracking import start_run
 
-# (benchmark, pretraining param, iters, Test_Set_IoU or None, tagged like finetune does)
+# (benchmark, pretraining param, iters, Test_Set_IoU or None, tagged like finetune does, seed, finetune_layer)
 RUNS = [
-    ("lucchi_pp", "random_init", 100, 0.70, True),
-    ("lucchi_pp", "cellemnet_mocov2", 100, 0.80, True),
-    ("lucchi_pp", "cellemnet_mocov2", 100, 0.90, True),  # a repeat: averaged
-    ("lucchi_pp", "cellemnet_mocov2", 50, 0.60, True),  # shorter run: in the table, not in the default chart
-    ("urocell", "random_init", 100, 0.30, False),  # untagged: labels come from the params
-    ("urocell", "{weights}", 100, 0.55, False),  # custom weights file: labelled by its parent folder
-    ("urocell", "imagenet_supervised", 100, None, True),  # never scored: left out
+    ("lucchi_pp", "random_init", 100, 0.70, True, 0, "all"),
+    ("lucchi_pp", "random_init", 100, 0.60, True, 1, "all"),
+    ("lucchi_pp", "cellemnet_mocov2", 100, 0.80, True, 0, "none"),
+    ("lucchi_pp", "cellemnet_mocov2", 100, 0.90, True, 1, "none"),
+    ("lucchi_pp", "cellemnet_mocov2", 100, 0.90, True, 1, "none"),  # seed 1 again: the same sample, not a third
+    ("lucchi_pp", "cellemnet_mocov2", 50, 0.60, True, 0, "none"),  # shorter run: in the table, not in the default chart
+    ("lucchi_pp", "random_init", 100, 0.50, True, 0, "none"),  # frozen random encoder: frozen vs frozen
+    ("urocell", "random_init", 100, 0.30, False, None, "all"),  # untagged, no seed param (older runs)
+    ("urocell", "{weights}", 100, 0.55, False, None, "none"),  # custom weights file: labelled by its parent folder
+    ("urocell", "imagenet_supervised", 100, None, True, 0, "none"),  # never scored: left out
 ]
 
 
@@ -31,10 +34,12 @@ def store(tmp_path_factory):
     weights.parent.mkdir()
     weights.write_bytes(b"")
     tracking = base / "mlflow_store"
-    for benchmark, pretraining, iters, score, tagged in RUNS:
+    for benchmark, pretraining, iters, score, tagged, seed, layer in RUNS:
         pretraining = pretraining.format(weights=weights)
         params = {"experiment_name": benchmark, "pretraining": pretraining, "iters": iters, "lr_policy": "OneCycle",
-                  "finetune_layer": "none"}
+                  "finetune_layer": layer}
+        if seed is not None:
+            params["seed"] = seed
         tags = {"benchmark": benchmark, "pretraining": pretraining} if tagged else None
         with start_run(benchmark, params=params, tracking_dir=tracking, tags=tags) as run:
             run.log_metrics({"train_loss": 0.5}, step=1)
@@ -43,41 +48,87 @@ def store(tmp_path_factory):
     return tracking
 
 
+def test_summarise_arms_mean_sd_over_seeds_and_paired_differences():
+    rows = [{"arm": "random_init", "finetune_layer": "all", "seed": s, "iou": v} for s, v in [(0, .5), (1, .6), (2, .7)]]
+    rows += [{"arm": "mine", "finetune_layer": "none", "seed": s, "iou": v} for s, v in [(2, .9), (0, .6), (1, .6)]]
+    rows += [{"arm": "mine", "finetune_layer": "none", "seed": 1, "iou": .6},  # a rerun of seed 1: one sample
+             {"arm": "mine", "finetune_layer": "none", "seed": 3, "iou": .2},  # no random_init partner: unpaired
+             {"arm": "random_init", "finetune_layer": "none", "seed": 0, "iou": .4},
+             {"arm": "other", "seed": 0, "iou": float("nan")}]  # unscored: no arm
+    out = report.summarise_arms(rows, metric="iou")
+    arms = {a["label"]: a for a in out["arms"]}
+    assert list(arms) == ["random_init [all]", "random_init [none]", "mine [none]"]
+    assert arms["random_init [all]"]["mean"] == pytest.approx(0.6) and arms["random_init [all]"]["n"] == 3
+    assert arms["random_init [all]"]["sd"] == pytest.approx(0.1)
+    assert arms["mine [none]"]["seeds"] == [0, 1, 2, 3] and arms["mine [none]"]["n"] == 4
+    assert arms["random_init [none]"]["sd"] is None  # one seed: no spread
+    diffs = {(d["label"], d["baseline_label"]): d for d in out["differences"]}
+    assert set(diffs) == {("mine [none]", "random_init [all]"), ("mine [none]", "random_init [none]")}
+    paper = diffs[("mine [none]", "random_init [all]")]
+    assert paper["per_seed"] == pytest.approx({0: 0.1, 1: 0.0, 2: 0.2})
+    assert paper["n"] == 3 and paper["mean"] == pytest.approx(0.1) and paper["sd"] == pytest.approx(0.1)
+    assert paper["wins"] == 2  # strictly higher: seeds 0 and 2 (seed 1 is a tie)
+    frozen = diffs[("mine [none]", "random_init [none]")]
+    assert frozen["per_seed"] == pytest.approx({0: 0.2}) and frozen["sd"] is None
+
+
+def test_summarise_arms_never_pairs_unseeded_runs():
+    rows = [{"arm": "random_init", "seed": None, "Test_Set_IoU": 0.5}, {"arm": "a", "seed": None, "Test_Set_IoU": 0.7},
+            {"arm": "a", "seed": None, "Test_Set_IoU": 0.7}]
+    out = report.summarise_arms(rows)
+    assert [a["n"] for a in out["arms"]] == [1, 2]  # unseeded runs each count on their own
+    assert out["differences"] == []
+
+
 def test_collect_and_summarize(store):
     from cellemnet.tracking import read_runs
 
     results = report.collect_results(read_runs(None, store))
-    assert len(results) == 6  # the unscored run is left out
+    assert len(results) == 9  # the unscored run is left out
     assert set(results["pretraining"]) == {"random_init", "cellemnet_mocov2", "my_swav_run"}
+    assert sorted(s for s in results["seed"] if s is not None) == [0, 0, 0, 0, 1, 1, 1]
     summary = report.summarize(results)
-    row = summary[(summary.benchmark == "lucchi_pp") & (summary.pretraining == "cellemnet_mocov2")
+    row = summary[(summary.benchmark == "lucchi_pp") & (summary.arm == "cellemnet_mocov2 [none]")
                   & (summary.iters == 100)].iloc[0]
-    assert row.iou_mean == pytest.approx(0.85) and row.runs == 2
+    assert row.iou_mean == pytest.approx(0.85) and row.runs == 2 and row.seeds == "0 1"
     assert row.iou_std == pytest.approx(np.std([0.8, 0.9], ddof=1))
-    # paper order: benchmarks as listed, random_init before the CEM weights, custom weights last
+    # paper order: benchmarks as listed, random_init (end to end, then frozen) before the CEM weights, custom last
     lucchi = summary[(summary.benchmark == "lucchi_pp") & (summary.iters == 100)]
-    assert list(lucchi.pretraining) == ["random_init", "cellemnet_mocov2"]
+    assert list(lucchi.arm) == ["random_init [all]", "random_init [none]", "cellemnet_mocov2 [none]"]
     assert list(summary.benchmark.unique()) == ["lucchi_pp", "urocell"]
     chart = report.chart_rows(summary)
     assert set(chart.iters) == {100}
     assert set(report.chart_rows(summary, iters=50).pretraining) == {"cellemnet_mocov2"}
     with pytest.raises(InputError, match="iters=7"):
         report.chart_rows(summary, iters=7)
+    paired = report.paired_differences(results)
+    assert list(zip(paired.arm, paired.baseline)) == [("cellemnet_mocov2 [none]", "random_init [all]"),
+                                                      ("cellemnet_mocov2 [none]", "random_init [none]")]
+    first = paired.iloc[0]
+    assert first.pairs == 2 and first.diff_mean == pytest.approx(0.2) and first.wins == 2
+    assert first.per_seed == "0:+0.1000 1:+0.3000"
+    assert paired.iloc[1].pairs == 1 and paired.iloc[1].diff_mean == pytest.approx(0.3)
 
 
 def test_markdown_table_cells():
     summary = pd.DataFrame([
-        {"benchmark": "cremi", "pretraining": "random_init", "iters": 10, "iou_mean": 0.25, "iou_std": 0.0, "runs": 1},
-        {"benchmark": "cremi", "pretraining": "cellemnet_mocov2", "iters": 10, "iou_mean": 0.5, "iou_std": 0.1,
-         "runs": 3},
-        {"benchmark": "guay", "pretraining": "cellemnet_mocov2", "iters": 10, "iou_mean": 0.7, "iou_std": 0.0,
-         "runs": 1},
+        {"benchmark": "cremi", "pretraining": "random_init", "finetune_layer": "all", "arm": "random_init [all]",
+         "iters": 10, "iou_mean": 0.25, "iou_std": 0.0, "runs": 1, "seeds": "0"},
+        {"benchmark": "cremi", "pretraining": "cellemnet_mocov2", "finetune_layer": "none",
+         "arm": "cellemnet_mocov2 [none]", "iters": 10, "iou_mean": 0.5, "iou_std": 0.1, "runs": 3, "seeds": "0 1 2"},
+        {"benchmark": "guay", "pretraining": "cellemnet_mocov2", "finetune_layer": "none",
+         "arm": "cellemnet_mocov2 [none]", "iters": 10, "iou_mean": 0.7, "iou_std": 0.0, "runs": 1, "seeds": "0"},
     ])
-    text = report.markdown_table(summary)
+    paired = pd.DataFrame([{"benchmark": "cremi", "iters": 10, "arm": "cellemnet_mocov2 [none]",
+                            "baseline": "random_init [all]", "pairs": 1, "diff_mean": 0.25, "diff_std": None,
+                            "wins": 1, "per_seed": "0:+0.2500"}])
+    text = report.markdown_table(summary, paired)
     lines = text.strip().splitlines()
-    assert lines[0] == "| benchmark | iters | random_init | cellemnet_mocov2 |"
+    assert lines[0] == "| benchmark | iters | random_init [all] | cellemnet_mocov2 [none] |"
     assert lines[2] == "| cremi | 10 | 0.250 | 0.500 ± 0.100 (3) |"
     assert lines[3] == "| guay | 10 | – | 0.700 |"
+    assert "frozen encoder" in text
+    assert "| cremi | 10 | cellemnet_mocov2 [none] | random_init [all] | 1 | +0.250 | 1/1 | 0:+0.2500 |" in lines
 
 
 def test_report_script_writes_table_and_chart(store, tmp_path, root):
@@ -85,12 +136,16 @@ def test_report_script_writes_table_and_chart(store, tmp_path, root):
     result = subprocess.run([sys.executable, str(root / "evaluation" / "report.py"), "--tracking-dir", str(store),
                              "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert "6 scored runs of 7" in result.stdout
-    assert "| lucchi_pp | 100 | 0.700 | 0.850 ± 0.071 (2) | – |" in result.stdout
+    assert "9 scored runs of 10" in result.stdout
+    assert "| lucchi_pp | 100 | 0.650 ± 0.071 (2) | 0.500 | 0.850 ± 0.071 (2) | – |" in result.stdout
+    assert "| lucchi_pp | 100 | cellemnet_mocov2 [none] | random_init [all] | 2 | +0.200 ± 0.141 | 2/2 |" in result.stdout
     summary = pd.read_csv(out / "benchmark_iou.csv")
-    assert len(summary) == 5 and set(summary.columns) >= {"benchmark", "pretraining", "iters", "iou_mean", "runs"}
+    assert len(summary) == 6 and set(summary.columns) >= {"benchmark", "pretraining", "finetune_layer", "arm", "iters",
+                                                          "iou_mean", "runs"}
+    paired = pd.read_csv(out / "benchmark_iou_paired.csv")
+    assert len(paired) == 2 and paired.loc[0, "diff_mean"] == pytest.approx(0.2)
     runs = pd.read_csv(out / "benchmark_iou_runs.csv")
-    assert len(runs) == 6 and runs["run_id"].notna().all()
+    assert len(runs) == 9 and runs["run_id"].notna().all()
     assert (out / "benchmark_iou.md").read_text().startswith("| benchmark | iters |")
     from PIL import Image
 
