@@ -41,6 +41,8 @@ class DemoSize:
     volume_shape: tuple[int, int, int]
     pretrain_epochs: int
     pretrain_queue: int
+    pretrain_batch: int
+    pretrain_crop: int
     bench_train: int
     bench_shape: tuple[int, int]
     bench_volume: tuple[int, int, int]
@@ -54,12 +56,12 @@ class DemoSize:
 SIZES = {
     "default": DemoSize(
         n_groups_2d=3, images_per_group=60, n_volumes=3, image_shape=(512, 512), volume_shape=(24, 256, 256),
-        pretrain_epochs=12, pretrain_queue=128,
+        pretrain_epochs=12, pretrain_queue=128, pretrain_batch=64, pretrain_crop=64,
         bench_train=12, bench_shape=(256, 256), bench_volume=(16, 128, 128), finetune_iters=150, seeds=(0, 1, 2),
     ),
     "small": DemoSize(
         n_groups_2d=2, images_per_group=2, n_volumes=2, image_shape=(448, 448), volume_shape=(12, 224, 224),
-        pretrain_epochs=1, pretrain_queue=4,
+        pretrain_epochs=2, pretrain_queue=4, pretrain_batch=8, pretrain_crop=32,
         bench_train=4, bench_shape=(128, 128), bench_volume=(8, 64, 64), finetune_iters=8, seeds=(0, 1),
     ),
 }
@@ -193,7 +195,8 @@ def main_demo(out: Path, size_name: str, data: Path | None) -> dict:
     run_step(state, "pretraining: MoCoV2 (ResNet-18, mocov2_small.yaml) on the curated patches", [
         "pretraining/train_mocov2.py", "pretraining/configs/mocov2_small.yaml",
         f"data_path={curated}", f"model_dir={model_dir}", f"epochs={size_.pretrain_epochs}",
-        f"moco_k={size_.pretrain_queue}", "workers=1", f"save_freq={size_.pretrain_epochs}", "resume=auto",
+        f"moco_k={size_.pretrain_queue}", f"batch_size={size_.pretrain_batch}", f"crop_size={size_.pretrain_crop}",
+        "workers=1", f"save_freq={size_.pretrain_epochs}", "resume=auto",
         f"probe_data={bench}", "experiment_name=demo_pretraining",
     ], "pretrain")
     encoder = out / "demo_mocov2" / "encoder.pth"  # the parent folder names the arm in checkpoints and reports

@@ -33,17 +33,25 @@ def test_small_demo_end_to_end(tmp_path, root):
                           cwd=root, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     last = proc.stdout.strip().splitlines()[-1]
-    assert last.startswith("report: ") and "Test_Set_IoU random" in last
+    assert last.startswith("report: ") and "Test_Set_IoU 2D random" in last and "paired difference" in last
     results = json.loads((out / "results.json").read_text())
     counts = results["counts"]
     assert counts["raw"] >= counts["deduplicated"] >= counts["kept"] > 0
     assert counts["raw"] > counts["kept"]  # the corpus holds blank/noise images the filter must drop
     for arm in ("random_init", "pretrained"):
-        for kind in ("2d", "3d"):
-            assert 0.0 <= results["iou"][arm][kind] <= 1.0
+        assert len(results["iou"][arm]) >= 2  # several seeds per arm
+        for per_seed in results["iou"][arm].values():
+            for kind in ("2d", "3d"):
+                assert 0.0 <= per_seed[kind] <= 1.0
+    assert results["verdict"] is not None and "learned" in results["verdict"]
+    assert set(results["probe"]) >= {"encoder_mean", "random_mean", "difference_mean"}
     report = (out / "report.md").read_text()
-    for figure in ("curation_montage.png", "pretraining_loss.png", "iou.png", "predictions.png"):
+    for figure in ("curation_montage.png", "pretraining_loss.png", "pretraining_health.png", "iou.png",
+                   "predictions.png"):
         assert (out / "figures" / figure).stat().st_size > 1000, figure
         assert figure in report
+    assert "**Verdict:" in report and "paired difference" in report and "Probe IoU" in report
+    assert " ± " in report
+    assert "pretraining " in last and ("learned" in last or "DID NOT LEARN" in last)
     assert "mlflow ui" in report
     assert (out / "mlflow_store" / "mlflow.db").is_file()
