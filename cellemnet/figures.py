@@ -64,6 +64,17 @@ def loss_curve(steps: Sequence[float], losses: Sequence[float], path: str | os.P
     return _figure_to_png(fig, path)
 
 
+def _finish_bars(fig, ax, x, groups, ylabel: str, title: str, path) -> Path:
+    """Axis labels, 0-1 range, legend and grid of an IoU bar chart; writes the PNG."""
+    ax.set_xticks(x, groups)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8, frameon=False)
+    ax.grid(axis="y", alpha=0.3)
+    return _figure_to_png(fig, path)
+
+
 def grouped_bars(values: Mapping[str, Mapping[str, float]], path: str | os.PathLike, ylabel: str = "IoU",
                  title: str = "Test-set IoU") -> Path:
     """values[group][series] -> bar height; groups on the x axis, one coloured bar per series."""
@@ -79,13 +90,7 @@ def grouped_bars(values: Mapping[str, Mapping[str, float]], path: str | os.PathL
         for bar, h in zip(bars, heights):
             if np.isfinite(h):
                 ax.text(bar.get_x() + bar.get_width() / 2, h + 0.01, f"{h:.2f}", ha="center", fontsize=8)
-    ax.set_xticks(x, groups)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.legend(fontsize=8, frameon=False)
-    ax.grid(axis="y", alpha=0.3)
-    return _figure_to_png(fig, path)
+    return _finish_bars(fig, ax, x, groups, ylabel, title, path)
 
 
 def overlay_rgb(image: np.ndarray, mask: np.ndarray | None = None, prediction: np.ndarray | None = None) -> np.ndarray:
@@ -140,13 +145,7 @@ def bars_with_seeds(values: Mapping[str, Mapping[str, Sequence[float]]], path: s
             ax.scatter(np.full(v.size, p), v, s=10, color="black", zorder=3)
             if np.isfinite(m):
                 ax.text(p, min(m + 0.04, 1.0), f"{m:.2f}", ha="center", fontsize=8)
-    ax.set_xticks(x, groups)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.legend(fontsize=8, frameon=False)
-    ax.grid(axis="y", alpha=0.3)
-    return _figure_to_png(fig, path)
+    return _finish_bars(fig, ax, x, groups, ylabel, title, path)
 
 
 def health_curves(records: Sequence[Mapping[str, float]], path: str | os.PathLike,
