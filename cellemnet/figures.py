@@ -141,10 +141,11 @@ def bars_with_seeds(values: Mapping[str, Mapping[str, Sequence[float]]], path: s
         means = [v.mean() if v.size else np.nan for v in per_seed]
         sds = [v.std(ddof=1) if v.size > 1 else 0.0 for v in per_seed]
         ax.bar(pos, means, width, yerr=sds, capsize=3, label=name, alpha=0.85)
-        for p, v, m in zip(pos, per_seed, means):
+        for p, v, m, sd in zip(pos, per_seed, means, sds):
             ax.scatter(np.full(v.size, p), v, s=10, color="black", zorder=3)
-            if np.isfinite(m):
-                ax.text(p, min(m + 0.04, 1.0), f"{m:.2f}", ha="center", fontsize=8)
+            if np.isfinite(m):  # above the error bar and the highest seed
+                top = max(m + sd, float(v.max()) if v.size else m)
+                ax.text(p, min(top + 0.03, 1.0), f"{m:.2f}", ha="center", fontsize=8)
     return _finish_bars(fig, ax, x, groups, ylabel, title, path)
 
 
