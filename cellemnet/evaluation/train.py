@@ -51,9 +51,12 @@ def print_points(total: int, n: int) -> set[int]:
 
 
 def make_optimizer(config: Mapping[str, Any], params) -> torch.optim.Optimizer:
+    # foreach: torch's default on the GPU; on the CPU it is bitwise the for-loop update, and a third faster
+    # (the for-loop AdamW was ~13 % of a U-Net-ResNet-50 CPU step).
     if config["optim"] == "AdamW":
-        return torch.optim.AdamW(params, lr=config["lr"], weight_decay=config["wd"])
-    return torch.optim.SGD(params, lr=config["lr"], momentum=config["momentum"], weight_decay=config["wd"])
+        return torch.optim.AdamW(params, lr=config["lr"], weight_decay=config["wd"], foreach=True)
+    return torch.optim.SGD(params, lr=config["lr"], momentum=config["momentum"], weight_decay=config["wd"],
+                           foreach=True)
 
 
 class PolyFactor:
@@ -163,7 +166,8 @@ def validate(model: nn.Module, loader, loss_fn, weights: EncoderWeights, config,
 
 
 def finetune(config: dict[str, Any], config_path: str | None = None, progress: bool = True) -> dict[str, Any]:
-    """Train as the config says; returns {'checkpoint': last path or None, 'run_id', 'metrics', 'seconds'}."""
+    """Train as the config says; returns {'checkpoint': last path or None, 'run_id', 'metrics', 'seconds',
+    'step_seconds': the wall time of each step}."""
     from cellemnet.tracking import start_run
 
     dist, device = init_distributed(config["device"])
@@ -264,6 +268,8 @@ def _finetune(config, dist, device, config_path, progress, start_run) -> dict[st
     batches = _cycle(train_loader, train_sampler)
     per_step = len(train_loader) if config["lr_policy"] == "MultiStep" else 1
     last_checkpoint, last_metrics = None, {}
+    step_seconds: list[float] = []  # wall time of each step (data, compute, metrics, logging, checkpoint)
+    in_train_mode = False
 
     bar = None
     if progress and dist.is_main:
@@ -273,9 +279,12 @@ def _finetune(config, dist, device, config_path, progress, start_run) -> dict[st
     status = "FAILED"
     try:
         for step in range(start, total + 1):
+            step_started = time.perf_counter()
             for _ in range(per_step):
                 batch = next(batches)
-                set_train_mode(ddp_model)
+                if not in_train_mode:  # at the start and after validation (which puts the model in eval mode)
+                    set_train_mode(ddp_model)
+                    in_train_mode = True
                 x = batch["image"].to(device, non_blocking=True)
                 y = batch["mask"].to(device, non_blocking=True)
                 if device.type == "cuda":
@@ -298,6 +307,7 @@ def _finetune(config, dist, device, config_path, progress, start_run) -> dict[st
                 msg = f"step {step}/{total} | " + _metric_line("train", loss_meter.value, ious)
                 if valid_loader is not None:
                     v_loss, v_ious = validate(ddp_model, valid_loader, loss_fn, weights, config, device)
+                    in_train_mode = False
                     metrics.update({"valid_loss": v_loss, **{f"valid_{k}_IoU": v for k, v in v_ious.items()}})
                     msg += " | " + _metric_line("valid", v_loss, v_ious)
                 tracker.log_metrics(metrics, step=step)
@@ -329,6 +339,7 @@ def _finetune(config, dist, device, config_path, progress, start_run) -> dict[st
                 last_checkpoint = path
             if bar is not None:
                 bar.update(1)
+            step_seconds.append(time.perf_counter() - step_started)
         status = "FINISHED"
     finally:
         if bar is not None:
@@ -339,4 +350,4 @@ def _finetune(config, dist, device, config_path, progress, start_run) -> dict[st
         where = last_checkpoint if last_checkpoint else "(no checkpoint: num_save_checkpoints is 0)"
         print(f"finished {total - start + 1} step(s) in {seconds:.1f} s; checkpoint {where}")
     return {"checkpoint": str(last_checkpoint) if last_checkpoint else None, "run_id": run_id,
-            "metrics": last_metrics, "seconds": seconds}
+            "metrics": last_metrics, "seconds": seconds, "step_seconds": step_seconds}
