@@ -124,3 +124,19 @@ def test_real_run_on_a_tiny_benchmark(tmp_path, configs, root):
     # a rerun finds everything done
     again = snakemake(root, tmp_path, settings, "-n")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_seed_sweep_and_several_protocols_per_pretraining(tmp_path, configs, root):
+    settings = {"benchmarks": ["tiny"], "config_dir": str(configs),
+                "pretrainings": {"random_init": ["all", "none"]}, "iterations": [3], "seeds": [0, 1],
+                "output_dir": "runs", "report": False}
+    result = snakemake(root, tmp_path, settings, "-n", "-p")
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    counts = dict(re.findall(r"^(finetune|score)\s+(\d+)$", out, flags=re.M))
+    assert counts == {"finetune": "4", "score": "4"}  # 2 protocols x 2 seeds
+    for arm, layer in (("random_init_ft_all", "all"), ("random_init_ft_none", "none")):
+        for seed in (0, 1):
+            run = f"runs/tiny/{arm}/iters3_seed{seed}"
+            assert f"{run}/tiny-random_init_ft_{layer}_epoch3_of_3.pth" in out
+    assert "seed=0" in out and "seed=1" in out and "finetune_layer=none" in out
