@@ -43,7 +43,7 @@ def check_arch(arch: str) -> str:
 
 
 def one_channel_resnet(arch: str = "resnet50"):
-    """torchvision ResNet of `arch` (random init) with a 1-channel 7x7 conv1, initialised as torchvision's convs.
+    """torchvision ResNet of `arch` (random init) with a 1-channel 7x7 conv1 (Kaiming, fan_in).
 
     `fc` is torchvision's (1000 outputs): callers replace it with their head or drop it.
     """
@@ -52,7 +52,11 @@ def one_channel_resnet(arch: str = "resnet50"):
 
     model = getattr(torchvision.models, check_arch(arch))(weights=None)
     model.conv1 = torch.nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
-    torch.nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+    # fan_in, not torchvision's fan_out: a 1-channel 7x7 stem has fan_out 64*49 vs fan_in 49, so fan_out makes its
+    # weights 8x smaller. Behind BN a layer's effective lr grows as 1/|w|^2 (64x here): SSL runs then overwrote the
+    # random filters with the low-frequency-dominated gradient of EM images within 30 steps (52 % of conv1's energy
+    # in the filter means, a brightness detector); with fan_in it stayed at 2 % (pretraining/README.md).
+    torch.nn.init.kaiming_normal_(model.conv1.weight, mode="fan_in", nonlinearity="relu")
     return model
 
 

@@ -8,22 +8,15 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
+from cellemnet.pretraining.export import one_channel_resnet
 from cellemnet.pretraining.losses import moco_logits
 
 
 def resnet_trunk(arch: str = "resnet50") -> nn.Module:
     """torchvision ResNet (random init) with a 1-channel conv1; `fc` is left for the caller to replace."""
-    model = getattr(torchvision.models, arch)(weights=None)
-    model.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
-    # fan_in, not torchvision's fan_out: a 1-channel 7x7 stem has fan_out 64*49 vs fan_in 49, so fan_out makes its
-    # weights 8x smaller. Behind BN a layer's effective lr grows as 1/|w|^2 (64x here): SSL runs then overwrote the
-    # random filters with the low-frequency-dominated gradient of EM images within 30 steps (52 % of conv1's energy
-    # in the filter means, a brightness detector); with fan_in it stayed at 2 % (pretraining/README.md).
-    nn.init.kaiming_normal_(model.conv1.weight, mode="fan_in", nonlinearity="relu")
-    return model
+    return one_channel_resnet(arch)
 
 
 def _distributed() -> bool:
@@ -90,12 +83,14 @@ class MoCo(nn.Module):
     def _keys(self, im_k: torch.Tensor) -> torch.Tensor:
         """Key features; across processes the batch is shuffled first so BN statistics mix samples of all ranks."""
         if not _distributed():
-            if self.bn_splits <= 1 or not self.training:
+            # at least 8 keys per chunk: BN statistics of fewer are mostly noise (and of 1 undefined)
+            splits = min(self.bn_splits, im_k.shape[0] // 8)
+            if splits <= 1 or not self.training:
                 return F.normalize(self.encoder_k(im_k), dim=1)
             # One process: shuffled BN by hand. Keys are encoded in random chunks, so their BN statistics differ
             # from the query batch's and the model cannot tell "current batch" from "queue" by them.
             perm = torch.randperm(im_k.shape[0], device=im_k.device)
-            k = torch.cat([self.encoder_k(chunk) for chunk in im_k[perm].chunk(self.bn_splits)])
+            k = torch.cat([self.encoder_k(chunk) for chunk in im_k[perm].chunk(splits)])
             return F.normalize(k, dim=1)[torch.argsort(perm)]
         world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
         gathered = all_gather_cat(im_k)
