@@ -7,7 +7,8 @@ finetune = one step of `finetune()` (what evaluation/finetune.py runs): the next
            the scheduler, as timed by finetune itself (`step_seconds`).
 Data: a synthetic benchmark of full-size slices (default 768 x 1024, like Lucchi++), native-scale 256 x 256 crops
 with the usual rotations, flips and brightness/contrast. Rounds alternate the two so that load changes hit both
-alike; the figures are medians over the rounds' steps (each round's first steps are warm-up and dropped).
+alike, and both build a fresh model every round; the figures are medians over the rounds' steps (each round's
+first steps are warm-up and dropped).
 The goal on the CPU is finetune / bare <= 1.15.
 
     .venv/bin/python bench/bench_finetune.py                       # batch 4 x 256^2, ResNet-50, jobs 0
@@ -107,13 +108,14 @@ def main() -> int:
         make_benchmark(work / "data", n_train=args.images, n_test=1, shape=tuple(args.shape), n_valid=0,
                        n_test3d=0)
         config = make_config(work, work / "data", args)
-        bare = bare_runner(config)
         print(f"CPU, {torch.get_num_threads()} threads; U-Net-{args.encoder}, batch {args.batch} x 1 x 256^2 from "
               f"{args.shape[0]}x{args.shape[1]} images, finetune_layer {args.finetune_layer}, jobs {args.jobs}; "
               f"{args.rounds} rounds of {args.steps} steps, first {args.warmup} of each dropped")
         t_bare, t_ft = [], []
         for r in range(args.rounds):  # interleaved so that load changes hit both alike
+            bare = bare_runner(config)  # a fresh model each round, as finetune builds one (same memory history)
             t_bare += [bare() for _ in range(args.steps)][args.warmup:]
+            del bare
             out = finetune(dict(config), progress=False)
             t_ft += out["step_seconds"][args.warmup:]
             print(f"  round {r + 1}: bare {statistics.median(t_bare[-(args.steps - args.warmup):]):.3f} s/step, "
