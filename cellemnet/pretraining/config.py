@@ -131,6 +131,8 @@ MOCOV2_SCHEMA: dict[str, Field] = {
     "standardize_views": Field(bool, False, "standardise each view by its own mean and std instead of the fixed "
                                "norms (removes the brightness shortcut of instance discrimination)"),
     "warmup_epochs": Field(int, 0, "linear lr warmup over this many epochs (per iteration)", check=_non_negative),
+    "color_jitter": Field(float, 0.4, "brightness and contrast jitter strength of every view (the paper's 0.4; "
+                          "0 = none, for short runs: see pretraining/README.md)", check=_non_negative),
 }
 
 SWAV_SCHEMA: dict[str, Field] = {
@@ -145,6 +147,8 @@ SWAV_SCHEMA: dict[str, Field] = {
     "standardize_views": Field(bool, False, "standardise each view by its own mean and std instead of the fixed "
                                "norms (removes the brightness shortcut of instance discrimination)"),
     "warmup_epochs": Field(int, 0, "linear warmup epochs", check=_non_negative),
+    "color_jitter": Field(float, 0.4, "brightness and contrast jitter strength of every view (the paper's 0.4; "
+                          "0 = none, for short runs: see pretraining/README.md)", check=_non_negative),
     "start_warmup": Field(float, 0.0, "learning rate at the start of the warmup", check=_non_negative),
     "weight_decay": Field(float, 1e-6, "weight decay (wd), applied through LARC", check=_non_negative),
     "save_freq": Field(int, 25, "keep a numbered checkpoint every save_freq epochs", check=_positive),

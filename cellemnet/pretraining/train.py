@@ -47,7 +47,7 @@ class MoCoV2Method:
     def transform(self):
         mean, std = norms_pair(self.cfg)
         return TwoViews(self.cfg["crop_size"], mean, std, scale=tuple(self.cfg["crop_scale"]),
-                        standardize=self.cfg["standardize_views"])
+                        standardize=self.cfg["standardize_views"], color_jitter=self.cfg["color_jitter"])
 
     def health_transform(self):
         return self.transform()
@@ -110,12 +110,14 @@ class SwAVMethod:
     def transform(self):
         c = self.cfg
         mean, std = norms_pair(c)
-        return MultiCrop(c["nmb_crops"], c["size_crops"], c["min_scale_crops"], c["max_scale_crops"], mean, std)
+        return MultiCrop(c["nmb_crops"], c["size_crops"], c["min_scale_crops"], c["max_scale_crops"], mean, std,
+                         c["standardize_views"], c["color_jitter"])
 
     def health_transform(self):
         c = self.cfg
         mean, std = norms_pair(c)
-        return TwoViews(c["size_crops"][0], mean, std, scale=(c["min_scale_crops"][0], c["max_scale_crops"][0]))
+        return TwoViews(c["size_crops"][0], mean, std, scale=(c["min_scale_crops"][0], c["max_scale_crops"][0]),
+                        standardize=c["standardize_views"], color_jitter=c["color_jitter"])
 
     def build_model(self) -> nn.Module:
         c = self.cfg
