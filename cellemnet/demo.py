@@ -57,7 +57,7 @@ SIZES = {
     "default": DemoSize(
         n_groups_2d=3, images_per_group=60, n_volumes=3, image_shape=(512, 512), volume_shape=(24, 256, 256),
         pretrain_epochs=12, pretrain_queue=128, pretrain_batch=64, pretrain_crop=64,
-        bench_train=12, bench_shape=(256, 256), bench_volume=(16, 128, 128), finetune_iters=150, seeds=(0, 1, 2),
+        bench_train=12, bench_shape=(256, 256), bench_volume=(16, 128, 128), finetune_iters=100, seeds=(0, 1, 2),
     ),
     "small": DemoSize(
         n_groups_2d=2, images_per_group=2, n_volumes=2, image_shape=(448, 448), volume_shape=(12, 224, 224),
@@ -65,9 +65,20 @@ SIZES = {
         bench_train=4, bench_shape=(128, 128), bench_volume=(8, 64, 64), finetune_iters=8, seeds=(0, 1),
     ),
 }
-# Both arms of the comparison, the paper's protocol: the pretrained encoder frozen (only the decoder trains)
-# against a random encoder trained end to end. Same seeds, same decoder init, same data order.
-ARMS = (("random_init", "all"), ("pretrained", "none"))
+@dataclass(frozen=True)
+class Arm:
+    """One arm of the comparison: a name (folders, report), the pretraining it starts from, the protocol."""
+
+    key: str
+    pretraining: str  # "random_init" or "pretrained" (the demo's exported encoder)
+    finetune_layer: str  # "all": trained end to end; "none": encoder frozen, only the decoder trains
+
+
+# The paper's protocol: the pretrained encoder frozen against random init trained end to end; and frozen vs frozen
+# (a frozen random encoder), which isolates what the encoder's features are worth. Same seeds, same decoder init,
+# same data order in every arm.
+ARMS = (Arm("random_e2e", "random_init", "all"), Arm("pretrained_frozen", "pretrained", "none"),
+        Arm("random_frozen", "random_init", "none"))
 ENCODER_ARCH = "resnet18"  # what a CPU pretrains in minutes; the paper's resnet50 is the library default
 
 
@@ -105,14 +116,6 @@ def run_step(state: DemoState, title: str, args: list[str], log_name: str) -> st
         )
     _say(f"      done in {elapsed:.0f} s")
     return proc.stdout
-
-
-def parse_test_iou(output: str) -> float:
-    """The last `Test_Set_IoU: <value>` line an inference script prints."""
-    found = re.findall(r"^Test_Set_IoU:\s*([0-9.eE+-]+|nan)\s*$", output, flags=re.M)
-    if not found:
-        raise CellEMNetError("inference printed no 'Test_Set_IoU:' line")
-    return float(found[-1])
 
 
 def prepare_inputs(state: DemoState, data: Path | None) -> tuple[Path, Path | None, Path]:
@@ -214,50 +217,96 @@ def main_demo(out: Path, size_name: str, data: Path | None) -> dict:
 
     ious: dict[str, dict[int, dict[str, float]]] = {}
     for seed in size_.seeds:
-        for arm, layer in ARMS:
-            ious.setdefault(arm, {})[seed] = finetune_and_score(state, bench, arm, layer, seed,
-                                                                str(encoder) if arm == "pretrained" else arm)
+        for arm in ARMS:
+            pretraining = str(encoder) if arm.pretraining == "pretrained" else arm.pretraining
+            ious.setdefault(arm.key, {})[seed] = finetune_and_score(state, bench, arm, seed, pretraining)
     results["iou"] = ious
     run_step(state, "evaluation: IoU table and chart from the MLflow runs", [
         "evaluation/report.py", "--out", str(out / "figures"), "--experiment", "demo_synthetic_mito"], "report")
 
     from cellemnet.demo_report import write_report
 
-    report = write_report(out, ious=ious, timings=state.timings, total_seconds=time.perf_counter() - t0, bench=bench,
+    report = write_report(out, ious=ious, timings=state.timings, total_seconds=time.perf_counter() - t0, arms=ARMS,
+                          bench=bench,
                           verdict=verdict, probe=results["probe"])
     results.update(report)
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    counts, comparison = report["counts"], report["comparison"]["2d"]
+    counts, paper = report["counts"], report["comparison"]["2d"]["paper"]
     _say(
         f"report: {out / 'report.md'} | patches raw {counts['raw']} / de-duplicated {counts['deduplicated']} / "
-        f"kept {counts['kept']} | pretraining {verdict_text(verdict)} | Test_Set_IoU 2D random "
-        f"{comparison['random_init']} vs pretrained {comparison['pretrained']}, paired difference "
-        f"{comparison['difference']} | probe difference {results['probe']['difference_mean']:+.3f}"
+        f"kept {counts['kept']} | pretraining {verdict_text(verdict)} | Test_Set_IoU 2D random (end to end) "
+        f"{paper['baseline']} vs pretrained (frozen) {paper['arm']}, paired difference {paper['difference']} | "
+        f"probe difference {results['probe']['difference_mean']:+.3f}"
     )
     return results
 
 
-def finetune_and_score(state: DemoState, bench: Path, arm: str, layer: str, seed: int, pretraining: str) -> dict:
-    """Fine-tune one arm with one seed, then score it on the 2D and 3D test sets (Test_Set_IoU of each)."""
+def finetune_and_score(state: DemoState, bench: Path, arm: Arm, seed: int, pretraining: str) -> dict:
+    """Fine-tune one arm with one seed, then score it on the 2D and 3D test sets (Test_Set_IoU of each).
+
+    In this process, through the library functions evaluation/finetune.py, inference2d.py and inference3d.py call
+    (the same config loading, training and scoring): 9 to 18 fresh interpreters would cost a minute of imports."""
+    from cellemnet.evaluation.config import load_eval_config
+    from cellemnet.evaluation.infer import run_inference2d, run_inference3d
+    from cellemnet.evaluation.train import finetune
+
     out, size = state.out, state.size
-    tag = f"{arm}/seed{seed}"
-    ft_dir = out / "finetune" / arm / f"seed{seed}"
-    common = [
+    tag = f"{arm.key}/seed{seed}"
+    ft_dir = out / "finetune" / arm.key / f"seed{seed}"
+    predictions = out / "predictions" / arm.key / f"seed{seed}"
+    overrides = [
         f"data_dir={bench}", f"model_dir={ft_dir}", "experiment_name=demo_synthetic_mito", f"pretraining={pretraining}",
         f"iters={size.finetune_iters}", f"test_dir2d={bench / 'test2d'}", f"test_dir3d={bench / 'test3d'}",
-        f"save_dir2d={out / 'predictions' / arm / f'seed{seed}' / '2d'}",
-        f"save_dir3d={out / 'predictions' / arm / f'seed{seed}' / '3d'}",
-        f"encoder={ENCODER_ARCH}", f"finetune_layer={layer}", f"seed={seed}",
+        f"save_dir2d={predictions / '2d'}", f"save_dir3d={predictions / '3d'}",
+        f"encoder={ENCODER_ARCH}", f"finetune_layer={arm.finetune_layer}", f"seed={seed}",
     ]
     config = "evaluation/configs/example.yaml"
-    run_step(state, f"evaluation: fine-tune U-Net ({tag}, encoder {'frozen' if layer == 'none' else 'trained'})",
-             ["evaluation/finetune.py", config, *common], f"finetune_{arm}_seed{seed}")
-    checkpoint = newest_checkpoint(ft_dir)
-    o2 = run_step(state, f"evaluation: 2D inference ({tag})",
-                  ["evaluation/inference2d.py", config, str(checkpoint), *common], f"inference2d_{arm}_seed{seed}")
-    o3 = run_step(state, f"evaluation: 3D inference ({tag})",
-                  ["evaluation/inference3d.py", config, str(checkpoint), *common], f"inference3d_{arm}_seed{seed}")
-    return {"2d": parse_test_iou(o2), "3d": parse_test_iou(o3)}
+    protocol = "frozen" if arm.finetune_layer == "none" else "trained"
+    cmd = ["evaluation/finetune.py", config, *overrides]
+    trained = run_in_process(state, f"evaluation: fine-tune U-Net ({tag}, encoder {protocol})", cmd,
+                             f"finetune_{arm.key}_seed{seed}",
+                             lambda: finetune(load_eval_config(ROOT / config, overrides, stage="train"),
+                                              config_path=str(ROOT / config), progress=False))
+    checkpoint = trained["checkpoint"] or newest_checkpoint(ft_dir)
+    scores = {}
+    for kind, stage, run in (("2d", "infer2d", run_inference2d), ("3d", "infer3d", run_inference3d)):
+        cmd = [f"evaluation/inference{kind}.py", config, str(checkpoint), *overrides]
+        scores[kind] = run_in_process(
+            state, f"evaluation: {kind.upper()} inference ({tag})", cmd, f"inference{kind}_{arm.key}_seed{seed}",
+            lambda stage=stage, run=run: run(load_eval_config(ROOT / config, overrides, stage=stage), checkpoint,
+                                             progress=False))
+    return scores
+
+
+def run_in_process(state: DemoState, title: str, cmd: list[str], log_name: str, work):
+    """Like run_step, for a library call: its output goes to <out>/logs/<log_name>.log (headed by the equivalent
+    command line); a failure stops the demo with the step's name and the end of its log."""
+    import contextlib
+    import io
+    import traceback
+
+    state.step_no += 1
+    logs = state.out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log_path = logs / f"{log_name}.log"
+    _say(f"[{state.step_no}/{state.n_steps}] {title} ...")
+    buffer = io.StringIO()
+    start = time.perf_counter()
+    failure = None
+    with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+        try:
+            result = work()
+        except Exception as exc:  # noqa: BLE001 - reported with the step's name, its log kept
+            failure = exc
+            traceback.print_exc()
+    elapsed = time.perf_counter() - start
+    log_path.write_text(f"$ python {shlex.join(cmd)}\n{buffer.getvalue()}")
+    state.timings[title] = elapsed
+    if failure is not None:
+        tail = "\n".join(buffer.getvalue().strip().splitlines()[-15:])
+        raise CellEMNetError(f"demo step '{title}' failed: {failure}\n{tail}\nfull log: {log_path}") from failure
+    _say(f"      done in {elapsed:.0f} s")
+    return result
 
 
 def read_verdict(model_dir: Path) -> dict | None:

@@ -107,26 +107,60 @@ def prediction_rows(out: Path, bench: Path, arms: list[str], seed: int, n: int =
     return rows
 
 
-def _mean_sd(values) -> tuple[float, float]:
-    v = np.asarray(list(values), dtype=float)
-    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+def _text(mean: float, sd: float | None, signed: bool = False) -> str:
+    return (f"{mean:+.3f}" if signed else f"{mean:.3f}") + f" ± {sd if sd is not None else 0.0:.3f}"
 
 
-def compare_arms(ious: Mapping[str, Mapping[int, Mapping[str, float]]], kind: str,
-                 base: str = "random_init", other: str = "pretrained") -> dict:
-    """Mean +- sd per arm over seeds and the paired per-seed difference (other - base), as numbers and text."""
-    seeds = sorted(set(ious[base]) & set(ious[other]))
-    diffs = [ious[other][s][kind] - ious[base][s][kind] for s in seeds]
-    out = {"seeds": seeds, "per_seed": {arm: [ious[arm][s][kind] for s in seeds] for arm in (base, other)},
-           "differences": diffs}
-    for arm in (base, other):
-        m, sd = _mean_sd(out["per_seed"][arm])
-        out[f"{arm}_mean"], out[f"{arm}_sd"] = m, sd
-        out[arm] = f"{m:.3f} ± {sd:.3f}"
-    m, sd = _mean_sd(diffs)
-    out["difference_mean"], out["difference_sd"] = m, sd
-    out["difference"] = f"{m:+.3f} ± {sd:.3f}"
+def compare_arms(ious: Mapping[str, Mapping[int, Mapping[str, float]]], arms, kind: str) -> dict:
+    """Per-arm mean ± sd over seeds and the two paired comparisons, through evaluation.report.summarise_arms.
+
+    ious[arm key][seed][kind]; arms: the demo's Arm records. Returns {"arms": summarise_arms' arms,
+    "paper": pretrained frozen - random end to end, "frozen": pretrained frozen - random frozen}, each comparison
+    {"arm", "baseline" (mean ± sd text), "difference" (text), "mean", "sd", "per_seed", "wins", "n"}."""
+    from cellemnet.evaluation.report import METRIC, summarise_arms
+
+    by_key = {a.key: a for a in arms}
+    rows = [{"arm": by_key[key].pretraining, "finetune_layer": by_key[key].finetune_layer, "seed": seed,
+             METRIC: scores[kind]} for key, per_seed in ious.items() for seed, scores in per_seed.items()]
+    summary = summarise_arms(rows)
+    stats = {(a["arm"], a["finetune_layer"]): a for a in summary["arms"]}
+    out: dict = {"arms": summary["arms"]}
+    for name, base_layer in (("paper", "all"), ("frozen", "none")):
+        for d in summary["differences"]:
+            if d["arm"] == "pretrained" and d["finetune_layer"] == "none" and d["baseline_finetune_layer"] == base_layer:
+                mine, base = stats[("pretrained", "none")], stats[("random_init", base_layer)]
+                out[name] = {"arm": _text(mine["mean"], mine["sd"]), "baseline": _text(base["mean"], base["sd"]),
+                             "difference": _text(d["mean"], d["sd"], signed=True), "mean": d["mean"],
+                             "sd": d["sd"], "per_seed": d["per_seed"], "wins": d["wins"], "n": d["n"]}
     return out
+
+
+NOISE = 0.02  # a mean paired difference within this of zero counts as "no worse beyond noise"
+
+
+def conclusion(comparison_2d: Mapping, probe: Mapping | None) -> str:
+    """One honest sentence on what pretraining bought in 2D, from the paired differences."""
+    parts = []
+    paper, frozen = comparison_2d.get("paper"), comparison_2d.get("frozen")
+    if paper:
+        if paper["mean"] >= NOISE:
+            parts.append(f"Under the paper's protocol the frozen pretrained encoder beats random init trained end "
+                         f"to end ({paper['difference']}).")
+        elif paper["mean"] >= -NOISE:
+            parts.append(f"Under the paper's protocol the frozen pretrained encoder is as good as random init "
+                         f"trained end to end, within noise ({paper['difference']}).")
+        else:
+            parts.append(f"**Under the paper's protocol pretraining does not pay off here**: the frozen pretrained "
+                         f"encoder is {-paper['mean']:.3f} IoU behind random init trained end to end "
+                         f"({paper['difference']}); a few CPU minutes of pretraining do not replace training the "
+                         "encoder on the labels.")
+    if frozen:
+        ahead = "ahead of" if frozen["mean"] > NOISE else ("level with" if frozen["mean"] >= -NOISE else "behind")
+        parts.append(f"Frozen against frozen, the pretrained features are {ahead} random ones ({frozen['difference']}, "
+                     f"{frozen['wins']} of {frozen['n']} seeds won).")
+    if probe:
+        parts.append(f"The probe's difference: {probe['difference_mean']:+.3f}.")
+    return " ".join(parts)
 
 
 def _verdict_lines(verdict: Mapping | None, records: list) -> list[str]:
@@ -153,10 +187,10 @@ def _verdict_lines(verdict: Mapping | None, records: list) -> list[str]:
 
 
 def write_report(out: Path, ious: Mapping[str, Mapping[int, Mapping[str, float]]], timings: Mapping[str, float],
-                 total_seconds: float, bench: Path | None = None, verdict: Mapping | None = None,
+                 total_seconds: float, arms, bench: Path | None = None, verdict: Mapping | None = None,
                  probe: Mapping | None = None) -> dict:
-    """ious[arm][seed] = {"2d": IoU, "3d": IoU}; verdict from the pretraining's health.json; probe from
-    evaluation/probe_encoder.py's result.json."""
+    """ious[arm key][seed] = {"2d": IoU, "3d": IoU}; arms: the demo's Arm records; verdict from the pretraining's
+    health.json; probe from evaluation/probe_encoder.py's result.json."""
     import json
 
     from cellemnet import figures
@@ -178,17 +212,20 @@ def write_report(out: Path, ious: Mapping[str, Mapping[int, Mapping[str, float]]
     records = json.loads(health_file.read_text())["records"] if health_file.is_file() else []
     if records:
         made["health"] = figures.health_curves(records, fig_dir / "pretraining_health.png")
-    comparison = {kind: compare_arms(ious, kind) for kind in ("2d", "3d")}
-    bars = {"2D test images": {arm: comparison["2d"]["per_seed"][arm] for arm in ious},
-            "3D test volume": {arm: comparison["3d"]["per_seed"][arm] for arm in ious}}
+    comparison = {kind: compare_arms(ious, arms, kind) for kind in ("2d", "3d")}
+    labels = {a.key: ("pretrained" if a.pretraining == "pretrained" else "random") +
+              (", frozen" if a.finetune_layer == "none" else ", end to end") for a in arms}
+    bars = {group: {labels[key]: [ious[key][s][kind] for s in sorted(ious[key])] for key in ious}
+            for group, kind in (("2D test images", "2d"), ("3D test volume", "3d"))}
     made["iou"] = figures.bars_with_seeds(bars, fig_dir / "iou.png",
-                                          title="Test_Set_IoU over seeds: random init vs pretrained")
-    first_seed = comparison["2d"]["seeds"][0]
+                                          title="Test_Set_IoU over seeds (dots: seeds)")
+    seeds = sorted(set.intersection(*(set(v) for v in ious.values())))
+    first_seed = seeds[0]
     rows = prediction_rows(out, bench, list(ious), first_seed)
     if rows:
         made["overlays"] = figures.overlays(rows, fig_dir / "predictions.png")
 
-    n_seeds = len(comparison["2d"]["seeds"])
+    n_seeds = len(seeds)
     lines = [
         "# CellEMNet demo report", "",
         f"Whole pipeline on {'built-in synthetic' if (out / 'raw').exists() else 'your'} data in {total_seconds / 60:.1f} minutes.", "",
@@ -214,18 +251,22 @@ def write_report(out: Path, ious: Mapping[str, Mapping[int, Mapping[str, float]]
                   f"{probe['random_mean']:.3f} ± {probe['random_sd']:.3f} for frozen random encoders of the same "
                   f"architecture; paired difference {probe['difference_mean']:+.3f} ± {probe['difference_sd']:.3f} "
                   f"over {len(probe['seeds'])} seeds.", ""]
-    lines += ["## 4. Evaluation (U-Net fine-tuning, the paper's protocol)", "",
-              f"Pretrained encoder frozen (only the decoder trains) vs random init trained end to end; {n_seeds} "
-              "seeds per arm, the same seed gives both arms the same decoder init and data order. "
-              "Difference = pretrained - random, paired by seed.", "",
-              "| | random init (mean ± sd) | pretrained (mean ± sd) | paired difference |", "|---|---|---|---|"]
-    for kind, label in (("2d", "Test_Set_IoU 2D"), ("3d", "Test_Set_IoU 3D")):
-        c = comparison[kind]
-        lines.append(f"| {label} | {c['random_init']} | {c['pretrained']} | {c['difference']} |")
-    lines += ["", "Per seed (2D): " + ", ".join(
-        f"seed {s}: {r:.3f} vs {p:.3f}" for s, r, p in zip(comparison["2d"]["seeds"],
-                                                          comparison["2d"]["per_seed"]["random_init"],
-                                                          comparison["2d"]["per_seed"]["pretrained"])), "",
+    lines += ["## 4. Evaluation (U-Net fine-tuning)", "",
+              f"{n_seeds} seeds per arm; one seed gives every arm the same decoder init and data order. Two "
+              "comparisons, each paired by seed (difference = pretrained - random): the paper's protocol, the "
+              "pretrained encoder frozen (only the decoder trains) against random init trained end to end; and "
+              "frozen against frozen (a frozen random encoder), which isolates what the encoder's features are "
+              "worth.", "",
+              "| | random init (mean ± sd) | pretrained, frozen (mean ± sd) | paired difference | seeds won |",
+              "|---|---|---|---|---|"]
+    for name, label in (("paper", "end to end (the paper's protocol)"), ("frozen", "frozen")):
+        for kind in ("2d", "3d"):
+            c = comparison[kind].get(name)
+            if c:
+                lines.append(f"| Test_Set_IoU {kind.upper()}, random {label} | {c['baseline']} | {c['arm']} | "
+                             f"{c['difference']} | {c['wins']} of {c['n']} |")
+    lines += ["", conclusion(comparison["2d"], probe), "", "Per seed (2D): " + "; ".join(
+        f"seed {s}: " + ", ".join(f"{labels[k]} {ious[k][s]['2d']:.3f}" for k in ious) for s in seeds), "",
               "![IoU](figures/iou.png)", ""]
     table = fig_dir / "benchmark_iou.md"
     if table.exists():  # written by evaluation/report.py from the MLflow runs
