@@ -19,6 +19,7 @@ import numpy as np
 
 from cellemnet.dataset.tiling import grid_edges
 from cellemnet.errors import InputError
+from cellemnet.safepath import inside, path_component
 
 MIN_CONTENT_FRACTION = 0.7  # a cube is kept when at most 30 % of it is padding
 
@@ -79,8 +80,9 @@ def _save_crops(array, boxes, volume_name, save_dir, spacing, limits, invert, re
 
     from cellemnet.io import to_uint8, write_volume
 
+    path_component(volume_name, "volume name")
     for box in tqdm(boxes, desc=volume_name, disable=not progress, leave=False):
-        out = Path(save_dir) / f"{roi_name(volume_name, box)}.nrrd"
+        out = inside(save_dir, Path(save_dir) / f"{roi_name(volume_name, box)}.nrrd", volume_name)
         if out.exists():
             report.existing += 1
             continue
@@ -220,6 +222,7 @@ def read_ngff_csv(path: str | os.PathLike) -> list[dict]:
         name = (row.get("volume_name") or "").strip()
         if not url or not name:
             raise InputError(f"{path}: line {i} needs 'url' (or 'download_url') and 'volume_name'")
+        path_component(name, f"{path}: line {i}, column 'volume_name'")  # it becomes part of every ROI file name
         try:
             out.append({
                 "url": url,

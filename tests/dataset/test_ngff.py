@@ -86,3 +86,39 @@ def test_crop_rois_from_local_volume(tmp_path, capsys):
 def test_cube_grid():
     boxes = cube_boxes((300, 100, 600), 256)
     assert boxes.tolist() == [[0, 0, 0, 256, 100, 256], [0, 0, 256, 256, 100, 512]]  # 300 -> 1, 100 -> 1, 600 -> 2
+
+
+@pytest.mark.parametrize("bad", ["../../escape", "/tmp/absolute_escape", "sub/dir", "..", "a\\b"])
+def test_ngff_download_never_writes_outside_its_folder(tmp_path, capsys, bad):
+    _write_ome_zarr(tmp_path / "img.zarr", _volume())
+    csv = tmp_path / "list.csv"
+    csv.write_text(f"url,volume_name,mip,crop_size\n{tmp_path / 'img.zarr'},good,0,32\n"
+                   f"{tmp_path / 'img.zarr'},{bad},0,32\n")
+    work = tmp_path / "deep" / "er"
+    out = work / "rois"
+    before = {p for p in tmp_path.rglob("*")}
+    code = NGFF.main([str(csv), str(out), "-gb", "1", "-q"])
+    assert code != 0
+    err = capsys.readouterr().err
+    assert f"{csv}: line 3, column 'volume_name'" in err and repr(bad) in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    written = {p for p in tmp_path.rglob("*")} - before
+    assert not [p for p in written if p.suffix == ".nrrd"]  # refused before any download
+    assert not list(tmp_path.parent.glob("*escape*")) and not list(__import__("pathlib").Path("/tmp").glob("absolute_escape*"))
+
+
+def test_safe_path_helpers(tmp_path):
+    from cellemnet.errors import InputError
+    from cellemnet.safepath import inside, path_component
+
+    assert path_component("cells_s0", "x") == "cells_s0"
+    for bad in ("", " ", ".", "..", "a/b", "a\\b", "/abs", "C:", "x\x00y"):
+        with pytest.raises(InputError, match="plain file name"):
+            path_component(bad, "here")
+    assert inside(tmp_path, tmp_path / "a" / "b.nrrd", "w") == tmp_path / "a" / "b.nrrd"
+    with pytest.raises(InputError, match="outside"):
+        inside(tmp_path / "out", tmp_path / "out" / ".." / "x.nrrd", "w")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "link").symlink_to(tmp_path)
+    with pytest.raises(InputError, match="outside"):
+        inside(tmp_path / "out", tmp_path / "out" / "link" / "x.nrrd", "w")
