@@ -33,6 +33,7 @@ FORMAT = "cellemnet-patches"
 VERSION = 1
 SHARD_SUFFIX = ".h5"
 MANIFEST_NAME = "manifest.csv"
+SHARD_DATASETS = ("pixels", "offsets", "shapes", "names", "hashes")  # what every shard holds
 MANIFEST_COLUMNS = ("name", "source", "axis", "slice", "y0", "y1", "x0", "x1", "hash", "status", "duplicate_of")
 KEPT = "kept"
 DUPLICATE = "duplicate"
@@ -112,6 +113,7 @@ def write_shard(
             f.attrs["format"] = FORMAT
             f.attrs["version"] = VERSION
             f.attrs["metadata"] = meta_json
+            f.attrs["has_manifest"] = manifest is not None  # a lost /manifest is damage, not "no manifest"
     return path
 
 
@@ -151,6 +153,13 @@ def _open_checked(path: Path) -> h5py.File:
     if f.attrs.get("format") != FORMAT or int(f.attrs.get("version", -1)) != VERSION:
         f.close()
         raise InputError(f"{path}: not a cellemnet patch shard (format/version attributes missing or different)")
+    missing = [name for name in SHARD_DATASETS if name not in f]
+    if bool(f.attrs.get("has_manifest", False)) and "manifest" not in f:
+        missing.append("manifest")
+    if missing:
+        f.close()
+        raise InputError(f"{path}: damaged patch shard: {', '.join('/' + m for m in missing)} missing "
+                         "(re-run the step that wrote it)")
     return f
 
 
@@ -377,9 +386,18 @@ def read_manifest(path: str | os.PathLike) -> list[dict]:
 
 
 def rebuild_folder_manifest(folder: str | os.PathLike, recursive: bool = False) -> tuple[Path, int]:
-    """Rewrite ``folder/manifest.csv`` from the manifests of every complete shard in it (sorted by shard)."""
+    """Rewrite ``folder/manifest.csv`` from the manifests of every shard in it (sorted by shard).
+
+    A damaged shard is an InputError naming it, before anything is written: leaving it out would silently drop
+    its rows from the manifest (shards are written atomically, so a visible shard that does not check out is
+    damage, not a write in progress)."""
     folder = Path(folder)
-    shards = [p for p in list_shards(folder, recursive=recursive) if is_complete_shard(p)]
+    shards = list_shards(folder, recursive=recursive)
+    for shard in shards:
+        if not is_complete_shard(shard):
+            ShardReader(shard).close()  # names what is missing, when that is the damage
+            raise InputError(f"{shard}: damaged patch shard (its datasets disagree in length; re-run the step "
+                             "that wrote it)")
 
     def rows() -> Iterator[dict]:
         for shard in shards:

@@ -141,3 +141,25 @@ def test_read_manifest_rejects_other_csv(tmp_path):
     p.write_text("a,b\n1,2\n")
     with pytest.raises(InputError, match="x.csv"):
         store.read_manifest(p)
+
+
+@pytest.mark.parametrize("drop", ["names", "offsets", "manifest"])
+def test_damaged_shards_are_named_not_skipped(tmp_path, drop):
+    names, patches, hashes = _patches()
+    manifest = store.ShardManifest(names=names, sources=["v"] * 4, hashes=hashes, duplicate_of=[""] * 4)
+    good = store.write_shard(tmp_path / "a.h5", names, patches, hashes, manifest=manifest)
+    bad = store.write_shard(tmp_path / "b.h5", names, patches, hashes, manifest=manifest)
+    with h5py.File(bad, "a") as f:
+        del f[drop]
+    with pytest.raises(InputError, match=rf"b\.h5: damaged patch shard: /{drop} missing"):
+        store.ShardReader(bad)
+    assert store.is_complete_shard(good) and not store.is_complete_shard(bad)
+    with pytest.raises(InputError, match=r"b\.h5: damaged"):
+        store.rebuild_folder_manifest(tmp_path)  # not a manifest silently short of b.h5's rows
+    assert not (tmp_path / store.MANIFEST_NAME).exists()
+
+
+def test_shards_written_without_a_manifest_still_read(tmp_path):
+    names, patches, hashes = _patches()
+    path = store.write_shard(tmp_path / "c.h5", names, patches, hashes, {"source": "s"})
+    assert store.ShardReader(path).manifest().names == names
