@@ -124,12 +124,12 @@ def _loader(dataset, batch_size: int, shuffle: bool, jobs: int, device: torch.de
 
 
 def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
-    from cellemnet.pretraining.export import load_checkpoint_file
+    from cellemnet.pretraining.export import checkpoint_kind, load_checkpoint_file
 
     ckpt = load_checkpoint_file(path)
-    for key in ("state_dict", "norms", "config"):
-        if key not in ckpt:
-            raise InputError(f"{path}: not a fine-tuning checkpoint (no '{key}' key)")
+    if checkpoint_kind(ckpt) != "a fine-tuning checkpoint" or any(k not in ckpt for k in ("state_dict", "norms")):
+        raise InputError(f"{path}: expected a fine-tuning checkpoint (what evaluation/finetune.py writes); this is "
+                         f"{checkpoint_kind(ckpt)}")
     return ckpt
 
 

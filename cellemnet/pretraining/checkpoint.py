@@ -59,6 +59,13 @@ def save_checkpoint(state: dict[str, Any], model_dir: str | os.PathLike, keep_ep
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    from cellemnet.pretraining.export import load_checkpoint_file
+    """A pretraining checkpoint to resume from; InputError saying what the file is when it is something else."""
+    from cellemnet.errors import InputError
+    from cellemnet.pretraining.export import checkpoint_kind, load_checkpoint_file
 
-    return load_checkpoint_file(path)
+    ckpt = load_checkpoint_file(path)
+    kind = checkpoint_kind(ckpt)
+    if not kind.endswith("pretraining checkpoint"):
+        raise InputError(f"{path}: resume needs a pretraining checkpoint (<model_dir>/current.pth or "
+                         f"checkpoint_NNNN.pth of train_mocov2.py/train_swav.py); this is {kind}")
+    return ckpt

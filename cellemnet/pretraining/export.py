@@ -205,13 +205,36 @@ def load_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: checkpoint not found")
+    import pickle
+
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unpickling errors come in many types; all mean "not a usable checkpoint"
-        raise InputError(f"{path}: not a loadable checkpoint ({exc.__class__.__name__}: {str(exc)[:200]})") from None
+    except pickle.UnpicklingError as exc:
+        if "unsupported global" not in str(exc).lower():  # not a checkpoint: truncated, text, another format
+            raise InputError(f"{path}: not a loadable checkpoint (not a torch file, or truncated)") from None
+        # torch's own message advises weights_only=False, i.e. running the file's code: never pass that on
+        raise InputError(f"{path}: holds Python objects other than tensors and plain types; refused (loading it "
+                         "could run code from the file). Save checkpoints as dicts of tensors.") from None
+    except Exception as exc:  # truncated, not a torch file, ...: all mean "not a usable checkpoint"
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+        raise InputError(f"{path}: not a loadable checkpoint ({exc.__class__.__name__}: {first})") from None
     if not isinstance(ckpt, dict):
         raise InputError(f"{path}: checkpoint is a {type(ckpt).__name__}, expected a dict")
     return ckpt
+
+
+def checkpoint_kind(ckpt: dict[str, Any]) -> str:
+    """What a loaded checkpoint dict is, in words, for errors: a pretraining checkpoint, a fine-tuning checkpoint,
+    an exported encoder, or an unknown dict (with a few of its keys)."""
+    keys = set(ckpt)
+    if ckpt.get("method") in ("mocov2", "swav") and {"optimizer", "global_step"} <= keys:
+        return f"a {ckpt['method']} pretraining checkpoint"
+    if {"state_dict", "scheduler", "config"} <= keys:
+        return "a fine-tuning checkpoint"
+    if "state_dict" in keys and "optimizer" not in keys and ("method" in keys or "in_channels" in keys):
+        return "an exported encoder"
+    shown = ", ".join(sorted(map(str, keys))[:5]) or "none"
+    return f"an unknown dict (keys: {shown}{', ...' if len(keys) > 5 else ''})"
 
 
 def export_encoder(checkpoint_path: str | os.PathLike, out_path: str | os.PathLike,
