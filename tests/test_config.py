@@ -57,3 +57,19 @@ def test_missing_file():
 
 def test_parse_overrides_yaml_values():
     assert parse_overrides(["a=1", "b=x", "c=[1, 2]", "d=null", "e="]) == {"a": 1, "b": "x", "c": [1, 2], "d": None, "e": None}
+
+
+def test_a_key_given_twice_is_an_error_naming_both_lines(tmp_path):
+    from cellemnet.config import read_yaml
+
+    path = tmp_path / "dup.yaml"
+    path.write_text("lr: 0.1\nepochs: 3\nlr: 0.2\n")
+    with pytest.raises(ConfigError, match=r"dup\.yaml: key 'lr' given twice \(lines 1 and 3\)"):
+        read_yaml(path)
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("norms:\n  mean: [0.5]\n  mean: [0.6]\n")
+    with pytest.raises(ConfigError, match="key 'mean' given twice"):
+        read_yaml(nested)
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("a: {x: 1}\nb: {x: 2}\nlist: [{x: 1}, {x: 2}]\n")
+    assert read_yaml(ok) == {"a": {"x": 1}, "b": {"x": 2}, "list": [{"x": 1}, {"x": 2}]}

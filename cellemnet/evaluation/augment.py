@@ -90,9 +90,27 @@ def _make(name: str, kwargs: dict[str, Any]):
         close = difflib.get_close_matches(name, names, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise ConfigError(f"'{name}' is not an albumentations transform{hint}")
+    import inspect
+    import warnings
+
+    accepted = set()
+    for klass in cls.__mro__:  # albumentations passes **kwargs up to BasicTransform (p, ...)
+        init = klass.__dict__.get("__init__")
+        if init is not None:
+            accepted |= {n for n, prm in inspect.signature(init).parameters.items()
+                         if n != "self" and prm.kind not in (prm.VAR_KEYWORD, prm.VAR_POSITIONAL)}
+    unknown = [k for k in kwargs if k not in accepted]
+    if unknown:
+        # albumentations only warns about unknown arguments and drops them: a misspelling would silently train
+        # with the default instead
+        hints = [f"'{k}'" + (f" (did you mean '{c[0]}'?)" if (c := difflib.get_close_matches(k, accepted, n=1))
+                             else "") for k in unknown]
+        raise ConfigError(f"{name}: unknown argument(s) {', '.join(hints)}; it takes {', '.join(sorted(accepted))}")
     try:
-        return cls(**kwargs)
-    except Exception as exc:  # pydantic ValidationError, TypeError: all mean bad arguments
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message=".*are not valid for transform.*")
+            return cls(**kwargs)
+    except Exception as exc:  # pydantic ValidationError, TypeError, the warning above: all mean bad arguments
         first = str(exc).strip().splitlines()
         raise ConfigError(f"{name}({kwargs}): invalid arguments: {' '.join(first[:3])[:300]}") from None
 
