@@ -123,8 +123,16 @@ def bin_volume(path: str | os.PathLike, factor: int = 2, out_path: str | os.Path
 
     path = Path(path)
     with open_volume(path) as reader:
-        binned = bin_array(reader, factor)
+        try:
+            binned = bin_array(reader, factor)
+        except InputError as exc:
+            raise InputError(f"{path}: {exc}") from None
         spacing = tuple(s * factor for s in reader.spacing)
+    if binned.dtype.kind == "f":
+        bad = int(np.count_nonzero(~np.isfinite(binned)))
+        if bad:  # a NaN voxel poisons its whole block: the output would carry NaN where the input had data
+            raise InputError(f"{path}: {bad} of {binned.size} binned voxels are NaN or infinite (the volume holds "
+                             "NaN/inf values); replace them (e.g. with the background value) before binning")
     target = Path(out_path) if out_path is not None else binned_path(path, factor)
     write_volume(target, binned, spacing=spacing)
     return target

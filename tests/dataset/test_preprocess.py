@@ -93,3 +93,16 @@ def test_binvol_mean_spacing_and_inplace(tmp_path, capsys):
     assert BIN.main([str(tmp_path / "v.nrrd"), "-f", "3", "--inplace", "-q"]) == 0
     assert read_volume(tmp_path / "v.nrrd")[0].shape == (1, 2, 2)
     assert BIN.main([str(tmp_path), "-f", "1", "-q"]) == 2
+
+
+def test_binvol_refuses_nan_volumes_and_oversized_factors_naming_the_file(tmp_path, capsys):
+    nan = np.full((4, 4, 4), np.nan, dtype=np.float32)
+    write_volume(tmp_path / "nan.nrrd", nan)
+    write_volume(tmp_path / "ok.nrrd", np.ones((4, 4, 4), dtype=np.float32))
+    assert BIN.main([str(tmp_path), "-f", "2", "-q"]) == 1
+    out = capsys.readouterr().out
+    assert "error: " in out and "nan.nrrd: 8 of 8 binned voxels are NaN" in out
+    assert not (tmp_path / "nan_bin2.nrrd").exists() and (tmp_path / "ok_bin2.nrrd").exists()
+    assert BIN.main([str(tmp_path / "ok.nrrd"), "-f", "1000", "-q", "-o", str(tmp_path / "big")]) == 1
+    errors = [line for line in capsys.readouterr().out.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "ok.nrrd: volume of shape (4, 4, 4) is smaller than the bin factor 1000" in errors[0]
