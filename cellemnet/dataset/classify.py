@@ -63,9 +63,13 @@ def find_shards(sharddir: str | os.PathLike, exclude: str | os.PathLike | None =
     sharddir = Path(sharddir)
     if not sharddir.is_dir():
         raise InputError(f"{sharddir}: shard folder not found")
+    if exclude is not None:
+        ex, src = Path(exclude).resolve(), sharddir.resolve()
+        if ex == src or ex in src.parents:
+            raise InputError(f"{exclude}: the output folder is (or holds) the shard folder {sharddir}; outputs "
+                             "must not mix with inputs: give another SAVEDIR (a subfolder of SHARDDIR is fine)")
     shards = list_shards(sharddir, recursive=True)
     if exclude is not None:
-        ex = Path(exclude).resolve()
         shards = [s for s in shards if ex not in s.resolve().parents]
     if not shards:
         raise InputError(f"{sharddir}: no patch shards (*.h5) found")

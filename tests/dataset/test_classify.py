@@ -210,3 +210,14 @@ def test_real_em_shards_end_to_end(shared_data, tmp_path):
     print(f"\nreal ISBI patches kept {kept:.1%} of {len(real_names)}; degraded copies dropped {dropped:.1%}")
     assert kept >= 0.95 and dropped >= 0.95
     assert len(list((tmp_path / "final" / "isbi").glob("*.tiff"))) == r.per_dataset["isbi"]["kept"]
+
+
+def test_output_folder_that_is_the_shard_folder_is_refused_by_name(tmp_path):
+    sharddir, _, _ = make_sharddir(tmp_path)
+    for savedir in (sharddir, tmp_path):  # the shard folder itself, or a folder above it
+        with pytest.raises(InputError, match="the output folder is \\(or holds\\) the shard folder"):
+            classify_patches(sharddir, savedir, progress=False, log=lambda *_: None)
+    assert sorted(p.name for p in sharddir.iterdir()) == sorted(p.name for p in sharddir.glob("*.h5"))
+    inside = sharddir / "final"  # a subfolder of SHARDDIR stays allowed (and is not read back as input)
+    classify_patches(sharddir, inside, progress=False, log=lambda *_: None)
+    assert (inside / MANIFEST_NAME).is_file()
