@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = PatchSettings(args.crop_size, args.hash_size, args.max_distance, args.seed, tuple(args.axes),
                              args.spacing)
     started = time.perf_counter()
-    volumes = find_volumes(args.voldir)
+    volumes = find_volumes(args.voldir, exclude=args.outdir)
     if not volumes:
         print(f"patchify3d: no volumes in {args.voldir}", file=sys.stderr)
         return 1

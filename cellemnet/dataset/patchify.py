@@ -135,8 +135,12 @@ def volume_source_name(path: str | os.PathLike) -> str:
     return name
 
 
-def find_volumes(voldir: str | os.PathLike) -> list[Source]:
-    """Volumes in a folder (sorted), or the single volume/address given. Zarr stores count as one volume."""
+def find_volumes(voldir: str | os.PathLike, exclude: str | os.PathLike | None = None) -> list[Source]:
+    """Volumes in a folder (sorted), or the single volume/address given. Zarr stores count as one volume.
+
+    Entries inside `exclude` (the output folder) are left out: outputs are never inputs (a shard `v.h5` written
+    into the volume folder would otherwise be read back as a volume on the next run), and so are patch shards
+    and their temporaries wherever they lie."""
     from cellemnet.io import is_image_file, is_volume_file, split_container_path
 
     voldir_text = os.fspath(voldir)
@@ -149,14 +153,36 @@ def find_volumes(voldir: str | os.PathLike) -> list[Source]:
     if not path.is_dir():
         raise InputError(f"{path}: no such folder or volume")
     sources = []
+    out = Path(exclude).resolve() if exclude is not None else None
+    if out == path.resolve():
+        out = None  # outputs beside the volumes: the shard check below leaves them out
     for entry in sorted(path.iterdir()):
         if not _visible(entry):
             continue
         if entry.is_dir() and not entry.name.lower().endswith(".zarr"):
             continue
+        if out is not None and (entry.resolve() == out or out in entry.resolve().parents):
+            continue
+        if _is_patch_shard(entry):
+            continue
         if is_volume_file(entry) or is_image_file(entry):
             sources.append(Source(KIND_VOLUME, volume_source_name(entry), str(entry)))
     return sources
+
+
+def _is_patch_shard(path: Path) -> bool:
+    """True for a file this project wrote as a patch shard (HDF5 with the shard's format attribute)."""
+    if path.suffix.lower() not in (".h5", ".hdf5") or not path.is_file():
+        return False
+    import h5py
+
+    from cellemnet.dataset.store import FORMAT
+
+    try:
+        with h5py.File(path, "r") as f:
+            return f.attrs.get("format") == FORMAT
+    except (OSError, ValueError):
+        return False
 
 
 def find_image_groups(imdir: str | os.PathLike) -> list[Source]:

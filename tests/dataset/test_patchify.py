@@ -315,3 +315,16 @@ def test_wide_volumes_read_in_blocks_give_the_same_shards(tmp_path, monkeypatch)
     assert P3.main([str(tmp_path / "v"), str(tmp_path / "blocks"), "-cs", "32", "-q"]) == 0
     assert _shard_contents(tmp_path / "blocks") == _shard_contents(tmp_path / "whole")
     assert (tmp_path / "blocks" / "manifest.csv").read_text() == (tmp_path / "whole" / "manifest.csv").read_text()
+
+
+def test_patchify3d_never_reads_its_own_outputs(tmp_path, capsys):
+    voldir = tmp_path / "vols"
+    write_volume(voldir / "cube.nrrd", _volume(), spacing=(5.0, 5.0, 5.0))
+    for out in (voldir, voldir / "shards"):  # the output folder is the volume folder, or inside it
+        assert P3.main([str(voldir), str(out), "-cs", "64", "-q"]) == 0
+        first = store.load_shard(out / "cube.h5")["names"]
+        assert P3.main([str(voldir), str(out), "-cs", "64", "-q"]) == 0  # the re-run: cube.h5 is no volume
+        assert sorted(p.name for p in out.glob("*.h5")) == ["cube.h5"]
+        assert store.load_shard(out / "cube.h5")["names"] == first
+    text = capsys.readouterr()
+    assert "cube.h5" not in text.err
