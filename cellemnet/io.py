@@ -1028,3 +1028,29 @@ def to_uint8(array: Any, limits: tuple[float, float] | None = None, name: str = 
         np.clip(block, 0.0, 255.0, out=block)
         flat_out[start:start + step] = np.rint(block)
     return out
+
+
+def load_torch_dict(path: str | os.PathLike, what: str = "checkpoint") -> dict:
+    """A torch file of tensors and plain types as a dict (`torch.load(..., weights_only=True)`), or an InputError
+    naming the file in one line. A file that needs other Python objects is refused: loading it could run code
+    (torch's own message would advise weights_only=False; that advice is never passed on)."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: {what} not found")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "unsupported global" not in str(exc).lower():  # not a torch file: truncated, text, another format
+            raise InputError(f"{path}: not a loadable {what} (not a torch file, or truncated)") from None
+        raise InputError(f"{path}: holds Python objects other than tensors and plain types; refused (loading it "
+                         "could run code from the file). Save it as a dict of tensors.") from None
+    except Exception as exc:  # zip errors, EOF, ...: all mean "not usable"
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+        raise InputError(f"{path}: not a loadable {what} ({exc.__class__.__name__}: {first})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: {what} is a {type(data).__name__}, expected a dict")
+    return data

@@ -434,7 +434,9 @@ def patchify_group(source: Source, shard: Path, s: PatchSettings, progress: bool
         files.append(path)
     bar.close()
     if not files:
-        raise InputError(f"{source.path}: none of its {len(source.files)} images could be read")
+        reason = f": {result.errors[0].removesuffix(' (left out)')}" if result.errors else ""
+        more = f" (and {len(result.errors) - 1} more)" if len(result.errors) > 1 else ""
+        raise InputError(f"{source.path}: none of its {len(source.files)} images could be read{reason}{more}")
     tiles = _Tiles.concat(parts).sorted()
     dedup = greedy_clusters(tiles.hashes, s.max_distance, order=walk_order(len(tiles), s.seed))
     keep = np.sort(dedup.exemplars)

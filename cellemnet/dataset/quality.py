@@ -235,10 +235,9 @@ def load_nn_state_dict(weights: str | os.PathLike) -> dict:
         path = Path(source)
         if not path.is_file():
             raise InputError(f"{path}: patch classifier weights not found. {offline_weights_message(PAPER_WEIGHTS_URL)}")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises several types for a corrupt or non-tensor file
-            raise InputError(f"{path}: cannot load patch classifier weights ({type(exc).__name__}: {exc})") from None
+        from cellemnet.io import load_torch_dict
+
+        state = load_torch_dict(path, "patch classifier weights file")
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

@@ -199,28 +199,10 @@ def encoder_from_checkpoint(ckpt: Mapping[str, Any], arch: str | None = None) ->
 
 
 def load_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
-    """torch.load with weights_only=True and a clear error naming the file."""
-    import torch
+    """torch.load with weights_only=True and a clear error naming the file (cellemnet.io.load_torch_dict)."""
+    from cellemnet.io import load_torch_dict
 
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: checkpoint not found")
-    import pickle
-
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "unsupported global" not in str(exc).lower():  # not a checkpoint: truncated, text, another format
-            raise InputError(f"{path}: not a loadable checkpoint (not a torch file, or truncated)") from None
-        # torch's own message advises weights_only=False, i.e. running the file's code: never pass that on
-        raise InputError(f"{path}: holds Python objects other than tensors and plain types; refused (loading it "
-                         "could run code from the file). Save checkpoints as dicts of tensors.") from None
-    except Exception as exc:  # truncated, not a torch file, ...: all mean "not a usable checkpoint"
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
-        raise InputError(f"{path}: not a loadable checkpoint ({exc.__class__.__name__}: {first})") from None
-    if not isinstance(ckpt, dict):
-        raise InputError(f"{path}: checkpoint is a {type(ckpt).__name__}, expected a dict")
-    return ckpt
+    return load_torch_dict(path, "checkpoint")
 
 
 def checkpoint_kind(ckpt: dict[str, Any]) -> str:

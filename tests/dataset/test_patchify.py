@@ -328,3 +328,13 @@ def test_patchify3d_never_reads_its_own_outputs(tmp_path, capsys):
         assert store.load_shard(out / "cube.h5")["names"] == first
     text = capsys.readouterr()
     assert "cube.h5" not in text.err
+
+
+def test_patchify2d_group_with_only_bad_images_names_the_file_and_reason(tmp_path, capsys):
+    imdir = tmp_path / "imgs"
+    (imdir / "projC").mkdir(parents=True)
+    (imdir / "projC" / "only.png").write_bytes(b"\x89PNG garbage")
+    assert P2.main([str(imdir), str(tmp_path / "out"), "-cs", "64", "-q"]) == 1
+    text = capsys.readouterr()
+    line = next(l for l in (text.out + text.err).splitlines() if "none of its 1 images" in l)
+    assert "only.png" in line and "projC" in line
