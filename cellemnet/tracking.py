@@ -33,12 +33,22 @@ def _use_uri(uri: str) -> None:
         os.environ["MLFLOW_TRACKING_URI"] = before
 
 
-def tracking_uri(tracking_dir: str | os.PathLike | None = None) -> str:
-    """MLFLOW_TRACKING_URI when set, else a SQLite file inside tracking_dir (default ./mlflow_store)."""
+def tracking_uri(tracking_dir: str | os.PathLike | None = None, create: bool = True) -> str:
+    """MLFLOW_TRACKING_URI when set, else a SQLite file inside tracking_dir (default ./mlflow_store).
+
+    create=False is for readers: a folder without a store is an InputError, and nothing is created (a report
+    pointed at the wrong folder must not leave an empty mlflow.db there)."""
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
         return env
     d = Path(tracking_dir or DEFAULT_TRACKING_DIR).resolve()
+    if not create:
+        if not (d / "mlflow.db").is_file():
+            from cellemnet.errors import InputError
+
+            raise InputError(f"{tracking_dir or DEFAULT_TRACKING_DIR}: no MLflow store here (no mlflow.db); give the "
+                             "folder the runs were tracked in (their tracking_dir) or set MLFLOW_TRACKING_URI")
+        return f"sqlite:///{d / 'mlflow.db'}"
     d.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{d / 'mlflow.db'}"
 
@@ -164,7 +174,7 @@ def read_runs(experiment: str | None = None, tracking_dir: str | os.PathLike | N
     """All runs (of one experiment, or every experiment) as a pandas DataFrame, for reports."""
     import mlflow
 
-    _use_uri(tracking_uri(tracking_dir))
+    _use_uri(tracking_uri(tracking_dir, create=False))
     if experiment is None:
         return mlflow.search_runs(search_all_experiments=True)
     exp = mlflow.get_experiment_by_name(experiment)

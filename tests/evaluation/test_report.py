@@ -1,6 +1,7 @@
 """evaluation/report.py on runs logged to a temporary SQLite MLflow store with cellemnet.tracking."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -167,5 +168,21 @@ def test_empty_store_is_a_clear_error(tmp_path, root):
                              str(tmp_path / "empty"), "--out", str(tmp_path / "o")],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
-    assert "no fine-tuning run with a Test_Set_IoU metric" in result.stderr and "Traceback" not in result.stderr
+    assert "empty: no MLflow store here (no mlflow.db)" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "o" / "benchmark_iou.png").exists()
+    assert not (tmp_path / "empty").exists()  # a reader creates no store where it was pointed
+
+
+def test_a_store_without_scored_runs_is_a_clear_error(tmp_path, root):
+    from cellemnet.tracking import tracking_uri
+
+    tracking_uri(tmp_path / "fresh")  # what a training run does first: the store exists, with no runs
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri(tmp_path / "fresh"))
+    mlflow.search_experiments()  # creates the tables
+    result = subprocess.run([sys.executable, str(root / "evaluation" / "report.py"), "--tracking-dir",
+                             str(tmp_path / "fresh"), "--out", str(tmp_path / "o")],
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "MLFLOW_TRACKING_URI": ""})
+    assert result.returncode == 2
+    assert "no fine-tuning run with a Test_Set_IoU metric" in result.stderr and "Traceback" not in result.stderr
