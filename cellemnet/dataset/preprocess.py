@@ -184,6 +184,19 @@ def list_files(folder: str | os.PathLike, suffixes: tuple[str, ...], recursive: 
         return [folder]
     if not folder.is_dir():
         raise InputError(f"{folder}: no such folder or file")
-    pattern = "**/*" if recursive else "*"
-    return sorted(p for p in folder.glob(pattern)
+    if not recursive:
+        candidates = list(folder.iterdir())
+    else:
+        # Symlinked project folders are followed, as patchify2d follows them (Path.glob('**') does not);
+        # each real folder is walked once, so a link cycle cannot loop.
+        candidates, seen = [], set()
+        for top, dirs, names in os.walk(folder, followlinks=True):
+            real = os.path.realpath(top)
+            if real in seen:
+                dirs[:] = []
+                continue
+            seen.add(real)
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            candidates.extend(Path(top) / n for n in names)
+    return sorted(p for p in candidates
                   if p.is_file() and not p.name.startswith(".") and file_suffix(p) in suffixes)

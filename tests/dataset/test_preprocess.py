@@ -106,3 +106,17 @@ def test_binvol_refuses_nan_volumes_and_oversized_factors_naming_the_file(tmp_pa
     assert BIN.main([str(tmp_path / "ok.nrrd"), "-f", "1000", "-q", "-o", str(tmp_path / "big")]) == 1
     errors = [line for line in capsys.readouterr().out.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "ok.nrrd: volume of shape (4, 4, 4) is smaller than the bin factor 1000" in errors[0]
+
+
+def test_cleanup2d_follows_symlinked_project_folders_once(tmp_path, capsys):
+    real = tmp_path / "elsewhere" / "projX"
+    real.mkdir(parents=True)
+    write_image(real / "a.png", np.random.default_rng(1).integers(0, 4000, (20, 20)).astype(np.uint16))
+    imdir = tmp_path / "imgs"
+    imdir.mkdir()
+    (imdir / "projX").symlink_to(real, target_is_directory=True)
+    (real / "loop").symlink_to(imdir, target_is_directory=True)  # a cycle must not loop
+    out = tmp_path / "clean"
+    assert CLEANUP.main([str(imdir), "-o", str(out), "-q"]) == 0
+    assert "cleanup2d: 1 images: 1 written" in capsys.readouterr().out
+    assert read_image(out / "projX" / "a.png").dtype == np.uint8
