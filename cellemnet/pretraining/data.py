@@ -127,7 +127,7 @@ def read_patch(path: str | os.PathLike) -> np.ndarray:
         raise InputError(f"{path}: cannot read patch ({exc.__class__.__name__}: {exc})") from None
     if image.ndim != 2:
         raise InputError(f"{path}: expected a 2D grayscale patch, got shape {image.shape}")
-    return image if image.dtype == np.uint8 else to_uint8(image)
+    return image if image.dtype == np.uint8 else to_uint8(image, name=str(path))
 
 
 class PatchDataset:

@@ -102,3 +102,16 @@ def test_views_and_multicrop_have_the_configured_shapes_and_norms():
     assert [c.shape[-1] for c in crops] == [32, 32, 16, 16, 16]
     a, b = TwoViews(32, EM_MEAN, EM_STD)(torch.randint(0, 256, (1, 64, 64), dtype=torch.uint8))
     assert not torch.equal(a, b)  # two independent random views
+
+
+def test_a_nan_patch_is_named(tmp_path):
+    import numpy as np
+    import pytest
+
+    from cellemnet.errors import InputError
+    from cellemnet.io import write_image
+    from cellemnet.pretraining.data import read_patch
+
+    write_image(tmp_path / "bad.tif", np.full((8, 8), np.nan, np.float32))
+    with pytest.raises(InputError, match=r"bad\.tif: contains NaN"):
+        read_patch(tmp_path / "bad.tif")
