@@ -88,6 +88,26 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         raise
 
 
+def check_writable(folder: str | os.PathLike, what: str = "output folder") -> Path:
+    """Create `folder` if needed and prove a file can be written there (a real write: permission bits do not stop
+    root, a read-only mount does); InputError naming the folder otherwise. Commands call this before their
+    expensive work, so a run never computes for hours and then fails to save."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(prefix=".cellemnet-write-check-", dir=folder):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or exc.__class__.__name__
+        raise InputError(f"{folder}: cannot write the {what} here ({reason}); choose another folder") from None
+    return folder
+
+
+def rescue_path(path: str | os.PathLike) -> Path:
+    """Where a result goes when its own folder refused the write late: the temp folder, with a clear name."""
+    return Path(tempfile.gettempdir()) / "cellemnet-rescued" / f"{os.getpid()}-{Path(path).name}"
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write text to `path` atomically."""
     with atomic_path(path) as tmp:

@@ -225,7 +225,9 @@ def classify_patches(sharddir: str | os.PathLike, savedir: str | os.PathLike, we
     # Load the model before SAVEDIR records any settings: bad weights must not lock the folder.
     scorer = make_scorer(weights, method, device=device, batch_size=batch_size, workers=workers,
                          threshold=threshold)
-    savedir.mkdir(parents=True, exist_ok=True)
+    from cellemnet.io import check_writable
+
+    check_writable(savedir, "curated dataset")  # before any patch is scored
     check_settings(savedir, settings)
     state_dir = savedir / STATE_DIR
     result = ClassifyResult(n_shards=len(shards))

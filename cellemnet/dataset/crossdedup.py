@@ -114,6 +114,10 @@ def cross_deduplicate(
     root = Path(shard_dir)
     if not root.is_dir():
         raise InputError(f"{root}: no such folder")
+    from cellemnet.io import check_writable
+
+    for folder in sorted({p.parent for p in store.list_shards(root, recursive=True)} | {root}):
+        check_writable(folder, "de-duplicated shards")  # shards are rewritten in place
     state_path = root / STATE_NAME
     report = CrossDedupReport()
     settings = {"max_distance": int(max_distance), "seed": int(seed)}
@@ -213,5 +217,8 @@ def _expected_fingerprint(names: list[str], hashes: np.ndarray, keep: list[int])
 
 
 def _rebuild_manifests(root: Path, shards: list[Path]) -> None:
+    """Each folder's manifest from its good shards (`shards`); the bad ones were reported as errors already."""
+    good = {p.resolve() for p in shards}
     for folder in sorted({p.parent for p in shards}):
-        store.rebuild_folder_manifest(folder)
+        bad = [p for p in store.list_shards(folder) if p.resolve() not in good]
+        store.rebuild_folder_manifest(folder, left_out=bad)

@@ -524,8 +524,9 @@ def run_sources(
     progress: bool = True,
 ) -> list[SourceResult]:
     """Patchify every source into ``out_dir`` (skipping complete shards), then rebuild the folder manifest."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    from cellemnet.io import check_writable
+
+    out = check_writable(out_dir, "patch shards")
     store.remove_stale_temporaries(out)
     results: list[SourceResult] = []
     todo: list[Source] = []

@@ -385,14 +385,16 @@ def read_manifest(path: str | os.PathLike) -> list[dict]:
         raise InputError(f"{path}: cannot read manifest ({exc.strerror or exc})") from None
 
 
-def rebuild_folder_manifest(folder: str | os.PathLike, recursive: bool = False) -> tuple[Path, int]:
+def rebuild_folder_manifest(folder: str | os.PathLike, recursive: bool = False,
+                            left_out: Iterable[str | os.PathLike] = ()) -> tuple[Path, int]:
     """Rewrite ``folder/manifest.csv`` from the manifests of every shard in it (sorted by shard).
 
     A damaged shard is an InputError naming it, before anything is written: leaving it out would silently drop
     its rows from the manifest (shards are written atomically, so a visible shard that does not check out is
-    damage, not a write in progress)."""
+    damage, not a write in progress). `left_out`: shards the caller has already reported as bad and skips."""
     folder = Path(folder)
-    shards = list_shards(folder, recursive=recursive)
+    skipped = {Path(p).resolve() for p in left_out}
+    shards = [p for p in list_shards(folder, recursive=recursive) if p.resolve() not in skipped]
     for shard in shards:
         if not is_complete_shard(shard):
             ShardReader(shard).close()  # names what is missing, when that is the damage

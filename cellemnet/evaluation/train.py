@@ -10,6 +10,7 @@ scheduler state, norms, config and MLflow run id, so `resume=PATH` continues whe
 """
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -133,11 +134,23 @@ def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-def save_checkpoint(path: Path, payload: Mapping[str, Any]) -> None:
-    from cellemnet.io import atomic_path
+def save_checkpoint(path: Path, payload: Mapping[str, Any]) -> Path:
+    """Write atomically; when the folder refuses the write (full disk, lost permission), the trained model is not
+    lost: it goes to a rescue file in the temp folder, and the message says where. Returns the path written."""
+    from cellemnet.io import atomic_path, rescue_path
 
-    with atomic_path(path) as tmp:
-        torch.save(dict(payload), tmp)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(dict(payload), tmp)
+        return Path(path)
+    except OSError as exc:
+        rescue = rescue_path(path)
+        rescue.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(rescue) as tmp:
+            torch.save(dict(payload), tmp)
+        print(f"WARNING: could not write {path} ({exc.strerror or exc}); the checkpoint was saved to {rescue} "
+              "instead: move it where you want it", file=sys.stderr, flush=True)
+        return rescue
 
 
 def _metric_line(prefix: str, loss: float, ious: Mapping[str, float]) -> str:
@@ -178,6 +191,10 @@ def finetune(config: dict[str, Any], config_path: str | None = None, progress: b
 
 
 def _finetune(config, dist, device, config_path, progress, start_run) -> dict[str, Any]:
+    if dist.is_main and config["num_save_checkpoints"] > 0:
+        from cellemnet.io import check_writable
+
+        check_writable(config["model_dir"], "fine-tuning checkpoints")  # before any training, not after it
     seed_everything(config["seed"] + dist.rank)
     started = time.time()
     resume = load_training_checkpoint(config["resume"]) if config["resume"] else None
@@ -321,7 +338,7 @@ def _finetune(config, dist, device, config_path, progress, start_run) -> dict[st
             scheduler.step()
             if step in saves and dist.is_main:
                 path = model_dir / checkpoint_name(config, step, total)
-                save_checkpoint(path, {
+                path = save_checkpoint(path, {
                     "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),

@@ -294,7 +294,9 @@ def train(cfg: dict[str, Any], method_name: str) -> dict[str, Any]:
     info, device = run.info, run.device
     model_dir = Path(cfg["model_dir"])
     if info.is_main:
-        model_dir.mkdir(parents=True, exist_ok=True)
+        from cellemnet.io import check_writable
+
+        check_writable(model_dir, "pretraining checkpoints")
     resume_path = ckpt_io.resolve_resume(cfg["resume"], model_dir)
     state = ckpt_io.load_checkpoint(resume_path) if resume_path else None
     if state is not None and state.get("method") not in (None, method_name):
