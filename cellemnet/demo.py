@@ -1,12 +1,14 @@
 """The whole pipeline in one command: `make demo` (= `python -m cellemnet.demo`).
 
 It makes a small EM-like corpus with cellemnet.synthetic (or takes the user's folder, `--data PATH`), then runs the
-real stage scripts one after the other, exactly as a user would:
+stages one after the other, as a user would:
 
   curation     dataset/patchify2d.py, dataset/patchify3d.py, dataset/dedupe.py, dataset/classify_patches.py
-  pretraining  pretraining/train_mocov2.py (a few minutes on the CPU), pretraining/export_encoder.py
-  evaluation   evaluation/finetune.py from random init and from the exported encoder,
-               evaluation/inference2d.py and evaluation/inference3d.py for both
+  pretraining  pretraining/train_mocov2.py (a few minutes on the CPU), pretraining/export_encoder.py,
+               evaluation/probe_encoder.py
+  evaluation   for each seed and arm (random init end to end, pretrained frozen, random frozen): fine-tuning,
+               2D and 3D inference - in this process, through the library functions evaluation/finetune.py,
+               inference2d.py and inference3d.py call (each step's log starts with the equivalent command)
 
 and writes `<out>/report.md` with figures beside it. Every MLflow run lands in `<out>/mlflow_store`.
 A step that fails stops the demo with the step's name, its command and the end of its output; what earlier
@@ -32,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @dataclass(frozen=True)
 class DemoSize:
-    """How big each part of the demo is; `small` is for CI, `default` for `make demo` (~8 minutes on 2 cores)."""
+    """How big each part of the demo is; `small` is for CI, `default` for `make demo` (7-8.5 minutes on 2 cores
+    after the set-up)."""
 
     n_groups_2d: int
     images_per_group: int
@@ -56,7 +59,7 @@ class DemoSize:
 SIZES = {
     "default": DemoSize(
         n_groups_2d=3, images_per_group=60, n_volumes=3, image_shape=(512, 512), volume_shape=(24, 256, 256),
-        pretrain_epochs=12, pretrain_queue=128, pretrain_batch=64, pretrain_crop=64,
+        pretrain_epochs=10, pretrain_queue=128, pretrain_batch=64, pretrain_crop=64,
         bench_train=12, bench_shape=(256, 256), bench_volume=(16, 128, 128), finetune_iters=100, seeds=(0, 1, 2),
     ),
     "small": DemoSize(
