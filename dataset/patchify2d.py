@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = PatchSettings(args.crop_size, args.hash_size, args.max_distance, args.seed)
     started = time.perf_counter()
-    groups = find_image_groups(args.imdir)
+    groups = find_image_groups(args.imdir, exclude=args.outdir)
     if not groups:
         print(f"patchify2d: no images or subfolders in {args.imdir}", file=sys.stderr)
         return 1

@@ -185,9 +185,10 @@ def _is_patch_shard(path: Path) -> bool:
         return False
 
 
-def find_image_groups(imdir: str | os.PathLike) -> list[Source]:
+def find_image_groups(imdir: str | os.PathLike, exclude: str | os.PathLike | None = None) -> list[Source]:
     """One group per subfolder of ``imdir`` (its images, sorted); images directly in ``imdir`` form a group
-    named after ``imdir``."""
+    named after ``imdir``. Outputs are never inputs: the subfolder `exclude` (the output folder) and any
+    subfolder holding this project's patch shards and no images are left out."""
     from cellemnet.io import is_image_file
 
     root = Path(imdir)
@@ -197,8 +198,15 @@ def find_image_groups(imdir: str | os.PathLike) -> list[Source]:
     loose = tuple(str(p) for p in sorted(root.iterdir()) if _visible(p) and p.is_file() and is_image_file(p))
     if loose:
         groups.append(Source(KIND_IMAGES, source_name(root.resolve().name), str(root), loose))
+    out = Path(exclude).resolve() if exclude is not None else None
+    if out == root.resolve():
+        out = None  # shards beside the groups: they are not image folders
     for sub in sorted(p for p in root.iterdir() if _visible(p) and p.is_dir()):
+        if out is not None and (sub.resolve() == out or out in sub.resolve().parents):
+            continue
         files = tuple(str(p) for p in sorted(sub.iterdir()) if _visible(p) and p.is_file() and is_image_file(p))
+        if not files and any(_is_patch_shard(p) for p in sub.iterdir()):
+            continue  # an output folder of an earlier run
         groups.append(Source(KIND_IMAGES, sub.name, str(sub), files))
     return groups
 

@@ -338,3 +338,14 @@ def test_patchify2d_group_with_only_bad_images_names_the_file_and_reason(tmp_pat
     text = capsys.readouterr()
     line = next(l for l in (text.out + text.err).splitlines() if "none of its 1 images" in l)
     assert "only.png" in line and "projC" in line
+
+
+def test_patchify2d_never_reads_its_own_outputs(tmp_path, capsys):
+    imdir = tmp_path / "imgs"
+    write_image(imdir / "proj" / "a.png", np.random.default_rng(0).integers(0, 255, (300, 300), dtype=np.uint8))
+    for out in (imdir / "out", imdir):  # output inside the image folder, or the image folder itself
+        for _ in range(2):  # the re-run must not take the shard folder as an image group
+            assert P2.main([str(imdir), str(out), "-cs", "64", "-q"]) == 0
+        assert sorted(p.name for p in out.glob("*.h5")) == ["proj.h5"]
+    text = capsys.readouterr()
+    assert "no images found" not in text.out + text.err
