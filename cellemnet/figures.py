@@ -70,7 +70,9 @@ def _finish_bars(fig, ax, x, groups, ylabel: str, title: str, path) -> Path:
     ax.set_ylim(0, 1.05)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend(fontsize=8, frameon=False)
+    n_series = len(ax.get_legend_handles_labels()[1])
+    # below the axes: inside, it covers the value labels of tall bars
+    ax.legend(fontsize=8, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=min(3, n_series))
     ax.grid(axis="y", alpha=0.3)
     return _figure_to_png(fig, path)
 
