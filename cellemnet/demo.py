@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shlex
 import subprocess
 import sys
@@ -99,26 +98,37 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
-def run_step(state: DemoState, title: str, args: list[str], log_name: str) -> str:
-    """Run one stage script as a subprocess; its output goes to <out>/logs/<log_name>.log and is returned."""
+def _step(state: DemoState, title: str, log_name: str, command: str, work):
+    """One numbered demo step: `work()` returns (result, output text, failure or None); the output goes to
+    <out>/logs/<log_name>.log headed by `command`; a failure stops the demo with the step's name, the end of its
+    output and the log's path."""
     state.step_no += 1
-    logs = state.out / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, *args]
+    log_path = state.out / "logs" / f"{log_name}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     _say(f"[{state.step_no}/{state.n_steps}] {title} ...")
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, env=state.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    result, output, failure = work()
     elapsed = time.perf_counter() - start
-    (logs / f"{log_name}.log").write_text(f"$ {shlex.join(cmd)}\n{proc.stdout}")
+    log_path.write_text(f"$ {command}\n{output}")
     state.timings[title] = elapsed
-    if proc.returncode != 0:
-        tail = "\n".join(proc.stdout.strip().splitlines()[-15:])
-        raise CellEMNetError(
-            f"demo step '{title}' failed (exit {proc.returncode}); command: {shlex.join(cmd)}\n{tail}\n"
-            f"full log: {logs / (log_name + '.log')}"
-        )
+    if failure is not None:
+        tail = "\n".join(output.strip().splitlines()[-15:])
+        raise CellEMNetError(f"demo step '{title}' failed: {failure}\n{tail}\nfull log: {log_path}")
     _say(f"      done in {elapsed:.0f} s")
-    return proc.stdout
+    return result
+
+
+def run_step(state: DemoState, title: str, args: list[str], log_name: str) -> str:
+    """Run one stage script as a subprocess; its output is logged and returned."""
+    cmd = [sys.executable, *args]
+
+    def work():
+        proc = subprocess.run(cmd, cwd=ROOT, env=state.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+        failure = f"exit {proc.returncode}; command: {shlex.join(cmd)}" if proc.returncode != 0 else None
+        return proc.stdout, proc.stdout, failure
+
+    return _step(state, title, log_name, shlex.join(cmd), work)
 
 
 def prepare_inputs(state: DemoState, data: Path | None) -> tuple[Path, Path | None, Path]:
@@ -281,35 +291,23 @@ def finetune_and_score(state: DemoState, bench: Path, arm: Arm, seed: int, pretr
     return scores
 
 
-def run_in_process(state: DemoState, title: str, cmd: list[str], log_name: str, work):
-    """Like run_step, for a library call: its output goes to <out>/logs/<log_name>.log (headed by the equivalent
-    command line); a failure stops the demo with the step's name and the end of its log."""
+def run_in_process(state: DemoState, title: str, cmd: list[str], log_name: str, call):
+    """Like run_step, for a library call `call()` in this process; its log is headed by the equivalent command."""
     import contextlib
     import io
     import traceback
 
-    state.step_no += 1
-    logs = state.out / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    log_path = logs / f"{log_name}.log"
-    _say(f"[{state.step_no}/{state.n_steps}] {title} ...")
-    buffer = io.StringIO()
-    start = time.perf_counter()
-    failure = None
-    with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
-        try:
-            result = work()
-        except Exception as exc:  # noqa: BLE001 - reported with the step's name, its log kept
-            failure = exc
-            traceback.print_exc()
-    elapsed = time.perf_counter() - start
-    log_path.write_text(f"$ python {shlex.join(cmd)}\n{buffer.getvalue()}")
-    state.timings[title] = elapsed
-    if failure is not None:
-        tail = "\n".join(buffer.getvalue().strip().splitlines()[-15:])
-        raise CellEMNetError(f"demo step '{title}' failed: {failure}\n{tail}\nfull log: {log_path}") from failure
-    _say(f"      done in {elapsed:.0f} s")
-    return result
+    def work():
+        buffer, result, failure = io.StringIO(), None, None
+        with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+            try:
+                result = call()
+            except Exception as exc:  # noqa: BLE001 - reported with the step's name, its log kept
+                failure = exc
+                traceback.print_exc()
+        return result, buffer.getvalue(), failure
+
+    return _step(state, title, log_name, f"python {shlex.join(cmd)}", work)
 
 
 def read_verdict(model_dir: Path) -> dict | None:

@@ -34,10 +34,14 @@ def path_component(name: str, where: str) -> str:
     return text
 
 
+def is_within(path: str | os.PathLike, base: str | os.PathLike, or_equal: bool = False) -> bool:
+    """True when `path` resolves to somewhere under `base` (symlinks resolved); `or_equal`: `base` itself too."""
+    resolved, base_resolved = Path(path).resolve(), Path(base).resolve()
+    return base_resolved in resolved.parents or (or_equal and resolved == base_resolved)
+
+
 def inside(base: str | os.PathLike, path: str | os.PathLike, where: str) -> Path:
     """`path` when it resolves to somewhere under `base` (itself excluded); InputError naming `where` otherwise."""
-    base_resolved = Path(base).resolve()
-    resolved = Path(path).resolve()
-    if resolved == base_resolved or base_resolved not in resolved.parents:
+    if not is_within(path, base):
         raise InputError(f"{where}: {path} would be written outside {base}")
     return Path(path)

@@ -23,6 +23,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from cellemnet.errors import ConfigError, InputError
+from cellemnet.safepath import is_within
 
 FORMATS = ("tiff", "h5")
 MANIFEST_NAME = "filter_manifest.csv"
@@ -63,14 +64,12 @@ def find_shards(sharddir: str | os.PathLike, exclude: str | os.PathLike | None =
     sharddir = Path(sharddir)
     if not sharddir.is_dir():
         raise InputError(f"{sharddir}: shard folder not found")
-    if exclude is not None:
-        ex, src = Path(exclude).resolve(), sharddir.resolve()
-        if ex == src or ex in src.parents:
-            raise InputError(f"{exclude}: the output folder is (or holds) the shard folder {sharddir}; outputs "
-                             "must not mix with inputs: give another SAVEDIR (a subfolder of SHARDDIR is fine)")
+    if exclude is not None and is_within(sharddir, exclude, or_equal=True):
+        raise InputError(f"{exclude}: the output folder is (or holds) the shard folder {sharddir}; outputs "
+                         "must not mix with inputs: give another SAVEDIR (a subfolder of SHARDDIR is fine)")
     shards = list_shards(sharddir, recursive=True)
     if exclude is not None:
-        shards = [s for s in shards if ex not in s.resolve().parents]
+        shards = [s for s in shards if not is_within(s, exclude)]
     if not shards:
         raise InputError(f"{sharddir}: no patch shards (*.h5) found")
     return shards

@@ -32,6 +32,7 @@ from cellemnet.dataset.hashing import dhash_boxes, dhash_strided_boxes
 from cellemnet.dataset.names import format_name, source_name
 from cellemnet.dataset.tiling import grid_boxes, grid_edges, usable_axes
 from cellemnet.errors import ConfigError, InputError
+from cellemnet.safepath import is_within
 
 _SLICES_PER_READ = 16  # slices read (and converted to uint8) at once from a volume
 _BAND_BUDGET = 160 << 20  # bytes of uint8 cross-section data held at once (a z band, or a block of it)
@@ -135,6 +136,14 @@ def volume_source_name(path: str | os.PathLike) -> str:
     return name
 
 
+def _output_below(root: Path, exclude: str | os.PathLike | None) -> Path | None:
+    """The output folder when it lies inside the input folder `root` (entries under it are left out); None when
+    there is none or it is `root` itself (then only the shards beside the inputs are left out, by their format)."""
+    if exclude is None or Path(exclude).resolve() == root.resolve():
+        return None
+    return Path(exclude)
+
+
 def find_volumes(voldir: str | os.PathLike, exclude: str | os.PathLike | None = None) -> list[Source]:
     """Volumes in a folder (sorted), or the single volume/address given. Zarr stores count as one volume.
 
@@ -153,36 +162,17 @@ def find_volumes(voldir: str | os.PathLike, exclude: str | os.PathLike | None = 
     if not path.is_dir():
         raise InputError(f"{path}: no such folder or volume")
     sources = []
-    out = Path(exclude).resolve() if exclude is not None else None
-    if out == path.resolve():
-        out = None  # outputs beside the volumes: the shard check below leaves them out
+    out = _output_below(path, exclude)
     for entry in sorted(path.iterdir()):
         if not _visible(entry):
             continue
         if entry.is_dir() and not entry.name.lower().endswith(".zarr"):
             continue
-        if out is not None and (entry.resolve() == out or out in entry.resolve().parents):
-            continue
-        if _is_patch_shard(entry):
+        if (out is not None and is_within(entry, out, or_equal=True)) or store.is_patch_shard(entry):
             continue
         if is_volume_file(entry) or is_image_file(entry):
             sources.append(Source(KIND_VOLUME, volume_source_name(entry), str(entry)))
     return sources
-
-
-def _is_patch_shard(path: Path) -> bool:
-    """True for a file this project wrote as a patch shard (HDF5 with the shard's format attribute)."""
-    if path.suffix.lower() not in (".h5", ".hdf5") or not path.is_file():
-        return False
-    import h5py
-
-    from cellemnet.dataset.store import FORMAT
-
-    try:
-        with h5py.File(path, "r") as f:
-            return f.attrs.get("format") == FORMAT
-    except (OSError, ValueError):
-        return False
 
 
 def find_image_groups(imdir: str | os.PathLike, exclude: str | os.PathLike | None = None) -> list[Source]:
@@ -198,14 +188,12 @@ def find_image_groups(imdir: str | os.PathLike, exclude: str | os.PathLike | Non
     loose = tuple(str(p) for p in sorted(root.iterdir()) if _visible(p) and p.is_file() and is_image_file(p))
     if loose:
         groups.append(Source(KIND_IMAGES, source_name(root.resolve().name), str(root), loose))
-    out = Path(exclude).resolve() if exclude is not None else None
-    if out == root.resolve():
-        out = None  # shards beside the groups: they are not image folders
+    out = _output_below(root, exclude)
     for sub in sorted(p for p in root.iterdir() if _visible(p) and p.is_dir()):
-        if out is not None and (sub.resolve() == out or out in sub.resolve().parents):
+        if out is not None and is_within(sub, out, or_equal=True):
             continue
         files = tuple(str(p) for p in sorted(sub.iterdir()) if _visible(p) and p.is_file() and is_image_file(p))
-        if not files and any(_is_patch_shard(p) for p in sub.iterdir()):
+        if not files and any(store.is_patch_shard(p) for p in sub.iterdir()):
             continue  # an output folder of an earlier run
         groups.append(Source(KIND_IMAGES, sub.name, str(sub), files))
     return groups

@@ -188,6 +188,19 @@ def is_complete_shard(path: str | os.PathLike) -> bool:
         return False
 
 
+def is_patch_shard(path: str | os.PathLike) -> bool:
+    """True for a file this project wrote as a patch shard (HDF5 with the shard format attribute), damaged or not:
+    what curation must never read back as input."""
+    path = Path(path)
+    if path.suffix.lower() not in (".h5", ".hdf5") or not path.is_file():
+        return False
+    try:
+        with h5py.File(path, "r") as f:
+            return f.attrs.get("format") == FORMAT
+    except (OSError, ValueError):
+        return False
+
+
 class ShardReader:
     """Lazy access to one shard; the HDF5 file is opened on first use in each process (safe for worker pools).
 
