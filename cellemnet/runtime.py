@@ -46,6 +46,15 @@ def make_grad_scaler(device: torch.device, enabled: bool = True) -> torch.amp.Gr
     return torch.amp.GradScaler(device.type if device.type == "cuda" else "cpu", enabled=active)
 
 
+def seed_from_words(*words: int) -> int:
+    """One 63-bit seed from integers (e.g. seed, epoch, position): distinct words give independent streams.
+
+    Randomness keyed by where it happens (the draw, the step), not by how far a generator has run, is what lets a
+    resumed run repeat an uninterrupted one exactly."""
+    sequence = np.random.SeedSequence([int(w) % 2**32 for w in words])
+    return int(sequence.generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))

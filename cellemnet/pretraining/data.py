@@ -157,11 +157,22 @@ class PatchDataset:
             self._readers[s] = ShardReader(self.shard_paths[s])
         return self._readers[s].read(int(i - self.shard_starts[s]))
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, item):
+        """item: an index, or (index, seed words) from SourceBalancedSampler: the augmentation then draws from a
+        torch stream seeded by those words alone (the same views in any worker, and after a resume)."""
         import torch
 
+        i, words = (item if isinstance(item, tuple) else (item, None))
         patch = torch.from_numpy(np.ascontiguousarray(self.read(int(i))))[None]
-        return self.transform(patch) if self.transform is not None else patch
+        if self.transform is None:
+            return patch
+        if words is None:
+            return self.transform(patch)
+        from cellemnet.runtime import seed_from_words
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed_from_words(*words))
+            return self.transform(patch)
 
 
 class SourceBalancedSampler:
@@ -170,7 +181,8 @@ class SourceBalancedSampler:
     Each epoch one global draw of `num_samples * world_size` indices is made from a generator seeded by
     (seed, epoch) - weighted with replacement when `weights` is given, a plain permutation otherwise - and rank r
     takes positions r, r + world_size, ...: every rank sees a distinct part of the same epoch. `set_epoch(e,
-    start_index=k)` skips the first k indices of this rank's part (resume after k samples).
+    start_index=k)` skips the first k indices of this rank's part (resume after k samples). Each item is
+    (index, (seed, epoch, position in the global draw)): the seed words of its augmentation (PatchDataset).
     """
 
     def __init__(self, num_items: int, weights: np.ndarray | None = None, rank: int = 0, world_size: int = 1,
@@ -201,7 +213,9 @@ class SourceBalancedSampler:
         return self.global_draw(epoch)[self.rank :: self.world_size]
 
     def __iter__(self):
-        return iter(self.rank_indices(self.epoch)[self.start_index :].tolist())
+        indices = self.rank_indices(self.epoch).tolist()
+        for k in range(self.start_index, len(indices)):
+            yield indices[k], (self.seed, self.epoch, self.rank + k * self.world_size)
 
     def __len__(self) -> int:
         return self.num_samples - self.start_index

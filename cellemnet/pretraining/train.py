@@ -400,7 +400,7 @@ def train(cfg: dict[str, Any], method_name: str) -> dict[str, Any]:
         for epoch in range(start_epoch, cfg["epochs"]):
             first_iter = start_iter if epoch == start_epoch else 0
             sampler.set_epoch(epoch, start_index=first_iter * run.batch_per_rank)
-            runtime.seed_everything(cfg["seed"] + 10007 * epoch + 101 * info.rank + first_iter)
+            runtime.seed_everything(runtime.seed_from_words(cfg["seed"], epoch, info.rank))
             run.method.start_epoch(epoch, model, run)
             model.train()
             sums: dict[str, float] = {}
@@ -413,6 +413,8 @@ def train(cfg: dict[str, Any], method_name: str) -> dict[str, Any]:
             for batch in loader:
                 if it >= iters_per_epoch:
                     break
+                # The step's own randomness (MoCo's batch shuffle) is keyed by the step: a resumed run repeats it.
+                torch.manual_seed(runtime.seed_from_words(cfg["seed"], info.rank, run.global_step))
                 lr = run.method.lr(epoch, run.global_step, iters_per_epoch)
                 set_lr(run.optimizer, lr)
                 metrics = run.method.step(batch, run)

@@ -79,17 +79,38 @@ def test_ranks_draw_disjoint_parts_of_one_epoch_reseeded_per_epoch_and_resumable
     samplers = [pdata.SourceBalancedSampler(100, weights, rank=r, world_size=3, seed=7) for r in range(3)]
     for s in samplers:
         s.set_epoch(4)
-    parts = [list(s) for s in samplers]
+    items = [list(s) for s in samplers]
+    parts = [[i for i, _ in p] for p in items]
     draw = samplers[0].global_draw(4)
     assert all(len(p) == 33 for p in parts)
     np.testing.assert_array_equal(np.sort(np.concatenate(parts)), np.sort(draw))  # the parts tile the draw
     assert [p[:5] for p in parts] != [parts[0][:5]] * 3
     assert not np.array_equal(samplers[0].rank_indices(4), samplers[0].rank_indices(5))
+    # Every draw of the epoch has its own seed words (seed, epoch, position in the global draw) ...
+    words = [w for p in items for _, w in p]
+    assert len(set(words)) == 99 and items[1][0][1] == (7, 4, 1)
     samplers[1].set_epoch(4, start_index=10)
-    assert list(samplers[1]) == parts[1][10:] and len(samplers[1]) == 23
+    # ... so a resumed sampler yields the same indices with the same words.
+    assert list(samplers[1]) == items[1][10:] and len(samplers[1]) == 23
     plain = [pdata.SourceBalancedSampler(100, None, rank=r, world_size=2, seed=0) for r in range(2)]
-    both = [i for s in plain for i in s]
+    both = [i for s in plain for i, _ in s]
     assert sorted(both) == list(range(100))  # no weighting: a permutation split between ranks
+
+
+def test_seed_words_fix_the_views_whatever_the_global_rng_did(tmp_path):
+    root = tmp_path / "p"
+    write_image(root / "a" / "x.tif", np.random.default_rng(0).integers(0, 256, (48, 48), dtype=np.uint8))
+    index = pdata.load_index(root, tmp_path / "index.json")
+    dataset = pdata.PatchDataset(root, index, TwoViews(32, EM_MEAN, EM_STD))
+    torch.manual_seed(1)
+    first = dataset[(0, (5, 2, 9))]
+    torch.manual_seed(2)  # another global state: the same words give the same views, and leave it untouched
+    state = torch.get_rng_state()
+    again = dataset[(0, (5, 2, 9))]
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    other = dataset[(0, (5, 2, 10))]
+    assert not torch.equal(first[0], other[0])
 
 
 def test_views_and_multicrop_have_the_configured_shapes_and_norms():

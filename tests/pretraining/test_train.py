@@ -152,7 +152,7 @@ def _wait_for_lines(model_dir: Path, n: int, proc, timeout: float = 240) -> None
 
 
 @pytest.mark.slow
-def test_resume_after_sigterm_and_after_a_kill_continues_mid_epoch(root, tmp_path, tiny, make_patches):
+def test_resume_after_sigterm_and_after_a_kill_equals_an_uninterrupted_run(root, tmp_path, tiny, make_patches):
     data = make_patches(tmp_path / "patches", {"a": 16, "b": 8}, size=40)
     model_dir = tmp_path / "run"
     args = tiny(data, model_dir, crop_size=32, moco_k=16, epochs=2, checkpoint_iters=1, workers=1)
@@ -182,3 +182,14 @@ def test_resume_after_sigterm_and_after_a_kill_continues_mid_epoch(root, tmp_pat
     assert steps[resumed_at:] == list(range(state["global_step"] + 1, 13))
     final = torch.load(model_dir / "current.pth", weights_only=True)
     assert final["epoch"] == 2 and final["global_step"] == 12 and final["iteration"] == 0
+    # 4) The interrupted and resumed run ends with exactly the weights, queue and optimizer state of a run that
+    #    was never interrupted: augmentations are keyed by their draw, the step's randomness by the step.
+    clean_dir = tmp_path / "clean"
+    clean_args = [a.replace(str(model_dir), str(clean_dir)) for a in args]
+    proc = _launch(root, clean_args, log)
+    assert proc.wait(timeout=240) == 0, (tmp_path / "log.txt").read_text()[-2000:]
+    clean = torch.load(clean_dir / "current.pth", weights_only=True)
+    for key, value in clean["state_dict"].items():
+        assert torch.equal(final["state_dict"][key], value), key
+    momentum = [s["momentum_buffer"] for s in clean["optimizer"]["state"].values()]
+    assert all(torch.equal(a["momentum_buffer"], b) for a, b in zip(final["optimizer"]["state"].values(), momentum))
