@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import signal
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,3 +101,41 @@ def init_distributed(device_preference: str = "auto") -> tuple[DistInfo, torch.d
 def cleanup_distributed() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+
+
+class SigtermFlag:
+    """While entered, SIGTERM (SLURM's notice, `kill`) sets a flag instead of killing: the training loop finishes
+    its step, saves, and stops. Outside the main thread (a notebook worker) there is no graceful stop."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handler(self, signum, frame) -> None:
+        self.requested = True
+
+    def __enter__(self) -> "SigtermFlag":
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handler)
+        except ValueError:
+            self._previous = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+    def agreed(self, device: torch.device, distributed: bool) -> bool:
+        """Whether any process was asked to stop (all of them must stop at the same step)."""
+        if not distributed:
+            return self.requested
+        flag = torch.tensor([1.0 if self.requested else 0.0], device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+
+def ignore_sigterm(worker_id: int) -> None:
+    """DataLoader workers ignore SIGTERM sent to the whole process group (SLURM, `kill -- -PGID`): the main
+    process finishes its step, saves, and shuts them down; a dead worker would abort the run before the save."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -6,6 +6,7 @@ augmentation: several seeds per arm are several runs, `seed=1 model_dir=models/s
 hold the seed, so give each seed its own model_dir).
 Relative data paths resolve against `data_root` or $CELLEMNET_DATA_ROOT. Several GPUs:
 `torchrun --nproc_per_node=N evaluation/finetune.py CONFIG`.
+Interrupted (SIGTERM: the step finishes, the state is saved, exit 143; or killed): re-run with `resume=auto`.
 """
 import argparse
 import sys
@@ -30,7 +31,7 @@ def main(argv=None) -> int:
     out = finetune(config, config_path=args.config)
     if out["checkpoint"]:
         print(f"checkpoint: {out['checkpoint']}")
-    return 0
+    return 143 if out["interrupted"] else 0  # stopped by SIGTERM: 128 + 15, as an unhandled SIGTERM would
 
 
 if __name__ == "__main__":

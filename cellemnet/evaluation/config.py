@@ -79,7 +79,10 @@ SCHEMA: dict[str, Field] = {
     "logging": Field(bool, True, help="track the run with MLflow"),
     "tracking_dir": Field(str, None, nullable=True, help="new: local MLflow store (MLFLOW_TRACKING_URI wins)"),
     "num_save_checkpoints": Field(int, 1, check=_non_negative, help="evenly spaced checkpoints; 0 = never save"),
-    "resume": Field(str, "", help="checkpoint to resume from ('' = start fresh)"),
+    "resume": Field(str, "", help="'' = start fresh, 'auto' = this run's resume state in model_dir (a fresh "
+                    "start when there is none), or a checkpoint path"),
+    "checkpoint_iters": Field(int, 50, check=_non_negative,
+                              help="steps between resumable states in model_dir (and one on SIGTERM); 0 = SIGTERM only"),
     "restart_training": Field(bool, False, help="with resume: load only the weights, restart optimizer/schedule"),
     # --- model
     "bsz": Field(int, 16, check=_positive, help="batch size (per process under torchrun)"),
@@ -197,7 +200,7 @@ def _check_consistency(cfg: dict[str, Any], source: str) -> None:
         )
     if looks_like_path and not Path(p).is_file():
         raise ConfigError(f"{source}: key 'pretraining': weights file not found: {p}")
-    if cfg["resume"] and not Path(cfg["resume"]).is_file():
+    if cfg["resume"] not in ("", "auto") and not Path(cfg["resume"]).is_file():
         raise ConfigError(f"{source}: key 'resume': checkpoint not found: {cfg['resume']}")
     if cfg["benchmark_names"] is not None:
         m = len(cfg["benchmark_names"])

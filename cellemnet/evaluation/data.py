@@ -128,14 +128,29 @@ class SeededDraws:
         self.sampler = sampler
         self.stream = tuple(int(w) for w in stream)
         self.draws = 0
+        self.skip = 0  # draws of the coming pass already seen before a resume (fast_forward)
 
     def __len__(self) -> int:
         return len(self.sampler)
 
     def __iter__(self):
+        skip, self.skip = self.skip, 0
         for index in self.sampler:
-            yield int(index), (*self.stream, self.draws)
+            if skip:
+                skip -= 1
+            else:
+                yield int(index), (*self.stream, self.draws)
             self.draws += 1
+
+    def fast_forward(self, epochs: int, draws: int) -> None:
+        """Stand where an uninterrupted run stood after `epochs` passes and `draws` more draws: the passes are
+        replayed index by index (cheap: no image is read), which advances a shuffle's generator as they did."""
+        for epoch in range(epochs):
+            self.set_epoch(epoch)
+            for _ in self.sampler:
+                pass
+        self.draws = epochs * len(self.sampler)
+        self.skip = draws
 
     def set_epoch(self, epoch: int) -> None:
         """For DistributedSampler underneath (a new shuffle each epoch)."""

@@ -7,6 +7,9 @@ Train (and, with a `valid/` split, validation) metrics are printed and logged `n
 Checkpoints: `{model_dir}/{experiment}-{pretraining}_ft_{layer}_epoch{E}_of_{T}.pth`, `num_save_checkpoints`
 of them evenly spaced (the last at the end; 0 = never), each written atomically with the model, optimizer and
 scheduler state, norms, config and MLflow run id, so `resume=PATH` continues where it stopped.
+Apart from those, the state of a run in progress goes to `{model_dir}/{experiment}-{pretraining}_ft_{layer}_resume.pth`
+every `checkpoint_iters` steps and on SIGTERM (then the run stops, exit 143); `resume=auto` continues from it, and
+a killed and resumed run ends with the weights of an uninterrupted one (augmentations are keyed by their draw).
 """
 from __future__ import annotations
 
@@ -25,13 +28,31 @@ from cellemnet.evaluation.model import build_unet, freeze_encoder, set_train_mod
 from cellemnet.evaluation.weights import EncoderWeights, checkpoint_label, resolve_pretraining
 from cellemnet.errors import ConfigError, InputError
 from cellemnet.runtime import (
-    DistInfo, autocast, cleanup_distributed, init_distributed, make_grad_scaler, seed_everything,
+    DistInfo, SigtermFlag, autocast, cleanup_distributed, ignore_sigterm, init_distributed, make_grad_scaler,
+    seed_everything,
 )
 
 
 def checkpoint_name(config: Mapping[str, Any], step: int, total: int) -> str:
     label = checkpoint_label(config["pretraining"])
     return f"{config['experiment_name']}-{label}_ft_{config['finetune_layer']}_epoch{step}_of_{total}.pth"
+
+
+def resume_state_name(config: Mapping[str, Any]) -> str:
+    """The resumable state of a run in progress (written every `checkpoint_iters` steps and on SIGTERM, deleted
+    when the run finishes); apart from the checkpoints the user asked for."""
+    label = checkpoint_label(config["pretraining"])
+    return f"{config['experiment_name']}-{label}_ft_{config['finetune_layer']}_resume.pth"
+
+
+def resolve_resume(config: Mapping[str, Any]) -> Path | None:
+    """'' -> None; 'auto' -> this run's resume state in model_dir, or None (a fresh start); else the given file."""
+    if not config["resume"]:
+        return None
+    if config["resume"] == "auto":
+        path = Path(config["model_dir"]) / resume_state_name(config)
+        return path if path.is_file() else None
+    return Path(config["resume"])
 
 
 def total_steps(config: Mapping[str, Any]) -> int:
@@ -88,9 +109,12 @@ def make_loss(config: Mapping[str, Any], device: torch.device) -> nn.Module:
     return nn.BCEWithLogitsLoss()
 
 
-def _cycle(loader, sampler=None):
-    """Endless iteration over a DataLoader (a new shuffle, and DistributedSampler epoch, each pass)."""
-    epoch = 0
+def _cycle(loader, sampler=None, skip_batches: int = 0):
+    """Endless iteration over a DataLoader (a new shuffle, and DistributedSampler epoch, each pass), starting
+    after `skip_batches` batches (a resumed run): the batches that follow are those an uninterrupted run saw."""
+    epoch, into_epoch = divmod(skip_batches, max(len(loader), 1))
+    if skip_batches and sampler is not None:
+        sampler.fast_forward(epoch, into_epoch * loader.batch_size)
     while True:
         if sampler is not None:
             sampler.set_epoch(epoch)
@@ -120,6 +144,7 @@ def _loader(dataset, batch_size: int, shuffle: bool, jobs: int, device: torch.de
         dataset, batch_size=batch_size, sampler=sampler,
         num_workers=jobs, pin_memory=device.type == "cuda", drop_last=drop_last,
         persistent_workers=jobs > 0, generator=torch.Generator().manual_seed(seed + 1),
+        worker_init_fn=ignore_sigterm if jobs > 0 else None,
     )
     return loader, sampler
 
@@ -197,7 +222,8 @@ def _finetune(config, dist, device, config_path, progress, start_run) -> dict[st
         check_writable(config["model_dir"], "fine-tuning checkpoints")  # before any training, not after it
     seed_everything(config["seed"] + dist.rank)
     started = time.time()
-    resume = load_training_checkpoint(config["resume"]) if config["resume"] else None
+    resume_path = resolve_resume(config)
+    resume = load_training_checkpoint(resume_path) if resume_path else None
 
     weights = resolve_pretraining(config["pretraining"], config["norms"], encoder=config["encoder"])
     # The decoder and head get a seeded stream of their own: identical in every arm of one seed, whatever the
@@ -255,7 +281,7 @@ def _finetune(config, dist, device, config_path, progress, start_run) -> dict[st
                 scaler.load_state_dict(resume["scaler"])
             start = int(resume.get("step", 0)) + 1
             if dist.is_main:
-                print(f"resuming from {config['resume']} at step {start} of {total}")
+                print(f"resuming from {resume_path} at step {start} of {total}")
 
     label = checkpoint_label(config["pretraining"])
     tracker = start_run(
@@ -282,8 +308,26 @@ def _finetune(config, dist, device, config_path, progress, start_run) -> dict[st
     names = config["class_names"]
     loss_meter = EMAMeter()
     iou_meters = [EMAMeter() for _ in range(config["num_classes"])]
-    batches = _cycle(train_loader, train_sampler)
     per_step = len(train_loader) if config["lr_policy"] == "MultiStep" else 1
+    batches = _cycle(train_loader, train_sampler, skip_batches=(start - 1) * per_step)
+    state_path = model_dir / resume_state_name(config)
+
+    def training_state(step: int) -> dict[str, Any]:
+        return {
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "norms": weights.norms,
+            "in_channels": weights.in_channels,
+            "num_classes": config["num_classes"],
+            "encoder": config["encoder"],
+            "pretraining": config["pretraining"],
+            "config": dict(config),
+            "run_id": run_id,
+            "step": step,
+            "total": total,
+        }
     last_checkpoint, last_metrics = None, {}
     step_seconds: list[float] = []  # wall time of each step (data, compute, metrics, logging, checkpoint)
     in_train_mode = False
@@ -294,7 +338,10 @@ def _finetune(config, dist, device, config_path, progress, start_run) -> dict[st
 
         bar = tqdm(total=total, initial=start - 1, desc=f"fine-tune {config['experiment_name']}", unit="step")
     status = "FAILED"
+    stop = SigtermFlag()
+    interrupted = False
     try:
+        stop.__enter__()
         for step in range(start, total + 1):
             step_started = time.perf_counter()
             for _ in range(per_step):
@@ -337,34 +384,31 @@ def _finetune(config, dist, device, config_path, progress, start_run) -> dict[st
                 torch.distributed.barrier()
             scheduler.step()
             if step in saves and dist.is_main:
-                path = model_dir / checkpoint_name(config, step, total)
-                path = save_checkpoint(path, {
-                    "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "norms": weights.norms,
-                    "in_channels": weights.in_channels,
-                    "num_classes": config["num_classes"],
-                    "encoder": config["encoder"],
-                    "pretraining": config["pretraining"],
-                    "config": dict(config),
-                    "run_id": run_id,
-                    "step": step,
-                    "total": total,
-                })
-                last_checkpoint = path
+                last_checkpoint = save_checkpoint(model_dir / checkpoint_name(config, step, total),
+                                                  training_state(step))
+            stopping = stop.agreed(device, dist.distributed) and step < total
+            periodic = config["checkpoint_iters"] and step % config["checkpoint_iters"] == 0 and step < total
+            if (stopping or periodic) and dist.is_main:
+                save_checkpoint(state_path, training_state(step))
             if bar is not None:
                 bar.update(1)
             step_seconds.append(time.perf_counter() - step_started)
-        status = "FINISHED"
+            if stopping:
+                interrupted = True
+                (bar.write if bar else print)(f"stopped by SIGTERM after step {step} of {total}; the state is in "
+                                              f"{state_path}: continue with resume=auto")
+                break
+        status = "KILLED" if interrupted else "FINISHED"
     finally:
+        stop.__exit__(None, None, None)
         if bar is not None:
             bar.close()
         tracker.end(status)
+    if not interrupted and dist.is_main:
+        state_path.unlink(missing_ok=True)  # finished: the checkpoints the user asked for are the result
     seconds = time.time() - started
-    if dist.is_main:
+    if dist.is_main and not interrupted:
         where = last_checkpoint if last_checkpoint else "(no checkpoint: num_save_checkpoints is 0)"
         print(f"finished {total - start + 1} step(s) in {seconds:.1f} s; checkpoint {where}")
     return {"checkpoint": str(last_checkpoint) if last_checkpoint else None, "run_id": run_id,
-            "metrics": last_metrics, "seconds": seconds, "step_seconds": step_seconds}
+            "metrics": last_metrics, "seconds": seconds, "step_seconds": step_seconds, "interrupted": interrupted}

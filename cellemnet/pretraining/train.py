@@ -234,12 +234,6 @@ def _install_sigterm(run: Run):
         return None
 
 
-def _ignore_sigterm(worker_id: int) -> None:
-    """DataLoader workers ignore SIGTERM sent to the whole process group (SLURM, `kill -- -PGID`): the main
-    process finishes its step, saves, and shuts them down; a dead worker would abort the run before the save."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
 def _should_stop(run: Run) -> bool:
     flag = torch.tensor([1.0 if run.stop_requested else 0.0], device=run.device)
     if run.info.distributed:
@@ -368,7 +362,7 @@ def train(cfg: dict[str, Any], method_name: str) -> dict[str, Any]:
     if cfg["workers"] > 0:
         loader_kwargs["persistent_workers"] = False
         loader_kwargs["prefetch_factor"] = 2
-        loader_kwargs["worker_init_fn"] = _ignore_sigterm
+        loader_kwargs["worker_init_fn"] = runtime.ignore_sigterm
     loader = DataLoader(dataset, **loader_kwargs)
 
     tracker = start_run(cfg["experiment_name"], run_name=f"{method_name}-{cfg['arch']}", params=cfg,

@@ -168,3 +168,85 @@ def test_reading_encoder_key_names_draws_no_random_numbers():
     keys = encoder_keys("resnet18") + resnet50_encoder_keys()
     assert torch.equal(before, torch.random.get_rng_state())
     assert "layer1.0.conv3.weight" in keys and not any(k.startswith("fc.") for k in keys)
+
+
+def test_a_cycle_that_skips_k_batches_continues_with_the_uninterrupted_batches(bench):
+    from cellemnet.evaluation.train import _cycle
+
+    def cycle(skip):
+        weights = resolve_pretraining("random_init", {"mean": 0.5, "std": 0.2})
+        dataset = SegmentationDataset(bench / "train", build_train_transforms(AUGMENT, weights.norms, seed=3), 1, 1)
+        loader, sampler = _loader(dataset, 2, True, 0, torch.device("cpu"), DistInfo(), drop_last=True, seed=3)
+        return _cycle(loader, sampler, skip_batches=skip)
+
+    clean = cycle(0)
+    reference = [next(clean) for _ in range(7)]  # 2 batches per epoch: 3.5 epochs
+    resumed = cycle(3)  # stopped after 1.5 epochs
+    for expected in reference[3:]:
+        batch = next(resumed)
+        assert batch["name"] == expected["name"] and torch.equal(batch["image"], expected["image"])
+
+
+def _finetune_process(cfg_path, *overrides):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    return subprocess.Popen([sys.executable, str(root / "evaluation/finetune.py"), str(cfg_path), *overrides],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+
+
+def _wait_for_state(path, proc, min_step: int, timeout: float = 120):
+    import time
+
+    start = time.time()
+    while True:
+        if path.is_file():
+            try:
+                if torch.load(path, weights_only=True)["step"] >= min_step:
+                    return
+            except (OSError, RuntimeError, EOFError, KeyError):
+                pass  # read while being replaced (the rename is atomic; the old file may have gone)
+        assert proc.poll() is None, proc.stdout.read()[-2000:]
+        assert time.time() - start < timeout, "fine-tuning made no progress"
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_sigterm_and_kill_then_resume_auto_give_the_weights_of_an_uninterrupted_run(bench, tmp_path):
+    import signal
+
+    settings = dict(iters=16, logging=False, augmentations=AUGMENT, checkpoint_iters=1, jobs=1, encoder="resnet18")
+    clean_cfg = tiny_config(tmp_path / "clean" / "cfg.yaml", bench, **settings)
+    clean = finetune(load_eval_config(clean_cfg, stage="train"), progress=False)
+    assert not list((tmp_path / "clean" / "models").glob("*_resume.pth"))  # a finished run leaves no state
+    cfg = tiny_config(tmp_path / "run" / "cfg.yaml", bench, **settings)
+    state = tmp_path / "run" / "models" / "example-random_init_ft_all_resume.pth"
+    # 1) SIGTERM: the step finishes, the state is saved, exit code 143.
+    proc = _finetune_process(cfg)
+    _wait_for_state(state, proc, 2)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 143, out[-2000:]
+    assert "continue with resume=auto" in out
+    stopped_at = torch.load(state, weights_only=True)["step"]
+    assert 2 <= stopped_at < 16
+    # 2) resume=auto, then SIGKILL a few steps later: the periodic state survives.
+    proc = _finetune_process(cfg, "resume=auto")
+    _wait_for_state(state, proc, stopped_at + 2)
+    proc.kill()
+    proc.wait(timeout=60)
+    killed_at = torch.load(state, weights_only=True)["step"]
+    assert killed_at >= stopped_at + 2
+    # 3) resume=auto to the end: the same weights, bit for bit, as the run that was never interrupted.
+    proc = _finetune_process(cfg, "resume=auto")
+    out = proc.communicate(timeout=240)[0]
+    assert proc.returncode == 0, out[-2000:]
+    assert f"at step {killed_at + 1} of 16" in out
+    assert not state.exists()
+    final = torch.load(tmp_path / "run" / "models" / "example-random_init_ft_all_epoch16_of_16.pth",
+                       weights_only=True)
+    reference = torch.load(clean["checkpoint"], weights_only=True)
+    assert [k for k, v in reference["state_dict"].items() if not torch.equal(final["state_dict"][k], v)] == []
