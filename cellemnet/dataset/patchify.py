@@ -503,9 +503,12 @@ def _process(source: Source, out_dir: str, s: PatchSettings, progress: bool) -> 
         return SourceResult(source.path, str(shard), "failed", errors=[f"{source.path}: unexpected error: {detail}"])
 
 
-def _init_worker() -> None:
+def _init_worker(parent_pid: int) -> None:
     import numba
 
+    from cellemnet.workers import die_with_parent
+
+    die_with_parent(parent_pid)
     numba.set_num_threads(1)  # the processes already share the cores
 
 
@@ -557,7 +560,8 @@ def run_sources(
                 bar.update(1)
         else:
             context = multiprocessing.get_context("spawn")  # safe with numba threads and on every platform
-            with cf.ProcessPoolExecutor(max_workers=processes, mp_context=context, initializer=_init_worker) as pool:
+            with cf.ProcessPoolExecutor(max_workers=processes, mp_context=context, initializer=_init_worker,
+                                        initargs=(os.getpid(),)) as pool:
                 futures = [pool.submit(_process, source, str(out), settings, False) for source in todo]
                 for future in cf.as_completed(futures):
                     results.append(future.result())

@@ -162,7 +162,10 @@ def run_each(func, jobs: list[tuple], processes: int = 1, desc: str = "files", p
                 outcomes.append(_call(func, job))
                 bar.update(1)
         else:
-            with cf.ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+            from cellemnet.workers import die_with_parent
+
+            with cf.ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
                 outcomes = []
                 for outcome in pool.map(_call, [func] * len(jobs), jobs):
                     outcomes.append(outcome)

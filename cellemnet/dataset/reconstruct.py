@@ -20,6 +20,7 @@ import numpy as np
 from cellemnet.dataset import store
 from cellemnet.dataset.names import PatchLocation, dataset_name, format_subvolume_name, is_patch_name, parse_name
 from cellemnet.errors import InputError
+from cellemnet.workers import die_with_parent
 
 _IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 
@@ -151,7 +152,8 @@ def reconstruct(
                 bar.update(1)
         else:
             context = multiprocessing.get_context("spawn")
-            with cf.ProcessPoolExecutor(max_workers=processes, mp_context=context) as pool:
+            with cf.ProcessPoolExecutor(max_workers=processes, mp_context=context, initializer=die_with_parent,
+                                        initargs=(os.getpid(),)) as pool:
                 futures = [pool.submit(reconstruct_volume, path, locs, str(save_dir), nz) for path, locs in jobs]
                 reports = []
                 for future in cf.as_completed(futures):
