@@ -228,6 +228,9 @@ def classify_patches(sharddir: str | os.PathLike, savedir: str | os.PathLike, we
 
     check_writable(savedir, "curated dataset")  # before any patch is scored
     check_settings(savedir, settings)
+    from cellemnet.dataset.store import remove_stale_temporaries
+
+    remove_stale_temporaries(savedir, recursive=True)  # half-written files of a killed run never stay
     state_dir = savedir / STATE_DIR
     result = ClassifyResult(n_shards=len(shards))
     todo = []

@@ -333,13 +333,14 @@ def list_shards(folder: str | os.PathLike, recursive: bool = False) -> list[Path
     return sorted(p for p in folder.glob(pattern) if p.is_file() and not p.name.startswith("."))
 
 
-def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
-    """Delete leftovers of writes that were killed (``.{name}.*.part*`` files). Returns what was removed."""
+def remove_stale_temporaries(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """Delete leftovers of writes that were killed (``.{name}.*.part*`` files, cellemnet.io.atomic_path), in
+    `folder` or (recursive) below it. Returns what was removed."""
     removed = []
     folder = Path(folder)
     if not folder.is_dir():
         return removed
-    for p in folder.iterdir():
+    for p in (folder.rglob(".*") if recursive else folder.iterdir()):
         if p.name.startswith(".") and ".part" in p.name and p.is_file():
             p.unlink(missing_ok=True)
             removed.append(p)

@@ -84,9 +84,12 @@ def test_rerun_skips_and_resume_redoes_only_unfinished(tmp_path):
     (savedir / ".classify" / "tissueB.h5.csv").unlink()
     lost = next((savedir / "tissueB").iterdir())
     lost.unlink()
+    half_written = savedir / "tissueB" / f".{lost.name}.k1ll3d.part.tiff"  # what a killed atomic write leaves
+    half_written.write_bytes(b"II*\x00\x08\x00\x00\x00")
     resumed = classify_patches(sharddir, savedir, **quiet)
     assert resumed.n_shards_skipped == 2 and resumed.scored_this_run == 5
     assert lost.is_file() and len(_manifest(savedir)) == 15
+    assert not half_written.exists() and not list(savedir.rglob(".*part*"))
 
     with pytest.raises(ConfigError, match="other filter settings"):
         classify_patches(sharddir, savedir, threshold=0.7, **quiet)
