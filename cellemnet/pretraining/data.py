@@ -46,6 +46,22 @@ def _source_of(rel: Path, is_shard: bool) -> str:
     return rel.stem if is_shard else ROOT_SOURCE
 
 
+def _check_float_tiff(path: Path) -> None:
+    """A float TIFF with NaN or inf stops the run when the data is indexed, naming the file, not mid-epoch.
+    Only the header is read for the usual integer patches (PNG and shards are integer by format)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if tif.pages[0].dtype is None or tif.pages[0].dtype.kind != "f":
+                return
+            data = tif.asarray()
+    except Exception as exc:
+        raise InputError(f"{path}: cannot read patch ({exc.__class__.__name__}: {exc})") from None
+    if not np.all(np.isfinite(data)):
+        raise InputError(f"{path}: contains NaN or infinite values; fix or remove the patch")
+
+
 def scan_data(data_path: str | os.PathLike) -> dict[str, Any]:
     """Walk data_path once: {"files": [[source, relpath], ...], "shards": [[source, relpath, count], ...]}."""
     data_path = Path(data_path)
@@ -59,6 +75,8 @@ def scan_data(data_path: str | os.PathLike) -> dict[str, Any]:
             suffix = os.path.splitext(name)[1].lower()
             rel = Path(dirpath, name).relative_to(data_path)
             if suffix in IMAGE_SUFFIXES:
+                if suffix in (".tif", ".tiff"):
+                    _check_float_tiff(data_path / rel)
                 files.append([_source_of(rel, False), rel.as_posix()])
             elif suffix in SHARD_SUFFIXES:
                 from cellemnet.dataset.store import ShardReader

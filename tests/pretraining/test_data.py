@@ -125,14 +125,15 @@ def test_views_and_multicrop_have_the_configured_shapes_and_norms():
     assert not torch.equal(a, b)  # two independent random views
 
 
-def test_a_nan_patch_is_named(tmp_path):
-    import numpy as np
-    import pytest
-
-    from cellemnet.errors import InputError
-    from cellemnet.io import write_image
+def test_a_nan_patch_is_named_when_the_data_is_indexed(tmp_path):
     from cellemnet.pretraining.data import read_patch
 
-    write_image(tmp_path / "bad.tif", np.full((8, 8), np.nan, np.float32))
+    data = tmp_path / "data"
+    write_image(data / "src" / "good.tif", np.full((8, 8), 0.5, np.float32))  # float but finite: fine
+    write_image(data / "src" / "ok.tif", np.zeros((8, 8), np.uint8))
+    assert len(pdata.scan_data(data)["files"]) == 2
+    write_image(data / "src" / "bad.tif", np.full((8, 8), np.nan, np.float32))
+    with pytest.raises(InputError, match=r"bad\.tif: contains NaN or infinite values"):
+        pdata.load_index(data, tmp_path / "index.json")  # before any model is built, not mid-epoch
     with pytest.raises(InputError, match=r"bad\.tif: contains NaN"):
-        read_patch(tmp_path / "bad.tif")
+        read_patch(data / "src" / "bad.tif")
