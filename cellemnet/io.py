@@ -18,6 +18,7 @@ them so that ``import cellemnet.io`` stays fast; this module never imports torch
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import shutil
@@ -142,8 +143,20 @@ def _atomic_dir(path: Path) -> Iterator[Path]:
 # --------------------------------------------------------------------------------------------------------------
 # Paths and suffixes
 # --------------------------------------------------------------------------------------------------------------
+# tifffile logs recoverable damage ("invalid page offset") on its own logger, without the file's name; the readers
+# here report what went wrong with the file named, so its log lines are only noise.
+logging.getLogger("tifffile").setLevel(logging.CRITICAL)
+
+_ITK_ERROR = re.compile(r"itk::ERROR: \w+\(0x[0-9a-f]+\): (.*)$")
+
+
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
+    itk = _ITK_ERROR.search(text)  # SimpleITK: keep ITK's reason, not the C++ source locations before it
+    if itk:
+        text = itk.group(1)
+    elif "Exception thrown in SimpleITK" in text and ".hxx:" in text or ".cxx:" in text:
+        text = text.rsplit(": ", 1)[-1]
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
@@ -261,6 +274,7 @@ def _read_tiff_2d(path: Path) -> np.ndarray:
 
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
+        _check_claimed_size(path, series.shape, series.dtype, os.path.getsize(path))
         array, axes = series.asarray(), series.axes
     array, axes = _drop_singleton_axes(array, axes)
     if array.ndim == 3 and axes[0] in "CS" and array.shape[0] <= 4:
@@ -271,6 +285,20 @@ def _read_tiff_2d(path: Path) -> np.ndarray:
         raise InputError(f"{path}: is a stack of shape {array.shape} (axes {axes}), not a 2D image "
                          f"(read it with read_volume)")
     return array
+
+
+def _check_claimed_size(path: Path, shape: Sequence[int], dtype, file_bytes: int) -> None:
+    """Refuse, before allocating, an image whose header claims more memory than the machine has (a damaged or
+    hostile header: a 138-byte TIFF can claim 40 GB)."""
+    claimed = int(np.prod([int(n) for n in shape], dtype=np.float64) * np.dtype(dtype).itemsize)
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if claimed > memory:
+        raise InputError(f"{path}: its header claims {'x'.join(map(str, shape))} pixels ({claimed / 2**30:.1f} GiB, "
+                         f"more than this machine's {memory / 2**30:.0f} GiB of memory) in a file of "
+                         f"{file_bytes} bytes: damaged, or read it as a volume in blocks")
 
 
 def _drop_singleton_axes(array: np.ndarray, axes: str) -> tuple[np.ndarray, str]:

@@ -121,6 +121,11 @@ class _Tiles:
 # --------------------------------------------------------------------------------------------------------------
 # Finding sources
 # --------------------------------------------------------------------------------------------------------------
+def _file_or_link(p: Path) -> bool:
+    """A file, or a symbolic link that should point to one: a broken link is named as left out, not skipped."""
+    return p.is_file() or (p.is_symlink() and not p.exists())
+
+
 def _visible(path: Path) -> bool:
     return not path.name.startswith(".")
 
@@ -185,14 +190,14 @@ def find_image_groups(imdir: str | os.PathLike, exclude: str | os.PathLike | Non
     if not root.is_dir():
         raise InputError(f"{root}: no such folder")
     groups = []
-    loose = tuple(str(p) for p in sorted(root.iterdir()) if _visible(p) and p.is_file() and is_image_file(p))
+    loose = tuple(str(p) for p in sorted(root.iterdir()) if _visible(p) and _file_or_link(p) and is_image_file(p))
     if loose:
         groups.append(Source(KIND_IMAGES, source_name(root.resolve().name), str(root), loose))
     out = _output_below(root, exclude)
     for sub in sorted(p for p in root.iterdir() if _visible(p) and p.is_dir()):
         if out is not None and is_within(sub, out, or_equal=True):
             continue
-        files = tuple(str(p) for p in sorted(sub.iterdir()) if _visible(p) and p.is_file() and is_image_file(p))
+        files = tuple(str(p) for p in sorted(sub.iterdir()) if _visible(p) and _file_or_link(p) and is_image_file(p))
         if not files and any(store.is_patch_shard(p) for p in sub.iterdir()):
             continue  # an output folder of an earlier run
         groups.append(Source(KIND_IMAGES, sub.name, str(sub), files))
@@ -429,10 +434,13 @@ def patchify_group(source: Source, shard: Path, s: PatchSettings, progress: bool
                                                                                         s.hash_size)))
         files.append(path)
     bar.close()
-    if not files:
-        reason = f": {result.errors[0].removesuffix(' (left out)')}" if result.errors else ""
-        more = f" (and {len(result.errors) - 1} more)" if len(result.errors) > 1 else ""
-        raise InputError(f"{source.path}: none of its {len(source.files)} images could be read{reason}{more}")
+    if not files:  # each file's reason on its own line, then the group's
+        only = f": {result.errors[0].removesuffix(' (left out)')}" if len(result.errors) == 1 else \
+            " (each is named above)"
+        result.errors.append(f"{source.path}: none of its {len(source.files)} images could be read{only}")
+        result.status = "failed"
+        result.seconds = time.perf_counter() - started
+        return result
     tiles = _Tiles.concat(parts).sorted()
     dedup = greedy_clusters(tiles.hashes, s.max_distance, order=walk_order(len(tiles), s.seed))
     keep = np.sort(dedup.exemplars)
