@@ -109,6 +109,31 @@ def rescue_path(path: str | os.PathLike) -> Path:
     return Path(tempfile.gettempdir()) / "cellemnet-rescued" / f"{os.getpid()}-{Path(path).name}"
 
 
+def write_or_rescue(path: str | os.PathLike, write, what: str = "result") -> Path:
+    """write(tmp) atomically onto `path`; when the folder refuses (full disk, lost permission) the result is not
+    lost: it goes to rescue_path(path) and a warning says where. Returns the path written; InputError naming both
+    when even the rescue fails."""
+    import sys
+
+    try:
+        with atomic_path(path) as tmp:
+            write(tmp)
+        return Path(path)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        rescue = rescue_path(path)
+        try:
+            rescue.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(rescue) as tmp:
+                write(tmp)
+        except OSError as again:
+            raise InputError(f"{path}: cannot write the {what} ({reason}); the rescue copy {rescue} failed too "
+                             f"({again.strerror or again})") from None
+        print(f"WARNING: could not write {path} ({reason}); the {what} was saved to {rescue} instead: move it "
+              "where you want it", file=sys.stderr, flush=True)
+        return rescue
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write text to `path` atomically."""
     with atomic_path(path) as tmp:

@@ -13,7 +13,6 @@ a killed and resumed run ends with the weights of an uninterrupted one (augmenta
 """
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -162,20 +161,9 @@ def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
 def save_checkpoint(path: Path, payload: Mapping[str, Any]) -> Path:
     """Write atomically; when the folder refuses the write (full disk, lost permission), the trained model is not
     lost: it goes to a rescue file in the temp folder, and the message says where. Returns the path written."""
-    from cellemnet.io import atomic_path, rescue_path
+    from cellemnet.io import write_or_rescue
 
-    try:
-        with atomic_path(path) as tmp:
-            torch.save(dict(payload), tmp)
-        return Path(path)
-    except OSError as exc:
-        rescue = rescue_path(path)
-        rescue.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(rescue) as tmp:
-            torch.save(dict(payload), tmp)
-        print(f"WARNING: could not write {path} ({exc.strerror or exc}); the checkpoint was saved to {rescue} "
-              "instead: move it where you want it", file=sys.stderr, flush=True)
-        return rescue
+    return write_or_rescue(path, lambda tmp: torch.save(dict(payload), tmp), "checkpoint")
 
 
 def _metric_line(prefix: str, loss: float, ious: Mapping[str, float]) -> str:
