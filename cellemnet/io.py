@@ -13,7 +13,7 @@ Conventions
   is wrong; library exceptions are wrapped, never shown as tracebacks by the command-line scripts.
 
 Heavy libraries (SimpleITK, OpenCV, tifffile, h5py, zarr, mrcfile) are imported inside the functions that use
-them so that ``import cellemnet.io`` stays fast; this module never imports torch.
+them so that ``import cellemnet.io`` stays fast; torch only inside the two functions that read and write torch files.
 """
 from __future__ import annotations
 
@@ -109,11 +109,14 @@ def rescue_path(path: str | os.PathLike) -> Path:
     return Path(tempfile.gettempdir()) / "cellemnet-rescued" / f"{os.getpid()}-{Path(path).name}"
 
 
-def write_or_rescue(path: str | os.PathLike, write, what: str = "result") -> Path:
-    """write(tmp) atomically onto `path`; when the folder refuses (full disk, lost permission) the result is not
+def write_or_rescue(path: str | os.PathLike, data: bytes, what: str = "result") -> Path:
+    """Write `data` atomically to `path`; when the folder refuses (full disk, lost permission) the result is not
     lost: it goes to rescue_path(path) and a warning says where. Returns the path written; InputError naming both
     when even the rescue fails."""
     import sys
+
+    def write(tmp: Path) -> None:
+        tmp.write_bytes(data)
 
     try:
         with atomic_path(path) as tmp:
@@ -1101,6 +1104,18 @@ def to_uint8(array: Any, limits: tuple[float, float] | None = None, name: str = 
         np.clip(block, 0.0, 255.0, out=block)
         flat_out[start:start + step] = np.rint(block)
     return out
+
+
+def torch_bytes(obj: Any) -> bytes:
+    """torch.save into memory: written to disk with Python's own I/O, a full disk is an OSError that names its
+    reason (torch's writer reports it as 'unexpected pos ...'), and the bytes can go to a rescue path unchanged."""
+    import io as _io
+
+    import torch
+
+    buffer = _io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
 
 
 def load_torch_dict(path: str | os.PathLike, what: str = "checkpoint") -> dict:

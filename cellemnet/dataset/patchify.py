@@ -15,6 +15,7 @@ command gives the same shards as one clean run.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import errno
 import multiprocessing
 import os
 import time
@@ -506,6 +507,15 @@ def _process(source: Source, out_dir: str, s: PatchSettings, progress: bool) -> 
         return SourceResult(source.path, str(shard), "failed", errors=[str(exc)])
     except MemoryError:
         return SourceResult(source.path, str(shard), "failed", errors=[f"{source.path}: out of memory"])
+    except OSError as exc:  # the output refused a write (full disk, quota, read-only): name the shard
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG) or \
+                "No space left" in str(exc) or str(out_dir) in str(exc):
+            # h5py's message is a paragraph; its errno text is the reason
+            reason = "No space left on device" if "No space left" in str(exc) else exc.strerror or str(exc)
+            return SourceResult(source.path, str(shard), "failed", errors=[
+                f"{shard}: cannot write the shard ({' '.join(reason.split())}); free space and re-run"])
+        detail = " ".join(str(exc).split())
+        return SourceResult(source.path, str(shard), "failed", errors=[f"{source.path}: cannot read ({detail})"])
     except Exception as exc:  # noqa: BLE001 - one bad source must not stop the others; keep the trace for bugs
         detail = traceback.format_exc(limit=3).strip().splitlines()[-1]
         return SourceResult(source.path, str(shard), "failed", errors=[f"{source.path}: unexpected error: {detail}"])
@@ -574,20 +584,28 @@ def run_sources(
                 for future in cf.as_completed(futures):
                     results.append(future.result())
                     bar.update(1)
-    store.rebuild_folder_manifest(out)
     order = {s.path: i for i, s in enumerate(sources)}
-    return sorted(results, key=lambda r: order.get(r.source, len(order)))
+    results = sorted(results, key=lambda r: order.get(r.source, len(order)))
+    try:
+        store.rebuild_folder_manifest(out)
+    except OSError as exc:  # e.g. the disk filled up: the finished shards are complete, a re-run lists them
+        manifest = out / store.MANIFEST_NAME
+        results.append(SourceResult(str(manifest), "", "failed", errors=[
+            f"{manifest}: cannot write the manifest ({exc.strerror or exc}); the finished shards are kept: free "
+            f"space and re-run"]))
+    return results
 
 
 def summarize(results: Iterable[SourceResult], what: str, out_dir: str | os.PathLike, seconds: float) -> tuple[str, int]:
     """The end-of-run summary and the exit code (1 when anything failed or was left out)."""
-    results = list(results)
+    everything = list(results)
+    results = [r for r in everything if r.shard]  # the sources (a failed manifest write has no shard)
     done = [r for r in results if r.status == "done"]
     skipped = [r for r in results if r.status == "skipped"]
     failed = [r for r in results if r.status == "failed"]
     cut = sum(r.n_cut for r in done + skipped)
     kept = sum(r.n_kept for r in done + skipped)
-    problems = [line for r in results for line in r.errors]
+    problems = [line for r in everything for line in r.errors]
     lines = [line for r in results for line in (f"note: {r.source}: {n}" for n in r.notes)]
     lines += [f"error: {line}" for line in problems]
     share = f" ({100.0 * kept / cut:.1f}%)" if cut else ""

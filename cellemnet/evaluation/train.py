@@ -161,9 +161,9 @@ def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
 def save_checkpoint(path: Path, payload: Mapping[str, Any]) -> Path:
     """Write atomically; when the folder refuses the write (full disk, lost permission), the trained model is not
     lost: it goes to a rescue file in the temp folder, and the message says where. Returns the path written."""
-    from cellemnet.io import write_or_rescue
+    from cellemnet.io import torch_bytes, write_or_rescue
 
-    return write_or_rescue(path, lambda tmp: torch.save(dict(payload), tmp), "checkpoint")
+    return write_or_rescue(path, torch_bytes(dict(payload)), "checkpoint")
 
 
 def _metric_line(prefix: str, loss: float, ious: Mapping[str, float]) -> str:

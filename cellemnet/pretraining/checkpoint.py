@@ -45,14 +45,13 @@ def resolve_resume(resume: str, model_dir: str | os.PathLike) -> Path | None:
 def save_checkpoint(state: dict[str, Any], model_dir: str | os.PathLike, keep_epoch: int | None = None) -> Path:
     """Write current.pth atomically; with keep_epoch also a kept numbered copy. Returns current.pth's path (or,
     when model_dir refused the write late - a full disk - the rescue copy's path, which a warning names)."""
-    import torch
-
-    from cellemnet.io import write_or_rescue
+    from cellemnet.io import torch_bytes, write_or_rescue
 
     model_dir = Path(model_dir)
-    current = write_or_rescue(model_dir / CURRENT_NAME, lambda tmp: torch.save(state, tmp), "checkpoint")
+    data = torch_bytes(state)
+    current = write_or_rescue(model_dir / CURRENT_NAME, data, "checkpoint")
     if keep_epoch is not None:
-        write_or_rescue(model_dir / kept_name(keep_epoch), lambda tmp: torch.save(state, tmp), "checkpoint")
+        write_or_rescue(model_dir / kept_name(keep_epoch), data, "checkpoint")
     return current
 
 
