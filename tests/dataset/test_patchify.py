@@ -16,6 +16,7 @@ from cellemnet.dataset import store
 from cellemnet.dataset.hashing import dhash, dhash_reference
 from cellemnet.dataset.names import parse_name
 from cellemnet.io import read_image, to_uint8, write_image, write_volume
+from cellemnet.workers import is_alive, live_children
 
 from curation_scripts import ROOT, load_script
 
@@ -351,26 +352,6 @@ def test_patchify2d_never_reads_its_own_outputs(tmp_path, capsys):
     assert "no images found" not in text.out + text.err
 
 
-def _children(pid: int) -> set[int]:
-    """Live (not zombie) processes whose parent is pid, from /proc."""
-    out = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            out.add(int(stat.parent.name))
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.slow
 def test_killing_patchify3d_p2_kills_its_workers_and_the_rerun_equals_a_clean_run(tmp_path):
     voldir = tmp_path / "v"
@@ -385,16 +366,16 @@ def test_killing_patchify3d_p2_kills_its_workers_and_the_rerun_equals_a_clean_ru
     deadline = time.time() + 120
     children: set[int] = set()
     while time.time() < deadline and proc.poll() is None and len(children) < 3:  # 2 workers + resource tracker
-        children |= _children(proc.pid)
+        children |= live_children(proc.pid)
         time.sleep(0.05)
     time.sleep(1.0)  # the workers are inside a volume now
     assert proc.poll() is None and len(children) >= 2, "patchify3d -p 2 did not start its workers"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     deadline = time.time() + 20
-    while time.time() < deadline and any(_alive(p) for p in children):
+    while time.time() < deadline and any(is_alive(p) for p in children):
         time.sleep(0.1)
-    assert [p for p in children if _alive(p)] == []  # no process outlives the killed parent
+    assert [p for p in children if is_alive(p)] == []  # no process outlives the killed parent
     rerun = subprocess.run(cmd + [str(killed), "-cs", "48", "-q", "-p", "2"], capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert _shard_contents(killed) == _shard_contents(clean)
