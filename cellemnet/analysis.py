@@ -38,11 +38,11 @@ def resnet50_encoder(in_channels: int = 1, seed: int | None = 0):
 def load_encoder(path: str | Path | None = None, seed: int = 0):
     """(encoder, norms, description) from a checkpoint file, or a seeded random-init ResNet-50 when path is None.
 
-    The file may be an exported encoder (`cellemnet.pretraining.export`), a MoCoV2/SwAV training checkpoint of this
+    The file may be an exported encoder (`cellemnet.encoder`), a MoCoV2/SwAV training checkpoint of this
     project, or a published CEM500K/CEM1.5M file: anything `encoder_from_checkpoint` reads. Random init uses the EM
     norms and one channel.
     """
-    from cellemnet.pretraining.export import encoder_from_checkpoint, load_checkpoint_file, load_encoder_into_resnet50
+    from cellemnet.encoder import encoder_from_checkpoint, load_checkpoint_file, load_encoder_into_resnet
 
     if path is None:
         return resnet50_encoder(1, seed), [EM_NORMS["mean"][0], EM_NORMS["std"][0]], "random-init ResNet-50"
@@ -51,7 +51,7 @@ def load_encoder(path: str | Path | None = None, seed: int = 0):
     except InputError as exc:
         message = str(exc)
         raise InputError(message if str(path) in message else f"{path}: {message}") from None
-    model = load_encoder_into_resnet50(exported)
+    model = load_encoder_into_resnet(exported)
     return model.eval(), list(exported["norms"]), f"{exported['method']} ResNet-50 from {Path(path).name}"
 
 

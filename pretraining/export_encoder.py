@@ -22,7 +22,7 @@ def main(argv=None) -> int:
                         help="export even when the checkpoint's run ended with the verdict 'did not learn'")
     args = parser.parse_args(argv)
     from cellemnet.errors import InputError
-    from cellemnet.pretraining.export import export_encoder, load_checkpoint_file
+    from cellemnet.encoder import export_encoder, load_checkpoint_file
     from cellemnet.pretraining.health import checkpoint_verdict, refusal
 
     ckpt = load_checkpoint_file(args.checkpoint)

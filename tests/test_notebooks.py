@@ -84,7 +84,7 @@ def encoder_file(tmp_path_factory) -> Path:
     import torch
 
     from cellemnet.analysis import resnet50_encoder
-    from cellemnet.pretraining.export import encoder_from_checkpoint
+    from cellemnet.encoder import encoder_from_checkpoint
 
     state = {f"module.encoder_q.{k}": v for k, v in resnet50_encoder(1, seed=1).state_dict().items()}
     path = tmp_path_factory.mktemp("weights") / "encoder.pth"

@@ -16,13 +16,14 @@ from typing import Any, Iterable, Mapping
 
 from cellemnet.config import Field, apply_overrides, parse_overrides, read_yaml, validate
 from cellemnet.constants import EM_MEAN, EM_STD
+from cellemnet.encoder import Norms
 from cellemnet.errors import ConfigError
 
 DATA_ROOT_ENV = "CELLEMNET_DATA_ROOT"
 FINETUNE_LAYERS = ("none", "layer4", "layer3", "layer2", "layer1", "all")
 NAMED_PRETRAININGS = ("random_init", "imagenet_supervised", "cellemnet_mocov2", "cellemnet_swav")
 MODES_3D = ("stack", "orthoplane")
-ENCODERS = ("resnet18", "resnet34", "resnet50")  # = cellemnet.pretraining.export.ENCODER_ARCHS (no torch import here)
+ENCODERS = ("resnet18", "resnet34", "resnet50")  # = cellemnet.encoder.ENCODER_ARCHS (no torch import here)
 DATA_PATH_KEYS = ("data_dir", "test_dir2d", "test_dir3d", "test_dir")
 
 
@@ -247,7 +248,7 @@ def load_eval_config(
     from cellemnet.evaluation.augment import build_train_transforms
 
     try:
-        build_train_transforms(cfg["augmentations"], norms=as_norms(cfg["norms"]))
+        build_train_transforms(cfg["augmentations"], norms=Norms.parse(cfg["norms"]).as_dict())
     except ConfigError as exc:
         raise ConfigError(f"{source}: key 'augmentations': {exc}") from None
     if stage == "train":
@@ -276,14 +277,6 @@ def training_scale_warning(cfg: Mapping[str, Any], source: str = "config") -> st
         return None
     first = find_pairs(Path(cfg["data_dir"]) / "train", require_masks=False)[0].image
     return scale_warning(cfg["augmentations"], image_size(first), source=source)
-
-
-def as_norms(norms: Mapping[str, Any]) -> dict[str, list[float]]:
-    """{'mean': m, 'std': s} with numbers or lists -> {'mean': [..], 'std': [..]} of floats."""
-    mean, std = norms["mean"], norms["std"]
-    mean = [float(x) for x in (mean if isinstance(mean, (list, tuple)) else [mean])]
-    std = [float(x) for x in (std if isinstance(std, (list, tuple)) else [std])]
-    return {"mean": mean, "std": std}
 
 
 def default_eval_classes(num_classes: int) -> list[int]:

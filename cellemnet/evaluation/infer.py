@@ -59,7 +59,7 @@ def load_predictor(state_path: str | Path, config: Mapping[str, Any]):
 
 def checkpoint_encoder(ckpt: Mapping[str, Any], state_path: str | Path) -> str:
     """The U-Net encoder of a fine-tuning checkpoint: its "encoder" key, else what the encoder weights show."""
-    from cellemnet.pretraining.export import arch_from_state_dict
+    from cellemnet.encoder import arch_from_state_dict
 
     if ckpt.get("encoder"):
         return str(ckpt["encoder"])

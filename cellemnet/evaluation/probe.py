@@ -38,7 +38,7 @@ API (all arguments explicit; torch and scikit-learn are imported by this module)
 
     result = probe_trunk(trunk, arch, data, norms, settings=ProbeSettings(), progress=False) -> ProbeResult
         The ONLINE entry point (e.g. every N epochs of pretraining): `trunk` is a torchvision ResNet as
-        cellemnet.pretraining.models.resnet_trunk builds it (1-channel conv1; attributes conv1, bn1, relu,
+        cellemnet.encoder.one_channel_resnet builds it (1-channel conv1; attributes conv1, bn1, relu,
         maxpool, layer1..layer4; fc is never called), e.g. `model.encoder_q` of MoCo (unwrap DDP's `.module`),
         or an smp ResNetEncoder (same names). It is used in place, in eval mode, on its own device, and put back
         in the train/eval mode it had; the caller's RNG state is not changed. `norms` is {"mean": [m],
@@ -78,6 +78,7 @@ import torch.nn.functional as F
 
 from cellemnet.config import Field, apply_overrides, parse_overrides, validate
 from cellemnet.constants import EM_NORMS
+from cellemnet.encoder import Norms, one_channel_resnet
 from cellemnet.errors import ConfigError, InputError
 from cellemnet.evaluation.metrics import ious, mean_of
 
@@ -208,12 +209,10 @@ def random_trunk(arch: str, in_channels: int, seed: int) -> torch.nn.Module:
     3-channel one), built under its own RNG so the caller's torch RNG state does not move."""
     import torchvision
 
-    from cellemnet.pretraining.models import resnet_trunk
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if in_channels == 1:
-            trunk = resnet_trunk(arch)
+            trunk = one_channel_resnet(arch)
         elif in_channels == 3:
             trunk = getattr(torchvision.models, arch)(weights=None)
         else:
@@ -582,12 +581,7 @@ def report_lines(result: ProbeResult) -> list[str]:
 
 # ============================================================================================== entry points
 def _as_norms(norms: Mapping[str, Any] | Sequence[float]) -> dict[str, list[float]]:
-    if isinstance(norms, Mapping):
-        from cellemnet.evaluation.config import as_norms
-
-        return as_norms(norms)
-    mean, std = norms  # [mean, std] as exported encoder files store them
-    return {"mean": [float(mean)], "std": [float(std)]}
+    return Norms.parse(norms).as_dict()  # a config's dict or an exported file's [mean, std]
 
 
 def _progress(total: int, enabled: bool, desc: str):

@@ -149,7 +149,7 @@ def _loader(dataset, batch_size: int, shuffle: bool, jobs: int, device: torch.de
 
 
 def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
-    from cellemnet.pretraining.export import checkpoint_kind, load_checkpoint_file
+    from cellemnet.encoder import checkpoint_kind, load_checkpoint_file
 
     ckpt = load_checkpoint_file(path)
     if checkpoint_kind(ckpt) != "a fine-tuning checkpoint" or any(k not in ckpt for k in ("state_dict", "norms")):

@@ -8,10 +8,10 @@
   offline without the file, the error names the file and where to put it.
 * a path: any file the pretraining stage writes (raw MoCoV2/SwAV checkpoints, exported encoders), the
   published files, or a fine-tuned U-Net checkpoint from this stage. The layout is detected by
-  `cellemnet.pretraining.export.encoder_from_checkpoint`.
+  `cellemnet.encoder.encoder_from_checkpoint`.
 
 Loading is strict: every encoder key must match, otherwise it is an error (never a silently random encoder). The
-file's arch (resnet18/34/50, `cellemnet.pretraining.export.encoder_arch`) must be the config's `encoder`: a
+file's arch (resnet18/34/50, `cellemnet.encoder.encoder_arch`) must be the config's `encoder`: a
 mismatch is a one-line ConfigError naming both. The published files hold ResNet-50s.
 """
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from cellemnet.constants import IMAGENET_NORMS
+from cellemnet.encoder import Norms
 from cellemnet.errors import ConfigError, InputError
 
 PUBLISHED = {
@@ -84,15 +85,14 @@ def checkpoint_label(pretraining: str) -> str:
 
 
 def weights_from_checkpoint(ckpt: Mapping[str, Any], name: str, source: str) -> EncoderWeights:
-    from cellemnet.pretraining.export import encoder_from_checkpoint
+    from cellemnet.encoder import encoder_from_checkpoint
 
     try:
         enc = encoder_from_checkpoint(ckpt)
     except InputError as exc:
         raise InputError(f"{source}: {exc}") from None
-    mean, std = enc["norms"]
     return EncoderWeights(
-        name=name, in_channels=int(enc["in_channels"]), norms={"mean": [float(mean)], "std": [float(std)]},
+        name=name, in_channels=int(enc["in_channels"]), norms=Norms.parse(enc["norms"]).as_dict(),
         state_dict=enc["state_dict"], arch=enc["arch"],
     )
 
@@ -113,10 +113,8 @@ def resolve_pretraining(pretraining: str, config_norms: Mapping[str, Any], encod
     encoder: the U-Net's encoder (the config's `encoder` key); weights for another arch are a ConfigError naming
     both. None: no check here (build_unet checks again against the encoder it builds).
     """
-    from cellemnet.evaluation.config import as_norms
-
     if pretraining == "random_init":
-        norms = as_norms(config_norms)
+        norms = Norms.parse(config_norms).as_dict()
         return EncoderWeights("random_init", len(norms["mean"]), norms)
     if pretraining == "imagenet_supervised":
         return EncoderWeights("imagenet_supervised", 3, {k: list(v) for k, v in IMAGENET_NORMS.items()},
@@ -134,7 +132,7 @@ def resolve_pretraining(pretraining: str, config_norms: Mapping[str, Any], encod
 
 
 def weights_from_file(path: str | os.PathLike, name: str) -> EncoderWeights:
-    from cellemnet.pretraining.export import load_checkpoint_file
+    from cellemnet.encoder import load_checkpoint_file
 
     ckpt = load_checkpoint_file(path)
     return weights_from_checkpoint(ckpt, name=name, source=str(path))

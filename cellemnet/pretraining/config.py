@@ -203,11 +203,3 @@ def load_pretraining_config(
         cfg["resume"] = ""
     check_consistency(cfg, method)
     return cfg
-
-
-def norms_pair(cfg: dict[str, Any]) -> list[float]:
-    """[mean, std] as plain floats (the layout checkpoints and exported encoders carry)."""
-    mean, std = cfg["norms"]["mean"], cfg["norms"]["std"]
-    mean = mean[0] if isinstance(mean, list) else mean
-    std = std[0] if isinstance(std, list) else std
-    return [float(mean), float(std)]

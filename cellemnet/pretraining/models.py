@@ -10,13 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cellemnet.pretraining.export import one_channel_resnet
+from cellemnet.encoder import one_channel_resnet
 from cellemnet.pretraining.losses import moco_logits
-
-
-def resnet_trunk(arch: str = "resnet50") -> nn.Module:
-    """torchvision ResNet (random init) with a 1-channel conv1; `fc` is left for the caller to replace."""
-    return one_channel_resnet(arch)
 
 
 def _distributed() -> bool:
@@ -51,7 +46,7 @@ class MoCo(nn.Module):
 
     @staticmethod
     def _encoder(arch: str, dim: int, mlp: bool, mlp_bn: bool = False) -> nn.Module:
-        trunk = resnet_trunk(arch)
+        trunk = one_channel_resnet(arch)
         width = trunk.fc.in_features
         if mlp and mlp_bn:
             # BN centres the post-ReLU trunk features (all positive, so nearly parallel at init): embeddings start
@@ -116,7 +111,7 @@ class SwAV(nn.Module):
     def __init__(self, arch: str = "resnet50", hidden_mlp: int = 2048, feat_dim: int = 128,
                  nmb_prototypes: int = 3000):
         super().__init__()
-        self.encoder = resnet_trunk(arch)
+        self.encoder = one_channel_resnet(arch)
         width = self.encoder.fc.in_features
         self.encoder.fc = nn.Identity()
         if hidden_mlp:

@@ -24,7 +24,7 @@ from cellemnet.errors import ConfigError, InputError
 from cellemnet.pretraining import checkpoint as ckpt_io
 from cellemnet.pretraining import guardrails, health
 from cellemnet.pretraining.augment import MultiCrop, TwoViews
-from cellemnet.pretraining.config import norms_pair
+from cellemnet.encoder import Norms
 from cellemnet.pretraining.data import SourceBalancedSampler, build_dataset
 from cellemnet.pretraining.losses import infonce_loss, sinkhorn, swapped_prediction_loss, topk_accuracy
 from cellemnet.pretraining.models import MoCo, SwAV, all_gather_cat
@@ -45,7 +45,7 @@ class MoCoV2Method:
         self.cfg = cfg
 
     def transform(self):
-        mean, std = norms_pair(self.cfg)
+        mean, std = Norms.parse(self.cfg["norms"]).pair()
         return TwoViews(self.cfg["crop_size"], mean, std, scale=tuple(self.cfg["crop_scale"]),
                         standardize=self.cfg["standardize_views"], color_jitter=self.cfg["color_jitter"])
 
@@ -109,13 +109,13 @@ class SwAVMethod:
 
     def transform(self):
         c = self.cfg
-        mean, std = norms_pair(c)
+        mean, std = Norms.parse(c["norms"]).pair()
         return MultiCrop(c["nmb_crops"], c["size_crops"], c["min_scale_crops"], c["max_scale_crops"], mean, std,
                          c["standardize_views"], c["color_jitter"])
 
     def health_transform(self):
         c = self.cfg
-        mean, std = norms_pair(c)
+        mean, std = Norms.parse(c["norms"]).pair()
         return TwoViews(c["size_crops"][0], mean, std, scale=(c["min_scale_crops"][0], c["max_scale_crops"][0]),
                         standardize=c["standardize_views"], color_jitter=c["color_jitter"])
 
@@ -255,7 +255,7 @@ def _checkpoint_state(run: Run, epoch: int, iteration: int, sampler: SourceBalan
         "sampler": {"seed": sampler.seed, "epoch": epoch, "start_index": iteration * run.batch_per_rank},
         "world_size": run.info.world_size,
         "config": dict(run.cfg),
-        "norms": norms_pair(run.cfg),
+        "norms": Norms.parse(run.cfg["norms"]).pair(),
         "run_id": run_id,
         "health": run.monitor.state() if run.monitor is not None else None,
         **run.method.extra_state(run),

@@ -44,7 +44,7 @@ def _pretrain_resnet18(tmp_path):
 
 
 def test_resnet18_pretrain_export_finetune_and_infer(tmp_path):
-    from cellemnet.pretraining.export import export_encoder
+    from cellemnet.encoder import export_encoder
 
     checkpoint = _pretrain_resnet18(tmp_path)
     encoder_path = tmp_path / "mine" / "encoder.pth"
@@ -73,7 +73,7 @@ def test_resnet18_pretrain_export_finetune_and_infer(tmp_path):
 
 
 def _export_file(path, arch, with_arch_key=True):
-    from cellemnet.pretraining.export import encoder_keys, one_channel_resnet
+    from cellemnet.encoder import encoder_keys, one_channel_resnet
 
     state = one_channel_resnet(arch).state_dict()
     payload = {"state_dict": {k: state[k] for k in encoder_keys(arch)}, "norms": [0.5, 0.2], "method": "swav",

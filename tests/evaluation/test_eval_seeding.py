@@ -35,7 +35,7 @@ def bench(tmp_path_factory):
 
 def _encoder_file(path, seed=5):
     """An exported 1-channel ResNet-50 encoder with random weights."""
-    from cellemnet.pretraining.export import encoder_keys, one_channel_resnet
+    from cellemnet.encoder import encoder_keys, one_channel_resnet
 
     torch.manual_seed(seed)
     state = one_channel_resnet("resnet50").state_dict()
@@ -161,11 +161,11 @@ def test_finetune_gives_both_arms_the_same_decoder_start(bench, tmp_path, monkey
 
 
 def test_reading_encoder_key_names_draws_no_random_numbers():
-    from cellemnet.pretraining.export import _encoder_keys, encoder_keys, resnet50_encoder_keys
+    from cellemnet.encoder import _encoder_keys, encoder_keys
 
     _encoder_keys.cache_clear()
     before = torch.random.get_rng_state()
-    keys = encoder_keys("resnet18") + resnet50_encoder_keys()
+    keys = encoder_keys("resnet18") + encoder_keys("resnet50")
     assert torch.equal(before, torch.random.get_rng_state())
     assert "layer1.0.conv3.weight" in keys and not any(k.startswith("fc.") for k in keys)
 

@@ -109,7 +109,7 @@ def test_the_probe_measures_the_features(bench):
 
 
 def exported_encoder_file(trunk: torch.nn.Module, path, arch: str | None) -> None:
-    """The layout cellemnet.pretraining.export writes for a 1-channel trunk (older files have no 'arch')."""
+    """The layout cellemnet.encoder writes for a 1-channel trunk (older files have no 'arch')."""
     state = {k: v for k, v in trunk.state_dict().items() if not k.startswith("fc.")}
     record = {"state_dict": state, "norms": [NORMS["mean"][0], NORMS["std"][0]], "method": "mocov2",
               "in_channels": 1}
@@ -118,10 +118,10 @@ def exported_encoder_file(trunk: torch.nn.Module, path, arch: str | None) -> Non
 
 @pytest.mark.parametrize("arch, recorded", [("resnet50", None), ("resnet18", "resnet18")])
 def test_online_trunk_probe_equals_the_file_path(bench, tmp_path, arch, recorded):
-    from cellemnet.pretraining.models import resnet_trunk
+    from cellemnet.encoder import one_channel_resnet
 
     torch.manual_seed(11)
-    trunk = resnet_trunk(arch)
+    trunk = one_channel_resnet(arch)
     exported_encoder_file(trunk, tmp_path / "encoder.pth", recorded)
     trunk.train()
     rng_before = torch.get_rng_state()

@@ -5,7 +5,8 @@ import pytest
 
 from cellemnet.constants import EM_MEAN, EM_STD
 from cellemnet.errors import ConfigError
-from cellemnet.pretraining.config import load_pretraining_config, norms_pair
+from cellemnet.encoder import Norms
+from cellemnet.pretraining.config import load_pretraining_config
 
 
 def test_shipped_configs_hold_the_paper_settings(root, patch_root):
@@ -14,7 +15,7 @@ def test_shipped_configs_hold_the_paper_settings(root, patch_root):
     assert (moco["lr"], moco["batch_size"], moco["weight_decay"], moco["schedule"], moco["epochs"]) == (
         0.015, 128, 1e-4, [120, 160], 200)
     assert moco["arch"] == "resnet50" and moco["mlp"] and not moco["cos"]
-    assert norms_pair(moco) == [pytest.approx(EM_MEAN), pytest.approx(EM_STD)]
+    assert Norms.parse(moco["norms"]).pair() == [pytest.approx(EM_MEAN), pytest.approx(EM_STD)]
     swav = load_pretraining_config(root / "pretraining/configs/swav.yaml", "swav", [f"data_path={patch_root}"])
     assert (swav["nmb_prototypes"], swav["epsilon"], swav["sinkhorn_iterations"]) == (3000, 0.05, 3)
     assert (swav["nmb_crops"], swav["size_crops"]) == ([2, 6], [224, 96])

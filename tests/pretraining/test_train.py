@@ -99,13 +99,13 @@ def test_mocov2_on_real_patches_exports_an_encoder_that_unet_loads(shared_data, 
 
 
 def test_our_swav_resnet50_checkpoint_exports_torchvision_names(tmp_path):
-    from cellemnet.pretraining.export import encoder_from_checkpoint, load_encoder_into_resnet50
+    from cellemnet.encoder import encoder_from_checkpoint, load_encoder_into_resnet
     from cellemnet.pretraining.models import SwAV
 
     model = SwAV("resnet50", hidden_mlp=32, feat_dim=8, nmb_prototypes=4)
     encoder = encoder_from_checkpoint({"method": "swav", "state_dict": model.state_dict(), "norms": [0.5, 0.1]})
     assert not any(k.startswith(("fc", "projection_head", "prototypes")) for k in encoder["state_dict"])
-    load_encoder_into_resnet50(encoder)
+    load_encoder_into_resnet(encoder)
     assert encoder["norms"] == [0.5, 0.1]
 
 

@@ -1,4 +1,6 @@
-"""Turn a pretraining checkpoint into a plain ResNet encoder file that evaluation loads; the ResNet arch facts.
+"""The encoder contract: building a 1-channel ResNet of any supported depth, the normalisation that travels
+with it (`Norms`), and reading and writing encoder files. Pretraining writes these files, evaluation, the probe
+and the notebooks read them: the format belongs to neither stage.
 
 Exported file (torch.save of a dict of tensors and plain types; load with weights_only=True):
     {"state_dict": torchvision ResNet parameter/buffer names without `fc.*`, conv1 of shape [64, 1, 7, 7],
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -76,11 +79,6 @@ def encoder_keys(arch: str = "resnet50") -> list[str]:
     return list(_encoder_keys(check_arch(arch)))
 
 
-def resnet50_encoder_keys() -> list[str]:
-    """State-dict names of torchvision's ResNet-50 without fc (kept for callers of the ResNet-50-only API)."""
-    return encoder_keys("resnet50")
-
-
 def arch_from_state_dict(state_dict: Mapping[str, Any], prefix: str = "") -> str:
     """The arch of a torchvision-named ResNet trunk: bottleneck blocks (layer1.0.conv3) mean resnet50, else the
     number of blocks per stage tells resnet18 from resnet34."""
@@ -126,24 +124,64 @@ def _guess_method(state_dict: Mapping[str, Any], prefix: str) -> str:
     raise InputError("cannot tell whether the checkpoint is MoCoV2 or SwAV (no 'method' key, no encoder_q/prototypes)")
 
 
-def normalise_norms(norms: Any) -> list[float]:
-    """[mean, std] as two floats from any of the layouts seen: [m, s], [[m], [s]], {"mean": [m], "std": [s]}."""
-    if norms is None:
-        return [float(EM_MEAN), float(EM_STD)]
-    if isinstance(norms, Mapping):
-        norms = [norms["mean"], norms["std"]]
-    out = []
-    for value in list(norms)[:2]:
-        if hasattr(value, "tolist"):
-            value = value.tolist()
-        if isinstance(value, (list, tuple)):
-            if len(value) != 1:
-                raise InputError(f"norms {norms!r} describe {len(value)} channels; a 1-channel encoder needs one")
-            value = value[0]
-        out.append(float(value))
-    if len(out) != 2:
-        raise InputError(f"norms {norms!r} are not [mean, std]")
-    return out
+@dataclass(frozen=True)
+class Norms:
+    """Per-channel intensity normalisation (of images scaled to 0..1): x -> (x - mean) / std.
+
+    One type for every stage. On disk it keeps the layouts files already hold: exported encoders and pretraining
+    checkpoints store `pair()` ([mean, std], one channel), configs and fine-tuning checkpoints `as_dict()`
+    ({"mean": [...], "std": [...]}); `parse` reads either, and [[m], [s]], and None (the EM default).
+    """
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def parse(cls, norms: Any) -> "Norms":
+        if isinstance(norms, Norms):
+            return norms
+        if norms is None:
+            return cls((float(EM_MEAN),), (float(EM_STD),))
+        if isinstance(norms, Mapping):
+            if "mean" not in norms or "std" not in norms:
+                raise InputError(f"norms {norms!r} need 'mean' and 'std'")
+            mean, std = norms["mean"], norms["std"]
+        else:
+            values = list(norms)
+            if len(values) != 2:
+                raise InputError(f"norms {norms!r} are not [mean, std]")
+            mean, std = values
+        mean, std = _floats(mean, norms), _floats(std, norms)
+        if len(mean) != len(std):
+            raise InputError(f"norms {norms!r}: {len(mean)} means but {len(std)} stds")
+        if any(s <= 0 for s in std):
+            raise InputError(f"norms {norms!r}: every std must be > 0")
+        return cls(mean, std)
+
+    @property
+    def channels(self) -> int:
+        return len(self.mean)
+
+    def pair(self) -> list[float]:
+        """[mean, std] of a 1-channel encoder (the layout of exported encoders and pretraining checkpoints)."""
+        if self.channels != 1:
+            raise InputError(f"norms {self.as_dict()} describe {self.channels} channels; a 1-channel encoder "
+                             "needs one")
+        return [self.mean[0], self.std[0]]
+
+    def as_dict(self) -> dict[str, list[float]]:
+        """{"mean": [...], "std": [...]} (configs, fine-tuning checkpoints, albumentations' Normalize)."""
+        return {"mean": list(self.mean), "std": list(self.std)}
+
+
+def _floats(value: Any, norms: Any) -> tuple[float, ...]:
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    values = value if isinstance(value, (list, tuple)) else [value]
+    try:
+        return tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        raise InputError(f"norms {norms!r} are not numbers") from None
 
 
 def encoder_from_checkpoint(ckpt: Mapping[str, Any], arch: str | None = None) -> dict[str, Any]:
@@ -191,7 +229,7 @@ def encoder_from_checkpoint(ckpt: Mapping[str, Any], arch: str | None = None) ->
         raise InputError(f"conv1.weight has shape {tuple(conv1.shape)}; a 1-channel ResNet needs (64, 1, 7, 7)")
     return {
         "state_dict": out,
-        "norms": normalise_norms(ckpt.get("norms")),
+        "norms": Norms.parse(ckpt.get("norms")).pair(),
         "method": str(method),
         "in_channels": 1,
         "arch": found,
@@ -253,6 +291,3 @@ def load_encoder_into_resnet(encoder: Mapping[str, Any]):
     model.load_state_dict(encoder["state_dict"], strict=True)
     return model
 
-
-# The name from when only ResNet-50 was exported; any arch loads.
-load_encoder_into_resnet50 = load_encoder_into_resnet

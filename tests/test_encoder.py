@@ -5,13 +5,8 @@ import pytest
 import torch
 import torchvision
 
+from cellemnet.encoder import encoder_from_checkpoint, encoder_keys, export_encoder, load_encoder_into_resnet
 from cellemnet.errors import InputError
-from cellemnet.pretraining.export import (
-    encoder_from_checkpoint,
-    export_encoder,
-    load_encoder_into_resnet50,
-    resnet50_encoder_keys,
-)
 
 
 def _one_channel_resnet50():
@@ -45,7 +40,7 @@ def _published_swav(trunk):
 def test_published_moco_layout_exports_torchvision_names(trunk_state):
     enc = encoder_from_checkpoint(_published_moco(trunk_state))
     assert enc["method"] == "mocov2" and enc["in_channels"] == 1
-    assert list(enc["state_dict"]) == resnet50_encoder_keys()
+    assert list(enc["state_dict"]) == encoder_keys("resnet50")
     assert not any(k.startswith("fc.") for k in enc["state_dict"])
     assert enc["norms"] == pytest.approx([0.58331613, 0.09966064])
     torch.testing.assert_close(enc["state_dict"]["layer1.0.conv1.weight"], trunk_state["layer1.0.conv1.weight"])
@@ -59,7 +54,7 @@ def test_published_swav_layout_loads_strictly_into_torchvision_and_smp(trunk_sta
     export_encoder(src, tmp_path / "enc.pth")
     enc = torch.load(tmp_path / "enc.pth", weights_only=True)
     assert enc["method"] == "swav"
-    load_encoder_into_resnet50(enc)  # strict=True inside, fc replaced by Identity
+    load_encoder_into_resnet(enc)  # strict=True inside, fc replaced by Identity
     model = torchvision.models.resnet50(weights=None)
     model.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)
     del model.fc
@@ -89,7 +84,7 @@ def test_unreadable_checkpoint_names_the_file(tmp_path):
 def test_every_arch_exports_with_its_name_and_loads_into_torchvision_and_smp(arch, tmp_path):
     import segmentation_models_pytorch as smp
 
-    from cellemnet.pretraining.export import encoder_keys, one_channel_resnet
+    from cellemnet.encoder import encoder_keys, one_channel_resnet
 
     trunk = one_channel_resnet(arch).state_dict()
     src = tmp_path / "moco.pth"
@@ -100,12 +95,12 @@ def test_every_arch_exports_with_its_name_and_loads_into_torchvision_and_smp(arc
     saved = torch.load(tmp_path / "enc.pth", weights_only=True)
     assert enc["arch"] == saved["arch"] == arch
     assert list(saved["state_dict"]) == encoder_keys(arch)
-    load_encoder_into_resnet50(saved)  # any arch, strict
+    load_encoder_into_resnet(saved)  # any arch, strict
     smp.Unet(arch, in_channels=1, encoder_weights=None, classes=1).encoder.load_state_dict(saved["state_dict"])
 
 
 def test_old_files_without_arch_are_read_from_their_shapes(trunk_state):
-    from cellemnet.pretraining.export import arch_from_state_dict, encoder_arch, one_channel_resnet
+    from cellemnet.encoder import arch_from_state_dict, encoder_arch, one_channel_resnet
 
     old = encoder_from_checkpoint(_published_swav(trunk_state))
     del old["arch"]
@@ -129,7 +124,7 @@ def test_declared_and_found_arch_must_agree(trunk_state, tmp_path):
 
 
 def test_a_truncated_trunk_is_no_known_arch():
-    from cellemnet.pretraining.export import one_channel_resnet
+    from cellemnet.encoder import one_channel_resnet
 
     state = {k: v for k, v in one_channel_resnet("resnet34").state_dict().items() if not k.startswith("layer3.5.")}
     with pytest.raises(InputError, match=r"basic blocks \[3, 4, 5, 3\]"):
@@ -138,11 +133,32 @@ def test_a_truncated_trunk_is_no_known_arch():
 
 def test_one_channel_resnet_matches_the_pretraining_trunk():
     """Same construction as the pretraining stage's trunk: the same seed gives the same weights."""
-    from cellemnet.pretraining.export import one_channel_resnet
-    from cellemnet.pretraining.models import resnet_trunk
+    from cellemnet.encoder import one_channel_resnet
+    from cellemnet.encoder import one_channel_resnet
 
     torch.manual_seed(0)
     ours = one_channel_resnet("resnet18").state_dict()
     torch.manual_seed(0)
-    theirs = resnet_trunk("resnet18").state_dict()
+    theirs = one_channel_resnet("resnet18").state_dict()
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_norms_read_every_layout_files_and_configs_hold():
+    from cellemnet.constants import EM_MEAN, EM_STD
+    from cellemnet.encoder import Norms
+
+    one = Norms((0.5,), (0.2,))
+    for layout in ([0.5, 0.2], [[0.5], [0.2]], {"mean": 0.5, "std": 0.2}, {"mean": [0.5], "std": [0.2]},
+                   [torch.tensor([0.5]), torch.tensor([0.2])]):
+        norms = Norms.parse(layout)
+        assert norms.pair() == pytest.approx([0.5, 0.2]) and norms.as_dict() == pytest.approx(one.as_dict())
+    assert Norms.parse(None).pair() == pytest.approx([EM_MEAN, EM_STD])
+    rgb = Norms.parse({"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]})
+    assert rgb.channels == 3
+    with pytest.raises(InputError, match="3 channels"):
+        rgb.pair()  # a 1-channel encoder file cannot carry them
+    for bad, message in (([0.5], "not \\[mean, std\\]"), ({"mean": 0.5}, "need 'mean' and 'std'"),
+                         ({"mean": [0.5, 0.4], "std": [0.2]}, "2 means but 1 stds"), ([0.5, 0.0], "std must be > 0"),
+                         (["a", 0.2], "not numbers")):
+        with pytest.raises(InputError, match=message):
+            Norms.parse(bad)
