@@ -110,9 +110,28 @@ class DuplicateKeyError(yaml.YAMLError):
         self.key, self.first, self.again = key, first, again
 
 
-def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a YAML mapping; an empty file is an empty dict."""
+BASE_KEY = "BASE"  # `BASE: other.yaml` inherits that file's keys (path relative to this file); keys here win
+
+
+def read_yaml(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a YAML mapping; an empty file is an empty dict. A `BASE:` key names a file whose keys this one
+    inherits (recursively; this file's keys replace the base's whole, lists and mappings included)."""
     path = Path(path)
+    data = _read_one_yaml(path)
+    if BASE_KEY not in data:
+        return data
+    base = data.pop(BASE_KEY)
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: key '{BASE_KEY}' must be the path of another YAML file")
+    base_path = (path.parent / base).resolve()
+    if base_path in _seen or base_path == path.resolve():
+        raise ConfigError(f"{path}: key '{BASE_KEY}': {base} inherits from itself (a cycle)")
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: key '{BASE_KEY}': base config not found: {base_path}")
+    return {**read_yaml(base_path, (*_seen, path.resolve())), **data}
+
+
+def _read_one_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:

@@ -33,6 +33,36 @@ def test_benchmark_configs_load_with_paper_settings(name, tmp_path):
     assert cfg["lr"] == 0.003 and cfg["optim"] == "AdamW" and cfg["lr_policy"] == "OneCycle"
 
 
+def test_benchmark_configs_share_one_base_and_set_only_what_differs():
+    from cellemnet.config import BASE_KEY, read_yaml
+
+    base = read_yaml(CONFIGS / "base.yaml")
+    for name in BENCHMARKS:
+        own = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
+        assert own.pop(BASE_KEY) == "base.yaml"
+        assert not [k for k, v in own.items() if k in base and base[k] == v]  # nothing repeated from the base
+        assert read_yaml(CONFIGS / f"{name}.yaml") == {**base, **own}
+
+
+def test_base_key_inherits_recursively_and_refuses_cycles_and_missing_files(tmp_path):
+    from cellemnet.config import read_yaml
+
+    (tmp_path / "a.yaml").write_text("lr: 0.1\niters: 5\naugmentations: [{aug: HorizontalFlip}]\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.yaml").write_text("BASE: ../a.yaml\niters: 7\n")
+    (tmp_path / "c.yaml").write_text("BASE: sub/b.yaml\naugmentations: []\n")
+    assert read_yaml(tmp_path / "c.yaml") == {"lr": 0.1, "iters": 7, "augmentations": []}  # lists replaced whole
+    (tmp_path / "loop1.yaml").write_text("BASE: loop2.yaml\n")
+    (tmp_path / "loop2.yaml").write_text("BASE: loop1.yaml\n")
+    with pytest.raises(ConfigError, match="inherits from itself"):
+        read_yaml(tmp_path / "loop1.yaml")
+    (tmp_path / "d.yaml").write_text("BASE: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match=r"d\.yaml: key 'BASE': base config not found"):
+        read_yaml(tmp_path / "d.yaml")
+    cfg = load_eval_config(tmp_path / "c.yaml")  # the loaders read through it
+    assert cfg["lr"] == 0.1 and cfg["iters"] == 7
+
+
 def test_benchmark_table_values():
     def load(n):
         return load_eval_config(CONFIGS / f"{n}.yaml")
