@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 import subprocess
 import sys
@@ -71,8 +70,11 @@ def run(args: list[str], log: Path) -> str:
     return proc.stdout
 
 
-def test_iou(output: str) -> float:
-    return float(re.findall(r"^Test_Set_IoU:\s*([0-9.eE+-]+|nan)\s*$", output, flags=re.M)[-1])
+def test_iou(save_dir: Path) -> float:
+    """Test_Set_IoU from the result.json inference2d.py writes beside its predictions (never parsed from stdout)."""
+    from cellemnet.evaluation.infer import RESULT_NAME, read_result
+
+    return read_result(save_dir / RESULT_NAME)["metrics"]["Test_Set_IoU"]
 
 
 def mean_sd(values) -> str:
@@ -130,7 +132,8 @@ def main() -> int:
                           f"save_dir2d={out / 'pred' / tag}"]
                 run(["evaluation/finetune.py", config, *common], logs / f"ft_{tag}.log")
                 ckpt = max((out / "ft" / tag).glob("*.pth"), key=lambda p: p.stat().st_mtime)
-                iou = test_iou(run(["evaluation/inference2d.py", config, str(ckpt), *common], logs / f"inf_{tag}.log"))
+                run(["evaluation/inference2d.py", config, str(ckpt), *common], logs / f"inf_{tag}.log")
+                iou = test_iou(out / "pred" / tag)
                 scores.setdefault((protocol, arm), {})[seed] = iou
                 print(f"{protocol:10s} {arm:6s} seed {seed}: Test_Set_IoU {iou:.3f}", flush=True)
 

@@ -1,6 +1,6 @@
 """Score a fine-tuned U-Net on a 2D test set: `python evaluation/inference2d.py CONFIG STATE [key=value ...]`.
 
-Reads test_dir2d/images (and masks/, paired by file name), saves predicted labels and iou.csv to save_dir2d
+Reads test_dir2d/images (and masks/, paired by file name), saves predicted labels, iou.csv and result.json to save_dir2d
 (default: beside the checkpoint), logs Test_Set_IoU to the training run, and prints `Test_Set_IoU: <value>` last.
 Overrides: threshold2d, eval_classes2d, instance_match2d, tile_size2d, save_dir2d, test_dir2d, device, ...
 """

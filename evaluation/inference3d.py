@@ -1,6 +1,6 @@
 """Score a fine-tuned U-Net on a 3D test set: `python evaluation/inference3d.py CONFIG STATE [key=value ...]`.
 
-Reads test_dir3d/images (and masks/, paired by file name), saves predicted labels and iou.csv to save_dir3d
+Reads test_dir3d/images (and masks/, paired by file name), saves predicted labels, iou.csv and result.json to save_dir3d
 (default: beside the checkpoint), logs Test_Set_IoU to the training run, and prints `Test_Set_IoU: <value>` last.
 mode3d is the config's (stack or orthoplane) unless overridden here, e.g. `mode3d=stack`.
 Overrides: mode3d, threshold3d, eval_classes3d, mask_prediction3d, batch3d, save_dir3d, test_dir3d, device, ...

@@ -3,7 +3,8 @@
 The config lists the sub-benchmarks in parallel lists (benchmark_names, benchmark_dimensions, eval_classes,
 thresholds, instance_match2d, mode3d, mask_prediction3d, save_dirs); each is read from
 `{test_dir}/{2d|3d}/{name}/` and scored with its own settings in this one process. Logs `{name}_iou` for each and
-`Test_Set_IoU` (their unweighted mean) to the training run, and prints `Test_Set_IoU: <value>` last.
+`Test_Set_IoU` (their unweighted mean) to the training run, writes them to result.json in save_dir2d (default:
+beside the checkpoint), and prints `Test_Set_IoU: <value>` last.
 """
 import argparse
 import sys

@@ -1,10 +1,17 @@
 """Test-set evaluation: 2D images, 3D volumes, and the All-Mitochondria mix, with IoU, saved predictions,
 a per-image/per-volume IoU CSV, overlay PNGs, and `Test_Set_IoU` logged to the training run.
+
+Each run also writes `result.json` beside its predictions (RESULT_NAME; `read_result` reads it back): what was
+scored, with what, the metrics and how long it took. The demo, the Snakefile and benchmarks read that file, never
+the scripts' stdout.
 """
 from __future__ import annotations
 
 import csv
 import io as _io
+import json
+import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -266,11 +273,58 @@ def log_test_result(ckpt: Mapping[str, Any], config: Mapping[str, Any], results:
 
 
 # ---------------------------------------------------------------------------------------------- scripts' cores
+RESULT_NAME = "result.json"
+RESULT_VERSION = 1
+
+
+def write_result(save_dir: str | Path, kind: str, state_path: str | Path, ckpt: Mapping[str, Any],
+                 config: Mapping[str, Any], results: Sequence[TestResult], metrics: Mapping[str, float],
+                 started: float, run_id: str | None) -> Path:
+    """`save_dir/result.json` (atomic): kind (2d, 3d, mixed), the checkpoint and what it was trained from, the
+    test folders, the metrics (NaN as null), per-set item counts, seconds, the MLflow run. Returns its path."""
+    from cellemnet.io import atomic_write_text
+
+    def number(v: float) -> float | None:
+        return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+    record = {
+        "version": RESULT_VERSION, "kind": kind, "checkpoint": str(Path(state_path).resolve()),
+        "experiment_name": config["experiment_name"], "pretraining": ckpt.get("pretraining"),
+        "encoder": ckpt.get("encoder"), "finetune_layer": (ckpt.get("config") or {}).get("finetune_layer"),
+        "seed": (ckpt.get("config") or {}).get("seed"), "step": ckpt.get("step"),
+        "metrics": {k: number(v) for k, v in metrics.items()},
+        "test_sets": [{"name": r.name, "items": len(r.rows), "classes": list(r.classes),
+                       "mean_iou": number(r.mean_iou), "predictions": str(r.save_dir),
+                       "csv": str(r.csv_path) if r.csv_path else None} for r in results],
+        "seconds": round(time.time() - started, 3), "mlflow_run_id": run_id,
+    }
+    path = Path(save_dir) / RESULT_NAME
+    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+    return path
+
+
+def read_result(path: str | Path) -> dict[str, Any]:
+    """A result.json written by write_result, as a dict (metrics NaN again where null); InputError naming the
+    file otherwise."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the inference result ({exc.strerror or exc})") from None
+    except json.JSONDecodeError:
+        raise InputError(f"{path}: not an inference result (not JSON)") from None
+    if not isinstance(record, dict) or "Test_Set_IoU" not in (record.get("metrics") or {}):
+        raise InputError(f"{path}: not an inference result (no metrics.Test_Set_IoU)")
+    record["metrics"] = {k: (math.nan if v is None else float(v)) for k, v in record["metrics"].items()}
+    return record
+
+
 def _scalar(value, index: int | None = None):
     return value[index] if isinstance(value, list) and index is not None else value
 
 
 def run_inference2d(config: Mapping[str, Any], state_path: str | Path, progress: bool = True) -> float:
+    started = time.time()
     predictor, ckpt = load_predictor(state_path, config)
     save_dir = config["save_dir2d"] or default_save_dir(state_path, "2d")
     result = evaluate_2d(
@@ -281,11 +335,13 @@ def run_inference2d(config: Mapping[str, Any], state_path: str | Path, progress:
     )
     score = result.mean_iou
     _print_result(result)
-    log_test_result(ckpt, config, [result], {"Test_Set_IoU": score})
+    run_id = log_test_result(ckpt, config, [result], {"Test_Set_IoU": score})
+    write_result(save_dir, "2d", state_path, ckpt, config, [result], {"Test_Set_IoU": score}, started, run_id)
     return score
 
 
 def run_inference3d(config: Mapping[str, Any], state_path: str | Path, progress: bool = True) -> float:
+    started = time.time()
     predictor, ckpt = load_predictor(state_path, config)
     save_dir = config["save_dir3d"] or default_save_dir(state_path, "3d")
     result = evaluate_3d(
@@ -296,7 +352,8 @@ def run_inference3d(config: Mapping[str, Any], state_path: str | Path, progress:
     )
     score = result.mean_iou
     _print_result(result)
-    log_test_result(ckpt, config, [result], {"Test_Set_IoU": score})
+    run_id = log_test_result(ckpt, config, [result], {"Test_Set_IoU": score})
+    write_result(save_dir, "3d", state_path, ckpt, config, [result], {"Test_Set_IoU": score}, started, run_id)
     return score
 
 
@@ -305,6 +362,7 @@ def run_inference_mixed(config: Mapping[str, Any], state_path: str | Path, progr
 
     Returns {f"{name}_iou": score, ..., "Test_Set_IoU": unweighted mean over sub-benchmarks}.
     """
+    started = time.time()
     predictor, ckpt = load_predictor(state_path, config)
     test_root = Path(config["test_dir"])
     base_save = Path(config["save_dir2d"] or default_save_dir(state_path, "_mixed"))
@@ -331,7 +389,8 @@ def run_inference_mixed(config: Mapping[str, Any], state_path: str | Path, progr
         results.append(r)
         metrics[f"{name}_iou"] = r.mean_iou
     metrics["Test_Set_IoU"] = mean_of([metrics[f"{n}_iou"] for n in config["benchmark_names"]])
-    log_test_result(ckpt, config, results, metrics)
+    run_id = log_test_result(ckpt, config, results, metrics)
+    write_result(base_save, "mixed", state_path, ckpt, config, results, metrics, started, run_id)
     return metrics
 
 

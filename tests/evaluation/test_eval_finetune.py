@@ -79,6 +79,15 @@ def test_inference_2d_3d_and_test_iou_logged_to_training_run(trained):
     cfg3 = load_eval_config(cfg_path, [f"save_dir3d={base / 'p3d'}", "batch3d=64"], stage="infer3d")
     score3 = run_inference3d(cfg3, state, progress=False)
     assert 0.0 <= score3 <= 1.0 and (base / "p3d" / "iou.csv").is_file()
+    # result.json beside the predictions holds what the scripts print, for the demo, the Snakefile and benchmarks
+    from cellemnet.evaluation.infer import read_result
+
+    for kind, folder, score in (("2d", "p2d", score2), ("3d", "p3d", score3)):
+        result = read_result(base / folder / "result.json")
+        assert result["kind"] == kind and result["metrics"]["Test_Set_IoU"] == pytest.approx(score)
+        assert result["checkpoint"] == str(state.resolve()) and result["test_sets"][0]["items"] >= 1
+    with pytest.raises(InputError, match="p2d/iou.csv: not an inference result"):
+        read_result(base / "p2d" / "iou.csv")
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()

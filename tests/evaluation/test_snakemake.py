@@ -71,7 +71,7 @@ def test_dry_run_covers_benchmarks_arms_custom_weights_and_iterations(tmp_path, 
                      r"finetune_layer=none tracking_dir=\S+ data_root=\S+/data device=cpu", out)
     assert "runs/tiny/mine/iters2/tiny-mocov2_run1_ft_none_epoch2_of_2.pth" in out
     assert "runs/tiny/random_init/iters1/tiny-random_init_ft_all_epoch1_of_1.pth" in out
-    assert "inference3d.py" in out and "runs/tiny3/cellemnet_mocov2/iters1/test_iou_3d.txt" in out
+    assert "inference3d.py" in out and "runs/tiny3/cellemnet_mocov2/iters1/predictions_3d/result.json" in out
     assert "report.py" in out and "--experiment tiny --experiment tiny3" in out
 
 
@@ -113,9 +113,12 @@ def test_real_run_on_a_tiny_benchmark(tmp_path, configs, root):
     assert result.returncode == 0, result.stderr[-3000:] + logs[-3000:]
     run = tmp_path / "runs" / "tiny" / "random_init" / "iters1"
     assert (run / "tiny-random_init_ft_all_epoch1_of_1.pth").is_file()
-    last = (run / "test_iou_2d.txt").read_text().strip().splitlines()[-1]
-    score = float(last.split("Test_Set_IoU: ")[1])
-    assert 0.0 <= score <= 1.0
+    from cellemnet.evaluation.infer import read_result
+
+    result_json = read_result(run / "predictions_2d" / "result.json")
+    score = result_json["metrics"]["Test_Set_IoU"]
+    assert 0.0 <= score <= 1.0 and result_json["kind"] == "2d" and result_json["pretraining"] == "random_init"
+    assert result_json["checkpoint"].endswith("tiny-random_init_ft_all_epoch1_of_1.pth")
     runs = read_runs("tiny", tmp_path / "runs" / "mlflow_store")
     assert runs["metrics.Test_Set_IoU"].iloc[0] == pytest.approx(score, abs=1e-5)
     report_md = (tmp_path / "runs" / "report" / "benchmark_iou.md").read_text()
