@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from cellemnet.errors import InputError
 from cellemnet.evaluation.config import load_eval_config
 from cellemnet.evaluation.infer import run_inference2d, run_inference3d, run_inference_mixed
 from cellemnet.evaluation.train import finetune
