@@ -26,6 +26,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 test: $(STAMP)
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
 # Skip the tests marked slow (they still run in `make test` and CI).

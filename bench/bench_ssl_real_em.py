@@ -45,7 +45,8 @@ def cut_patches(out: Path, size: int = 128) -> int:
                 for x in range(0, image.shape[1] - size + 1, size):
                     write_image(out / "isbi" / f"{split}_{f.stem}_{y}_{x}.tif", image[y:y + size, x:x + size])
                     n += 1
-    cem = sorted((SHARED / "cem-examples").glob("*/images/*.png")) + sorted((SHARED / "cem-examples" / "occlusion").glob("*"))
+    cem = sorted((SHARED / "cem-examples").glob("*/images/*.png"))
+    cem += sorted((SHARED / "cem-examples" / "occlusion").glob("*"))
     for f in cem:
         image = read_image(f)
         if image.ndim != 2 or min(image.shape) < size:

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:  # torch is imported where it is used: importing this module stays light
+    import torch
 
 from cellemnet.constants import EM_NORMS
 from cellemnet.errors import InputError
@@ -119,7 +122,8 @@ def feature_maps(model, image: np.ndarray, norms: Sequence, layer: str = "layer4
 
 
 def embed(model, images: Sequence[np.ndarray], norms: Sequence, batch_size: int = 16) -> np.ndarray:
-    """(N, D) global-average-pooled encoder outputs. Images may differ in size (they are run one size group at a time)."""
+    """(N, D) global-average-pooled encoder outputs. Images may differ in size (they are run one size group at a
+    time)."""
     import torch
 
     out: list[np.ndarray | None] = [None] * len(images)

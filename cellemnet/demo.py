@@ -196,15 +196,18 @@ def main_demo(out: Path, size_name: str, data: Path | None) -> dict:
     results: dict = {"out": str(out)}
 
     if images2d is not None:
-        run_step(state, "curation: patchify 2D image groups", ["dataset/patchify2d.py", str(images2d), str(shards / "2d")], "patchify2d")
+        run_step(state, "curation: patchify 2D image groups",
+                 ["dataset/patchify2d.py", str(images2d), str(shards / "2d")], "patchify2d")
     else:
         state.step_no += 1
     if volumes is not None:
-        run_step(state, "curation: patchify 3D volumes", ["dataset/patchify3d.py", str(volumes), str(shards / "3d")], "patchify3d")
+        run_step(state, "curation: patchify 3D volumes",
+                 ["dataset/patchify3d.py", str(volumes), str(shards / "3d")], "patchify3d")
     else:
         state.step_no += 1
     run_step(state, "curation: de-duplicate across datasets", ["dataset/dedupe.py", str(shards)], "dedupe")
-    run_step(state, "curation: filter uninformative patches", ["dataset/classify_patches.py", str(shards), str(curated)], "classify")
+    run_step(state, "curation: filter uninformative patches",
+             ["dataset/classify_patches.py", str(shards), str(curated)], "classify")
 
     size_ = state.size
     model_dir = out / "pretraining"

@@ -49,9 +49,11 @@ def patch_examples(out: Path, counts: dict, per_group: int = 8) -> dict[str, lis
     if kept_files:
         for i in rng.choice(len(kept_files), size=min(per_group, len(kept_files)), replace=False):
             groups["kept (informative, unique)"].append(read_image(kept_files[i]))
-    dropped = [r for r in counts["decisions"] if str(r.get("decision")).lower() in ("drop", "dropped", "false", "uninformative")]
+    dropped = [r for r in counts["decisions"]
+               if str(r.get("decision")).lower() in ("drop", "dropped", "false", "uninformative")]
     by_name = {r["name"]: r for r in dropped}
-    dup_pairs = [(r["name"], r["duplicate_of"]) for r in counts["rows"] if r.get("status") == "duplicate" and r.get("duplicate_of")]
+    dup_pairs = [(r["name"], r["duplicate_of"]) for r in counts["rows"]
+                 if r.get("status") == "duplicate" and r.get("duplicate_of")]
     wanted = set(by_name) | {n for pair in dup_pairs[: per_group // 2] for n in pair}
     found: dict[str, np.ndarray] = {}
     for shard in list_shards(out / "shards", recursive=True):
@@ -127,7 +129,8 @@ def compare_arms(ious: Mapping[str, Mapping[int, Mapping[str, float]]], arms, ki
     out: dict = {"arms": summary["arms"]}
     for name, base_layer in (("paper", "all"), ("frozen", "none")):
         for d in summary["differences"]:
-            if d["arm"] == "pretrained" and d["finetune_layer"] == "none" and d["baseline_finetune_layer"] == base_layer:
+            if (d["arm"] == "pretrained" and d["finetune_layer"] == "none"
+                    and d["baseline_finetune_layer"] == base_layer):
                 mine, base = stats[("pretrained", "none")], stats[("random_init", base_layer)]
                 out[name] = {"arm": _text(mine["mean"], mine["sd"]), "baseline": _text(base["mean"], base["sd"]),
                              "difference": _text(d["mean"], d["sd"], signed=True), "mean": d["mean"],
@@ -204,10 +207,12 @@ def write_report(out: Path, ious: Mapping[str, Mapping[int, Mapping[str, float]]
     made = {}
     groups = patch_examples(out, counts)
     if any(groups.values()):
-        made["montage"] = figures.montage(groups, fig_dir / "curation_montage.png", title="Curation: what was kept and dropped")
+        made["montage"] = figures.montage(groups, fig_dir / "curation_montage.png",
+                                          title="Curation: what was kept and dropped")
     steps, losses = pretraining_history()
     if steps:
-        made["loss"] = figures.loss_curve(steps, losses, fig_dir / "pretraining_loss.png", title="MoCoV2 pretraining loss")
+        made["loss"] = figures.loss_curve(steps, losses, fig_dir / "pretraining_loss.png",
+                                          title="MoCoV2 pretraining loss")
     health_file = out / "pretraining" / "health.json"
     records = json.loads(health_file.read_text())["records"] if health_file.is_file() else []
     if records:
@@ -228,7 +233,8 @@ def write_report(out: Path, ious: Mapping[str, Mapping[int, Mapping[str, float]]
     n_seeds = len(seeds)
     lines = [
         "# CellEMNet demo report", "",
-        f"Whole pipeline on {'built-in synthetic' if (out / 'raw').exists() else 'your'} data in {total_seconds / 60:.1f} minutes.", "",
+        f"Whole pipeline on {'built-in synthetic' if (out / 'raw').exists() else 'your'} data in "
+        f"{total_seconds / 60:.1f} minutes.", "",
         "## 1. Curation", "",
         "| step | patches |", "|---|---|",
         f"| cut from images and volumes (raw) | {counts['raw']} |",

@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping
 
 from cellemnet.constants import EM_MEAN, EM_STD

@@ -21,8 +21,8 @@ def main(argv=None) -> int:
     parser.add_argument("--force", action="store_true",
                         help="export even when the checkpoint's run ended with the verdict 'did not learn'")
     args = parser.parse_args(argv)
-    from cellemnet.errors import InputError
     from cellemnet.encoder import export_encoder, load_checkpoint_file
+    from cellemnet.errors import InputError
     from cellemnet.pretraining.health import checkpoint_verdict, refusal
 
     ckpt = load_checkpoint_file(args.checkpoint)

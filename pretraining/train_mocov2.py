@@ -1,6 +1,7 @@
 """MoCoV2 pretraining: `python pretraining/train_mocov2.py pretraining/configs/mocov2.yaml [key=value ...]`.
 
-Multi-GPU / multi-node: `torchrun --nproc_per_node=N [--nnodes=M --rdzv_endpoint=HOST:PORT] pretraining/train_mocov2.py ...`.
+Multi-GPU / multi-node:
+`torchrun --nproc_per_node=N [--nnodes=M --rdzv_endpoint=HOST:PORT] pretraining/train_mocov2.py ...`.
 """
 import sys
 from pathlib import Path

@@ -1,6 +1,7 @@
 """SwAV pretraining: `python pretraining/train_swav.py pretraining/configs/swav.yaml [key=value ...]`.
 
-Multi-GPU / multi-node: `torchrun --nproc_per_node=N [--nnodes=M --rdzv_endpoint=HOST:PORT] pretraining/train_swav.py ...`.
+Multi-GPU / multi-node:
+`torchrun --nproc_per_node=N [--nnodes=M --rdzv_endpoint=HOST:PORT] pretraining/train_swav.py ...`.
 """
 import sys
 from pathlib import Path

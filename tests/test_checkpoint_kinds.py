@@ -4,10 +4,10 @@ import pickle
 import pytest
 import torch
 
+from cellemnet.encoder import checkpoint_kind, load_checkpoint_file
 from cellemnet.errors import InputError
 from cellemnet.evaluation.train import load_training_checkpoint
 from cellemnet.pretraining.checkpoint import load_checkpoint
-from cellemnet.encoder import checkpoint_kind, load_checkpoint_file
 
 PRETRAIN = {"method": "mocov2", "state_dict": {"w": torch.zeros(1)}, "optimizer": {}, "global_step": 3,
             "config": {}, "norms": [0.5, 0.1], "epoch": 1}

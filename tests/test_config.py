@@ -56,7 +56,8 @@ def test_missing_file():
 
 
 def test_parse_overrides_yaml_values():
-    assert parse_overrides(["a=1", "b=x", "c=[1, 2]", "d=null", "e="]) == {"a": 1, "b": "x", "c": [1, 2], "d": None, "e": None}
+    assert parse_overrides(["a=1", "b=x", "c=[1, 2]", "d=null", "e="]) == {
+        "a": 1, "b": "x", "c": [1, 2], "d": None, "e": None}
 
 
 def test_a_key_given_twice_is_an_error_naming_both_lines(tmp_path):

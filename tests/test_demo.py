@@ -66,7 +66,8 @@ def test_small_demo_end_to_end(tmp_path, root):
         assert figure in report
     assert "**Verdict:" in report and "paired difference" in report and "Probe IoU" in report
     assert "the paper's protocol" in report and "random frozen" in report
-    assert (out / "logs" / "finetune_pretrained_frozen_seed0.log").read_text().startswith("$ python evaluation/finetune.py")
+    log = (out / "logs" / "finetune_pretrained_frozen_seed0.log").read_text()
+    assert log.startswith("$ python evaluation/finetune.py")
     assert " ± " in report
     assert "pretraining " in last and ("learned" in last or "DID NOT LEARN" in last)
     assert "mlflow ui" in report

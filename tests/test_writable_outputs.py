@@ -42,8 +42,8 @@ def test_curation_scripts_refuse_an_unwritable_output_in_one_line(tmp_path, root
 
 
 def test_finetune_checkpoint_write_failure_keeps_the_model(tmp_path, monkeypatch, capsys):
-    from cellemnet.evaluation import train
     import cellemnet.io as io
+    from cellemnet.evaluation import train
 
     real = io.atomic_path
     target = tmp_path / "models" / "m.pth"

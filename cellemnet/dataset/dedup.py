@@ -85,7 +85,8 @@ def plan_blocks(max_distance: int, n: int) -> BlockPlan:
         # add one to the radius with the cheapest extra cost until the pigeonhole condition holds
         for _ in range(max_distance + 1):
             costs = [
-                (_ball(bits[i], radii[i] + 1) - _ball(bits[i], radii[i])) * factor[i] if radii[i] < bits[i] else math.inf
+                (_ball(bits[i], radii[i] + 1) - _ball(bits[i], radii[i])) * factor[i]
+                if radii[i] < bits[i] else math.inf
                 for i in range(m)
             ]
             i = int(np.argmin(costs))

@@ -516,7 +516,7 @@ def _process(source: Source, out_dir: str, s: PatchSettings, progress: bool) -> 
                 f"{shard}: cannot write the shard ({' '.join(reason.split())}); free space and re-run"])
         detail = " ".join(str(exc).split())
         return SourceResult(source.path, str(shard), "failed", errors=[f"{source.path}: cannot read ({detail})"])
-    except Exception as exc:  # noqa: BLE001 - one bad source must not stop the others; keep the trace for bugs
+    except Exception:  # noqa: BLE001 - one bad source must not stop the others; keep the trace for bugs
         detail = traceback.format_exc(limit=3).strip().splitlines()[-1]
         return SourceResult(source.path, str(shard), "failed", errors=[f"{source.path}: unexpected error: {detail}"])
 
@@ -596,7 +596,8 @@ def run_sources(
     return results
 
 
-def summarize(results: Iterable[SourceResult], what: str, out_dir: str | os.PathLike, seconds: float) -> tuple[str, int]:
+def summarize(results: Iterable[SourceResult], what: str, out_dir: str | os.PathLike,
+              seconds: float) -> tuple[str, int]:
     """The end-of-run summary and the exit code (1 when anything failed or was left out)."""
     everything = list(results)
     results = [r for r in everything if r.shard]  # the sources (a failed manifest write has no shard)

@@ -19,8 +19,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from cellemnet.constants import DEFAULT_CROP_SIZE, IMAGENET_NORMS
-from cellemnet.errors import ConfigError, InputError
 from cellemnet.dataset.features import FEATURE_NAMES, INDEX, compute_features
+from cellemnet.errors import ConfigError, InputError
 
 METHODS = ("features", "nn")
 DEFAULT_THRESHOLD = 0.5
@@ -234,7 +234,8 @@ def load_nn_state_dict(weights: str | os.PathLike) -> dict:
     else:
         path = Path(source)
         if not path.is_file():
-            raise InputError(f"{path}: patch classifier weights not found. {offline_weights_message(PAPER_WEIGHTS_URL)}")
+            raise InputError(f"{path}: patch classifier weights not found. "
+                             f"{offline_weights_message(PAPER_WEIGHTS_URL)}")
         from cellemnet.io import load_torch_dict
 
         state = load_torch_dict(path, "patch classifier weights file")

@@ -83,7 +83,8 @@ SCHEMA: dict[str, Field] = {
     "resume": Field(str, "", help="'' = start fresh, 'auto' = this run's resume state in model_dir (a fresh "
                     "start when there is none), or a checkpoint path"),
     "checkpoint_iters": Field(int, 50, check=_non_negative,
-                              help="steps between resumable states in model_dir (and one on SIGTERM); 0 = SIGTERM only"),
+                              help="steps between resumable states in model_dir (and one on SIGTERM); "
+                                   "0 = SIGTERM only"),
     "restart_training": Field(bool, False, help="with resume: load only the weights, restart optimizer/schedule"),
     # --- model
     "bsz": Field(int, 16, check=_positive, help="batch size (per process under torchrun)"),

@@ -5,7 +5,10 @@ import torch
 from torch import nn
 
 from cellemnet.evaluation.weights import (
-    EncoderWeights, check_encoder_arch, imagenet_offline_error, load_encoder_strict,
+    EncoderWeights,
+    check_encoder_arch,
+    imagenet_offline_error,
+    load_encoder_strict,
 )
 
 # Index of the first encoder child that trains, for each finetune_layer (smp ResNetEncoder children are

@@ -20,14 +20,20 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from cellemnet.errors import ConfigError, InputError
 from cellemnet.evaluation.augment import build_eval_transforms, build_train_transforms
 from cellemnet.evaluation.data import SeededDraws, SegmentationDataset
 from cellemnet.evaluation.metrics import AverageMeter, EMAMeter, batch_iou
 from cellemnet.evaluation.model import build_unet, freeze_encoder, set_train_mode
 from cellemnet.evaluation.weights import EncoderWeights, checkpoint_label, resolve_pretraining
-from cellemnet.errors import ConfigError, InputError
 from cellemnet.runtime import (
-    DistInfo, SigtermFlag, autocast, cleanup_distributed, ignore_sigterm, init_distributed, make_grad_scaler,
+    DistInfo,
+    SigtermFlag,
+    autocast,
+    cleanup_distributed,
+    ignore_sigterm,
+    init_distributed,
+    make_grad_scaler,
     seed_everything,
 )
 
@@ -282,8 +288,9 @@ def _finetune(config, dist, device, config_path, progress, start_run) -> dict[st
     if tracker.active and config_path:
         tracker.log_artifact(config_path, artifact_path="config")
     if tracker.active:
-        from cellemnet.config import save_config
         import tempfile
+
+        from cellemnet.config import save_config
 
         with tempfile.TemporaryDirectory() as tmp:
             resolved = Path(tmp) / "resolved_config.yaml"

@@ -107,7 +107,8 @@ def check_encoder_arch(weights: EncoderWeights, encoder: str | None, source: str
     return weights
 
 
-def resolve_pretraining(pretraining: str, config_norms: Mapping[str, Any], encoder: str | None = None) -> EncoderWeights:
+def resolve_pretraining(pretraining: str, config_norms: Mapping[str, Any],
+                        encoder: str | None = None) -> EncoderWeights:
     """Turn the config's `pretraining` value into weights, channels and norms.
 
     encoder: the U-Net's encoder (the config's `encoder` key); weights for another arch are a ConfigError naming
@@ -166,5 +167,6 @@ def imagenet_offline_error(exc: Exception) -> ConfigError:
     return ConfigError(
         "pretraining 'imagenet_supervised': could not get smp's ImageNet ResNet weights "
         f"({exc.__class__.__name__}); they come from the Hugging Face hub (smp-hub/<encoder>.imagenet). "
-        "Run once with internet (unset HF_HUB_OFFLINE) to cache them in ~/.cache/huggingface, or use another pretraining"
+        "Run once with internet (unset HF_HUB_OFFLINE) to cache them in ~/.cache/huggingface, or use another "
+        "pretraining"
     )

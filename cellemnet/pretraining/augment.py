@@ -1,7 +1,8 @@
 """The paper's augmentations on one-channel uint8 tensors (torchvision.transforms.v2), per view or per crop.
 
 Per view, in the reference's order: rotation by U(-180, 180) deg (p=0.5, nearest, zero fill) -> random resized
-crop -> brightness/contrast jitter 0.4 (`color_jitter`; always; saturation/hue are no-ops on gray) -> Gaussian blur sigma
+crop -> brightness/contrast jitter 0.4 (`color_jitter`; always; saturation/hue are no-ops on gray) -> Gaussian blur
+sigma
 U(0.1, 2) (p=0.5) -> horizontal and vertical flips -> [0, 1] floats -> Gaussian noise with variance
 log-uniform in [1e-5, 1e-4] (p=0.5) -> normalisation with the EM norms.
 """

@@ -57,8 +57,8 @@ def save_checkpoint(state: dict[str, Any], model_dir: str | os.PathLike, keep_ep
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """A pretraining checkpoint to resume from; InputError saying what the file is when it is something else."""
-    from cellemnet.errors import InputError
     from cellemnet.encoder import checkpoint_kind, load_checkpoint_file
+    from cellemnet.errors import InputError
 
     ckpt = load_checkpoint_file(path)
     kind = checkpoint_kind(ckpt)

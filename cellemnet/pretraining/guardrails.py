@@ -131,7 +131,8 @@ def advisory_warnings(cfg: dict[str, Any], method: str, n_patches: int) -> list[
             stale = stale_key_fraction(cfg["moco_m"], steps, cfg.get("moco_m_schedule", "constant"))
             if stale > STALE_KEY_ENCODER:
                 fix = ("use moco_m_schedule=cosine with moco_m=0.99, or a smaller moco_m"
-                       if cfg.get("moco_m_schedule", "constant") == "constant" else "use a smaller moco_m or more steps")
+                       if cfg.get("moco_m_schedule", "constant") == "constant"
+                       else "use a smaller moco_m or more steps")
                 out.append(f"key 'moco_m': {cfg['moco_m']:g} ({cfg.get('moco_m_schedule', 'constant')}) over "
                            f"{steps} steps leaves {stale:.0%} of the key encoder at its random init; {fix}")
     return out

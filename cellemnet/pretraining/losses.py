@@ -66,7 +66,8 @@ def sinkhorn(scores: torch.Tensor, epsilon: float, iterations: int, gather_distr
     return q.t()
 
 
-def swapped_prediction_loss(scores: list[torch.Tensor], codes: dict[int, torch.Tensor], temperature: float) -> torch.Tensor:
+def swapped_prediction_loss(scores: list[torch.Tensor], codes: dict[int, torch.Tensor],
+                            temperature: float) -> torch.Tensor:
     """SwAV loss: every crop's softmax(scores / t) predicts the codes of each *other* assigned crop.
 
     scores: one (B, K) tensor per crop; codes: {crop index: (B, K) codes}. Averaged over pairs.

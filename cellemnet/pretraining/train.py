@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
 import math
+import os
 import signal
 import sys
 import time
@@ -20,11 +20,11 @@ from torch import nn
 
 from cellemnet import runtime
 from cellemnet.config import save_config
+from cellemnet.encoder import Norms
 from cellemnet.errors import ConfigError, InputError
 from cellemnet.pretraining import checkpoint as ckpt_io
 from cellemnet.pretraining import guardrails, health
 from cellemnet.pretraining.augment import MultiCrop, TwoViews
-from cellemnet.encoder import Norms
 from cellemnet.pretraining.data import SourceBalancedSampler, build_dataset
 from cellemnet.pretraining.losses import infonce_loss, sinkhorn, swapped_prediction_loss, topk_accuracy
 from cellemnet.pretraining.models import MoCo, SwAV, all_gather_cat
@@ -144,7 +144,8 @@ class SwAVMethod:
         self.use_the_queue = False
 
     @torch.no_grad()
-    def _codes(self, z: torch.Tensor, scores: torch.Tensor, bs: int, prototypes: torch.Tensor) -> dict[int, torch.Tensor]:
+    def _codes(self, z: torch.Tensor, scores: torch.Tensor, bs: int,
+               prototypes: torch.Tensor) -> dict[int, torch.Tensor]:
         c = self.cfg
         codes = {}
         for i, crop_id in enumerate(c["crops_for_assign"]):
@@ -507,8 +508,8 @@ def main_for(method_name: str, argv: list[str] | None = None) -> int:
     """Body of pretraining/train_<method>.py: CONFIG [key=value ...] -> train; exit 143 when stopped by SIGTERM."""
     import argparse
 
-    from cellemnet.pretraining.config import SCHEMAS, load_pretraining_config
     from cellemnet.config import describe
+    from cellemnet.pretraining.config import SCHEMAS, load_pretraining_config
 
     parser = argparse.ArgumentParser(
         description=f"{method_name} pretraining (any config key can be overridden as key=value)",

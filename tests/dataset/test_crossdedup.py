@@ -5,10 +5,10 @@ import shutil
 
 import numpy as np
 import pytest
+from curation_scripts import load_script
 
 from cellemnet.dataset import crossdedup, store
 from cellemnet.dataset.names import format_name
-from curation_scripts import load_script
 
 DEDUPE = load_script("dedupe.py")
 

@@ -2,7 +2,14 @@
 import numpy as np
 import pytest
 
-from cellemnet.dataset.features import FEATURE_NAMES, INDEX, N_FEATURES, compute_features, noise_constants, patch_features
+from cellemnet.dataset.features import (
+    FEATURE_NAMES,
+    INDEX,
+    N_FEATURES,
+    compute_features,
+    noise_constants,
+    patch_features,
+)
 
 
 def _texture(seed=0, size=224, noise=3.0):

@@ -3,7 +3,12 @@ import numpy as np
 import pytest
 
 from cellemnet.dataset.labeling import (
-    LabelSession, PatchLoader, build_label_grid, items_from_folder, labelled_examples, read_labels_csv,
+    LabelSession,
+    PatchLoader,
+    build_label_grid,
+    items_from_folder,
+    labelled_examples,
+    read_labels_csv,
     write_labels_csv,
 )
 from cellemnet.errors import InputError

@@ -11,14 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from curation_scripts import ROOT, load_script
 
 from cellemnet.dataset import store
 from cellemnet.dataset.hashing import dhash, dhash_reference
 from cellemnet.dataset.names import parse_name
 from cellemnet.io import read_image, to_uint8, write_image, write_volume
 from cellemnet.workers import is_alive, live_children
-
-from curation_scripts import ROOT, load_script
 
 P2 = load_script("patchify2d.py")
 P3 = load_script("patchify3d.py")
@@ -98,7 +97,8 @@ def test_patchify2d_groups_names_manifest_and_dedup(tmp_path, capsys):
     assert shard["metadata"]["kind"] == "images" and shard["metadata"]["crop_size"] == 64
     for name, patch, h in zip(shard["names"], shard["patches"], shard["hashes"]):
         loc = parse_name(name)
-        image = to_uint8(read_image(imdir / "projA" / {"one": "one.png", "two": "two.png", "wide": "wide.tif"}[loc.source]))
+        files = {"one": "one.png", "two": "two.png", "wide": "wide.tif"}
+        image = to_uint8(read_image(imdir / "projA" / files[loc.source]))
         assert np.array_equal(patch, image[loc.y0 : loc.y1, loc.x0 : loc.x1])
         assert int(h) == dhash(patch, 64) == dhash_reference(patch, 64)
 
@@ -189,7 +189,8 @@ def test_patchify3d_spacing_and_axes_options(tmp_path):
 
 def test_lazy_hdf5_float_volume_matches_in_memory_file(tmp_path):
     rng = np.random.default_rng(0)
-    vol = (_volume((24, 90, 90)).astype(np.float32) - 100.0) / 7.0 + rng.normal(0, 0.01, (24, 90, 90)).astype(np.float32)
+    vol = (_volume((24, 90, 90)).astype(np.float32) - 100.0) / 7.0
+    vol += rng.normal(0, 0.01, (24, 90, 90)).astype(np.float32)
     write_volume(tmp_path / "a" / "vol.nrrd", vol)
     write_volume(tmp_path / "b" / "vol.h5:/raw", vol)
     assert P3.main([str(tmp_path / "a"), str(tmp_path / "oa"), "-cs", "48", "-q"]) == 0
@@ -337,7 +338,7 @@ def test_patchify2d_group_with_only_bad_images_names_the_file_and_reason(tmp_pat
     (imdir / "projC" / "only.png").write_bytes(b"\x89PNG garbage")
     assert P2.main([str(imdir), str(tmp_path / "out"), "-cs", "64", "-q"]) == 1
     text = capsys.readouterr()
-    line = next(l for l in (text.out + text.err).splitlines() if "none of its 1 images" in l)
+    line = next(x for x in (text.out + text.err).splitlines() if "none of its 1 images" in x)
     assert "only.png" in line and "projC" in line
 
 

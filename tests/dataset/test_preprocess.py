@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import mrcfile
 import numpy as np
+from curation_scripts import load_script
 from PIL import Image
 
 from cellemnet.io import read_image, read_volume, write_image, write_video, write_volume
-from curation_scripts import load_script
 
 CLEANUP = load_script("preprocess/cleanup2d.py")
 VID = load_script("preprocess/vid2stack.py")

@@ -5,10 +5,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cellemnet.dataset.features import compute_features
 from cellemnet.dataset.quality import (
-    UNINFORMATIVE_KINDS, ForestModel, RuleModel, feature_model_from_dict, load_feature_model, make_uninformative,
-    predict_informative, resolve_method, save_feature_model, score_patches, train_feature_model,
+    UNINFORMATIVE_KINDS,
+    ForestModel,
+    RuleModel,
+    feature_model_from_dict,
+    load_feature_model,
+    make_uninformative,
+    predict_informative,
+    resolve_method,
+    save_feature_model,
+    score_patches,
+    train_feature_model,
 )
 from cellemnet.errors import ConfigError, InputError
 

@@ -10,7 +10,11 @@ import pytest
 
 from cellemnet.dataset.labeling import write_labels_csv
 from cellemnet.dataset.quality import (
-    UNINFORMATIVE_KINDS, load_feature_model, make_uninformative, predict_informative, train_patch_classifier,
+    UNINFORMATIVE_KINDS,
+    load_feature_model,
+    make_uninformative,
+    predict_informative,
+    train_patch_classifier,
 )
 from cellemnet.errors import InputError
 from cellemnet.io import write_image

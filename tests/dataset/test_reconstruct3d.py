@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import numpy as np
+from curation_scripts import load_script
 
 from cellemnet.dataset import store
 from cellemnet.dataset.names import format_name, parse_subvolume_name
 from cellemnet.io import read_volume, write_image, write_volume
-from curation_scripts import load_script
 
 P3 = load_script("patchify3d.py")
 R3 = load_script("reconstruct3d.py")

@@ -8,7 +8,11 @@ import pytest
 
 from cellemnet.errors import ConfigError
 from cellemnet.evaluation.augment import (
-    REFLECT_101, build_augmentations, build_eval_transforms, build_train_transforms, translate,
+    REFLECT_101,
+    build_augmentations,
+    build_eval_transforms,
+    build_train_transforms,
+    translate,
 )
 
 
@@ -34,7 +38,8 @@ def test_rotate_value_and_border_translated():
 
 
 def test_pad_keeps_1x_reflect_default_and_flip_split():
-    pad, h, v = build_augmentations([{"aug": "PadIfNeeded", "min_height": 8, "min_width": 8}, {"aug": "Flip", "p": 0.3}])
+    pad, h, v = build_augmentations([{"aug": "PadIfNeeded", "min_height": 8, "min_width": 8},
+                                     {"aug": "Flip", "p": 0.3}])
     assert pad.border_mode == REFLECT_101
     assert type(h).__name__ == "HorizontalFlip" and type(v).__name__ == "VerticalFlip" and h.p == 0.3
 
@@ -115,9 +120,9 @@ def _bench_with_images(root, hw):
 
 
 def test_loading_a_training_config_warns_once_on_stderr(tmp_path, capsys):
-    from cellemnet.evaluation.config import load_eval_config, training_scale_warning
-
     from eval_core_helpers import tiny_config
+
+    from cellemnet.evaluation.config import load_eval_config, training_scale_warning
 
     data = _bench_with_images(tmp_path / "d", (300, 400))
     bad = tiny_config(tmp_path / "bad.yaml", data, augmentations=[
@@ -139,10 +144,9 @@ def test_loading_a_training_config_warns_once_on_stderr(tmp_path, capsys):
 def test_shipped_small_configs_train_at_native_scale(name, hw):
     """The CPU configs' images: make_benchmark's default 256 x 256, ISBI 2012's 512 x 512 slices."""
     import yaml
+    from eval_core_helpers import ROOT
 
     from cellemnet.evaluation.augment import scale_warning
-
-    from eval_core_helpers import ROOT
 
     cfg = yaml.safe_load((ROOT / "evaluation" / "configs" / f"{name}.yaml").read_text())
     assert scale_warning(cfg["augmentations"], hw) is None

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from eval_core_helpers import CONFIGS, EXAMPLE
 
 from cellemnet.errors import ConfigError
 from cellemnet.evaluation.config import SCHEMA, load_eval_config
-
-from eval_core_helpers import CONFIGS, EXAMPLE
 
 ORIGINAL_KEYS = [
     "experiment_name", "num_classes", "class_names", "data_dir", "model_dir", "logging", "num_save_checkpoints",

@@ -1,4 +1,5 @@
-"""ResNet-18/34/50 encoders: pretrain -> export -> fine-tune -> 2D/3D inference, and arch mismatches as one-line errors."""
+"""ResNet-18/34/50 encoders: pretrain -> export -> fine-tune -> 2D/3D inference, and arch mismatches as one-line
+errors."""
 from __future__ import annotations
 
 import subprocess
@@ -7,13 +8,12 @@ import sys
 import numpy as np
 import pytest
 import torch
+from eval_core_helpers import ROOT, tiny_benchmark, tiny_config
 
 from cellemnet.errors import ConfigError
 from cellemnet.evaluation.config import load_eval_config
 from cellemnet.evaluation.infer import run_inference2d, run_inference3d
 from cellemnet.evaluation.train import finetune
-
-from eval_core_helpers import ROOT, tiny_benchmark, tiny_config
 
 
 @pytest.fixture(autouse=True)

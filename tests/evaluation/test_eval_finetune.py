@@ -7,14 +7,13 @@ import sys
 import numpy as np
 import pytest
 import torch
+from eval_core_helpers import ROOT, tiny_benchmark, tiny_config
 
 from cellemnet.errors import InputError
 from cellemnet.evaluation.config import load_eval_config
 from cellemnet.evaluation.infer import run_inference2d, run_inference3d, run_inference_mixed
 from cellemnet.evaluation.train import finetune
 from cellemnet.tracking import read_runs
-
-from eval_core_helpers import ROOT, tiny_benchmark, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +48,8 @@ def test_training_metrics_tracked_over_time(trained):
 
     history = MlflowClient().get_metric_history(out["run_id"], "train_loss")
     assert [m.step for m in history] == [1, 2]
-    assert {"valid_mito_IoU", "train_mito_IoU"} <= set(k.split(".", 1)[1] for k in runs.columns if k.startswith("metrics."))
+    logged = {k.split(".", 1)[1] for k in runs.columns if k.startswith("metrics.")}
+    assert {"valid_mito_IoU", "train_mito_IoU"} <= logged
 
 
 def test_resume_continues_from_the_saved_step(trained, capsys):

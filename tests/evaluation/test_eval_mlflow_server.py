@@ -10,7 +10,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from eval_core_helpers import ROOT, tiny_benchmark, tiny_config
 
 pytestmark = pytest.mark.slow

@@ -6,13 +6,12 @@ import shutil
 
 import numpy as np
 import pytest
+from eval_core_helpers import tiny_config
 
 from cellemnet.evaluation.config import load_eval_config
 from cellemnet.evaluation.examples import layout_isbi2012
 from cellemnet.evaluation.infer import run_inference2d, run_inference3d
 from cellemnet.evaluation.train import finetune
-
-from eval_core_helpers import tiny_config
 
 pytestmark = [pytest.mark.shared_data, pytest.mark.slow]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from eval_core_helpers import tiny_benchmark, tiny_config
 
 from cellemnet.evaluation.augment import build_train_transforms, seed_pipeline
 from cellemnet.evaluation.config import load_eval_config
@@ -13,8 +14,6 @@ from cellemnet.evaluation.model import build_unet
 from cellemnet.evaluation.train import _loader, finetune
 from cellemnet.evaluation.weights import resolve_pretraining
 from cellemnet.runtime import DistInfo, seed_everything
-
-from eval_core_helpers import tiny_benchmark, tiny_config
 
 AUGMENT = [{"aug": "RandomResizedCrop", "height": 48, "width": 48, "scale": [0.3, 1.0]}, {"aug": "HorizontalFlip"},
            {"aug": "VerticalFlip"}, {"aug": "Rotate", "limit": 90}]

@@ -6,7 +6,11 @@ import torch
 
 from cellemnet.evaluation.model import build_unet, freeze_encoder, set_train_mode
 from cellemnet.evaluation.train import (
-    checkpoint_name, make_optimizer, make_scheduler, print_points, save_points,
+    checkpoint_name,
+    make_optimizer,
+    make_scheduler,
+    print_points,
+    save_points,
 )
 from cellemnet.evaluation.weights import EncoderWeights, checkpoint_label
 

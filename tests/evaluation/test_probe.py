@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from eval_core_helpers import ROOT
 
 from cellemnet.errors import ConfigError, InputError
 from cellemnet.evaluation import probe as P
-
-from eval_core_helpers import ROOT
 
 SCRIPT = ROOT / "evaluation" / "probe_encoder.py"
 NORMS = {"mean": [0.57], "std": [0.13]}

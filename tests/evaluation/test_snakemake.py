@@ -1,4 +1,5 @@
-"""evaluation/Snakefile: the job graph for benchmarks x arms x iterations (dry runs), and a real run on a tiny benchmark."""
+"""evaluation/Snakefile: the job graph for benchmarks x arms x iterations (dry runs), and a real run on a tiny
+benchmark."""
 from __future__ import annotations
 
 import re

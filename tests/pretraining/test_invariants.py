@@ -8,8 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cellemnet.pretraining.losses import (infonce_loss, moco_logits, sinkhorn, swapped_prediction_loss,
-                                          topk_accuracy)
+from cellemnet.pretraining.losses import infonce_loss, moco_logits, sinkhorn, swapped_prediction_loss, topk_accuracy
 from cellemnet.pretraining.models import MoCo, SwAV
 from cellemnet.pretraining.optim import larc_adapt_gradients_, mocov2_lr, swav_lr
 

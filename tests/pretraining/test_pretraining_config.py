@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from cellemnet.constants import EM_MEAN, EM_STD
-from cellemnet.errors import ConfigError
 from cellemnet.encoder import Norms
+from cellemnet.errors import ConfigError
 from cellemnet.pretraining.config import load_pretraining_config
 
 

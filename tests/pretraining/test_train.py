@@ -19,7 +19,6 @@ from cellemnet.pretraining.train import METRICS_LOG, train
 from cellemnet.workers import is_alive, live_children
 
 
-
 def _real_patches(shared_data: Path, out: Path) -> Path:
     """Two sources cut from the real data: CEM500K example patches and ISBI 2012 crops (128 px)."""
     for f in sorted((shared_data / "cem-examples" / "occlusion").iterdir())[:8]:
@@ -56,6 +55,7 @@ def test_swav_loss_goes_down_on_real_patches(shared_data, root, tmp_path, tiny):
 
 def test_mocov2_on_real_patches_exports_an_encoder_that_unet_loads(shared_data, root, tmp_path, tiny):
     import segmentation_models_pytorch as smp
+
     from cellemnet.tracking import read_runs
 
     data = _real_patches(shared_data, tmp_path / "real")

@@ -6,7 +6,6 @@ good inputs, so each case can check that the good ones still finish. Nothing her
 """
 from __future__ import annotations
 
-import pickle
 import shutil
 import struct
 from dataclasses import dataclass

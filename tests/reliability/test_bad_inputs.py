@@ -1,6 +1,7 @@
 """The bad-input corpus against every stage script (issue "Reliability"): each case runs the real command in a
 process (or, for the commands that import torch, calls its main() in this process: an escaping exception then
-fails the test as a traceback would) and checks the exit code, a one-line message naming the file or key, no traceback, that the good inputs
+fails the test as a traceback would) and checks the exit code, a one-line message naming the file or key, no
+traceback, that the good inputs
 finished, that nothing outside the output folder was written and that nothing already written was lost.
 
 Full and read-only output folders are real: small tmpfs mounts (CI runs as root here; elsewhere the cases that
@@ -17,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from reliability_corpus import Corpus, damage_shard, make_corpus, tree
 
 ROOT = Path(__file__).resolve().parents[2]

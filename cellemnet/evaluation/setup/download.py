@@ -85,7 +85,8 @@ def expected_digest(remote: RemoteFile, registry: ChecksumRegistry | None) -> tu
 
 
 def verify_file(path: Path, remote: RemoteFile, registry: ChecksumRegistry | None) -> str:
-    """Check a file against its expected checksum; record the SHA-256 when none is known. Returns 'verified'/'recorded'."""
+    """Check a file against its expected checksum; record the SHA-256 when none is known. Returns 'verified' or
+    'recorded'."""
     digests = file_digests(path)
     expected = expected_digest(remote, registry)
     if expected is None:
