@@ -1,8 +1,8 @@
 """The bad-input corpus against every stage script (issue "Reliability"): each case runs the real command in a
 process (or, for the commands that import torch, calls its main() in this process: an escaping exception then
 fails the test as a traceback would) and checks the exit code, a one-line message naming the file or key, no
-traceback, that the good inputs
-finished, that nothing outside the output folder was written and that nothing already written was lost.
+traceback, that the good inputs finished, that nothing outside the output folder was written and that nothing
+already written was lost.
 
 Full and read-only output folders are real: small tmpfs mounts (CI runs as root here; elsewhere the cases that
 need a mount are skipped with that reason, and fail under CI=true).
