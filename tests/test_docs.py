@@ -25,7 +25,7 @@ def paragraph_keys(readme: Path, lead: str) -> set[str]:
     text = readme.read_text()
     start = text.index(f"\n{lead}") + 1
     paragraph = text[start:text.index("\n\n", start)]
-    return set(re.findall(r"`([a-z_0-9]+)`", paragraph))
+    return set(re.findall(r"`([a-z_0-9]+)`\s", paragraph))  # a key is followed by its default; values are not
 
 
 def test_evaluation_readme_lists_exactly_the_config_keys():
