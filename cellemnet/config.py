@@ -11,6 +11,7 @@ and `norms={mean: [0.5], std: [0.2]}` all work. A dotted key (`norms.mean=[0.5]`
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -220,16 +221,23 @@ def load_config(
     schema: Mapping[str, Field],
     overrides: Iterable[str] | Mapping[str, Any] = (),
     check_paths: bool = True,
+    source: str | None = None,
 ) -> dict[str, Any]:
-    """Read a YAML config (or start empty when path is None), apply overrides, validate. Returns a plain dict."""
+    """Read a YAML config (or start empty when path is None), apply overrides, validate. Returns a plain dict.
+
+    The one loader of every command's config (evaluation, pretraining, the probe): `BASE:` inheritance, duplicate
+    keys refused, unknown override keys with a "did you mean", types and checks from the schema. `source` names
+    the config in errors (default: the file, or "config")."""
     config = read_yaml(path) if path is not None else {}
     if not isinstance(overrides, Mapping):
         overrides = parse_overrides(overrides)
-    source = str(path) if path is not None else "config"
+    source = source or (str(path) if path is not None else "config")
     for key in overrides:
         top = key.split(".", 1)[0]
         if top not in schema:
-            raise ConfigError(f"override '{key}=...': unknown key '{top}'")
+            close = difflib.get_close_matches(top, list(schema), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"override '{key}=...': unknown key '{top}'{hint}")
     config = apply_overrides(config, overrides, schema)
     return validate(config, schema, source=source, check_paths=check_paths)
 

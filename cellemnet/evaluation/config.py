@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from cellemnet.config import Field, apply_overrides, parse_overrides, read_yaml, validate
+from cellemnet.config import Field, load_config
 from cellemnet.constants import EM_MEAN, EM_STD
 from cellemnet.encoder import Norms
 from cellemnet.errors import ConfigError
@@ -232,17 +232,8 @@ def load_eval_config(
     """
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}")
-    raw = read_yaml(path) if path is not None else {}
-    if not isinstance(overrides, Mapping):
-        overrides = parse_overrides(overrides)
     source = str(path) if path is not None else "config"
-    for key in overrides:
-        if key.split(".", 1)[0] not in SCHEMA:
-            close = difflib.get_close_matches(key, list(SCHEMA), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"override '{key}=...': unknown key '{key.split('.', 1)[0]}'{hint}")
-    merged = apply_overrides(raw, overrides, SCHEMA)
-    cfg = validate(merged, SCHEMA, source=source, check_paths=False)
+    cfg = load_config(path, SCHEMA, overrides, check_paths=False)  # the project's one loader
     cfg = _resolve_paths(cfg)
     _check_consistency(cfg, source)
     # The augmentation list is built once here so that a typo fails before any training starts.

@@ -76,7 +76,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cellemnet.config import Field, apply_overrides, parse_overrides, validate
+from cellemnet.config import Field, load_config
 from cellemnet.constants import EM_NORMS
 from cellemnet.encoder import Norms, one_channel_resnet
 from cellemnet.errors import ConfigError, InputError
@@ -742,16 +742,7 @@ PROBE_SCHEMA: dict[str, Field] = {
 
 def load_probe_config(overrides: Iterable[str] | Mapping[str, Any] = ()) -> dict[str, Any]:
     """Validate key=value overrides against PROBE_SCHEMA (unknown keys, types, choices -> ConfigError)."""
-    if not isinstance(overrides, Mapping):
-        overrides = parse_overrides(overrides)
-    for key in overrides:
-        if key.split(".", 1)[0] not in PROBE_SCHEMA:
-            import difflib
-
-            close = difflib.get_close_matches(key, list(PROBE_SCHEMA), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"override '{key}=...': unknown key '{key.split('.', 1)[0]}'{hint}")
-    cfg = validate(apply_overrides({}, overrides, PROBE_SCHEMA), PROBE_SCHEMA, source="probe")
+    cfg = load_config(None, PROBE_SCHEMA, overrides, source="probe")
     if cfg["tile_size"] and cfg["tile_overlap"] >= cfg["tile_size"]:
         raise ConfigError("probe: key 'tile_overlap' must be smaller than tile_size")
     if cfg["tile_size"] and cfg["tile_size"] < DIVISOR:
