@@ -186,7 +186,7 @@ def curated_patch_groups(pool, seed: int = 0, n_failures: int = 12) -> dict:
     """Run the curation library on a patch pool: dHash + greedy de-duplication, then the informative filter.
 
     A few patches are turned into typical acquisition failures (blank resin, noise, out of focus, clipped) with
-    cellemnet.dataset.quality.make_uninformative, so the filter has something to drop. Returns the patches kept,
+    cellemnet.dataset.quality.spoil_patch, so the filter has something to drop. Returns the patches kept,
     (exemplar, duplicate) pairs removed as near-duplicates, the (patch, score) dropped as uninformative, and counts.
     """
     import numpy as np
@@ -194,12 +194,12 @@ def curated_patch_groups(pool, seed: int = 0, n_failures: int = 12) -> dict:
     from cellemnet.constants import DEFAULT_MAX_HAMMING
     from cellemnet.dataset.dedup import greedy_clusters
     from cellemnet.dataset.hashing import dhash_batch
-    from cellemnet.dataset.quality import UNINFORMATIVE_KINDS, make_scorer, make_uninformative
+    from cellemnet.dataset.quality import UNINFORMATIVE_KINDS, make_scorer, spoil_patch
 
     rng = np.random.default_rng(seed)
     patches = [patch for _, patch in pool]
     for k, i in enumerate(rng.choice(len(patches), size=n_failures, replace=False)):
-        patches[i] = make_uninformative(patches[i], UNINFORMATIVE_KINDS[k % len(UNINFORMATIVE_KINDS)], rng)
+        patches[i] = spoil_patch(patches[i], UNINFORMATIVE_KINDS[k % len(UNINFORMATIVE_KINDS)], rng)
     clusters = greedy_clusters(dhash_batch(patches), max_distance=DEFAULT_MAX_HAMMING, seed=seed)
     exemplars = clusters.exemplars
     scorer = make_scorer()

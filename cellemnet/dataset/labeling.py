@@ -11,7 +11,7 @@ import csv
 import io as _io
 import os
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -313,10 +313,3 @@ def build_label_grid(session: LabelSession, columns: int = 10, thumb_size: int =
     refresh()
     return box
 
-
-def label_counts_table(labels: dict[str, str] | Iterable[str]) -> dict[str, int]:
-    values = labels.values() if isinstance(labels, dict) else labels
-    out = {label: 0 for label in LABELS}
-    for v in values:
-        out[v] += 1
-    return out

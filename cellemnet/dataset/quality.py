@@ -397,7 +397,7 @@ def predict_informative(patches: Iterable[np.ndarray], weights=None, method: str
 UNINFORMATIVE_KINDS = ("blank", "noise", "overexposed", "underexposed", "blurred")
 
 
-def make_uninformative(patch: np.ndarray, kind: str, rng: np.random.Generator | None = None) -> np.ndarray:
+def spoil_patch(patch: np.ndarray, kind: str, rng: np.random.Generator | None = None) -> np.ndarray:
     """An uninformative uint8 patch derived from a real one, for tests and for seeding a labelled set.
 
     blank: flat at the patch's mean with faint noise (empty resin); noise: white noise with the patch's mean and

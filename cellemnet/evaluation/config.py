@@ -140,13 +140,15 @@ SCHEMA: dict[str, Field] = {
 }
 
 
-def resolve_data_root(config_value: str | None) -> Path | None:
-    root = config_value or os.environ.get(DATA_ROOT_ENV)
-    return Path(os.path.expanduser(root)) if root else None
+def configured_data_root(value: str | os.PathLike | None) -> Path | None:
+    """The data root: `value` when given, else $CELLEMNET_DATA_ROOT, else None (relative paths then stay relative
+    to the current folder). setup.layout.resolve_data_root is the variant that requires one."""
+    root = value if value not in (None, "") else os.environ.get(DATA_ROOT_ENV)
+    return Path(os.path.expanduser(str(root))) if root else None
 
 
 def _resolve_paths(config: dict[str, Any]) -> dict[str, Any]:
-    root = resolve_data_root(config.get("data_root"))
+    root = configured_data_root(config.get("data_root"))
     out = dict(config)
     for key in DATA_PATH_KEYS:
         value = out.get(key)

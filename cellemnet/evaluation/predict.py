@@ -74,7 +74,7 @@ class Predictor:
     def _predict_tiled(self, image: np.ndarray, tile: int, overlap: int, batch: int) -> np.ndarray:
         h, w = image.shape
         th, tw = min(tile, h), min(tile, w)
-        ys, xs = tile_starts(h, th, overlap), tile_starts(w, tw, overlap)
+        ys, xs = overlapping_tile_starts(h, th, overlap), overlapping_tile_starts(w, tw, overlap)
         window = blend_window(th, tw, overlap)
         acc = np.zeros((self.num_classes, h, w), np.float32)
         weight = np.zeros((h, w), np.float32)
@@ -115,7 +115,7 @@ class Predictor:
         return acc
 
 
-def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
+def overlapping_tile_starts(size: int, tile: int, overlap: int) -> list[int]:
     """Tile start positions covering [0, size) with at least `overlap` pixels shared; the last ends at size."""
     if tile >= size:
         return [0]

@@ -275,10 +275,10 @@ class Tile:
 
 def _axis_tiles(size: int, tile: int, overlap: int) -> list[tuple[int, int, int]]:
     """(start, core_start, core_stop) along one axis; cores split each overlap in the middle."""
-    from cellemnet.evaluation.predict import tile_starts
+    from cellemnet.evaluation.predict import overlapping_tile_starts
 
     length = size if tile <= 0 else min(tile, size)
-    starts = tile_starts(size, length, overlap)
+    starts = overlapping_tile_starts(size, length, overlap)
     bounds = [0] + [(starts[i + 1] + starts[i] + length) // 2 for i in range(len(starts) - 1)] + [size]
     return [(s, bounds[i], bounds[i + 1]) for i, s in enumerate(starts)]
 

@@ -10,7 +10,7 @@ import pytest
 
 from cellemnet.dataset.classify import MANIFEST_NAME, classify_patches
 from cellemnet.dataset.names import format_name
-from cellemnet.dataset.quality import make_uninformative
+from cellemnet.dataset.quality import spoil_patch
 from cellemnet.dataset.store import load_shard, write_shard
 from cellemnet.errors import ConfigError, InputError
 from cellemnet.io import read_image
@@ -25,7 +25,7 @@ def _patches(source: str, seed: int, n_good: int = 3, n_bad: int = 2):
     img, _ = make_image((SIZE * 2, SIZE * 2), look="tem", seed=seed)
     goods = [img[y:y + SIZE, x:x + SIZE] for y in (0, SIZE) for x in (0, SIZE)][:n_good]
     kinds = ("blank", "noise", "overexposed", "blurred")
-    bads = [make_uninformative(goods[i % len(goods)], kinds[i % len(kinds)]) for i in range(n_bad)]
+    bads = [spoil_patch(goods[i % len(goods)], kinds[i % len(kinds)]) for i in range(n_bad)]
     patches = goods + bads
     names = [format_name(source, 0, SIZE, 0, SIZE, axis=0, slice_index=k) for k in range(len(patches))]
     labels = [True] * len(goods) + [False] * len(bads)
@@ -203,7 +203,7 @@ def test_real_em_shards_end_to_end(shared_data, tmp_path):
                 kind = UNINFORMATIVE_KINDS[len(bad_names) % len(UNINFORMATIVE_KINDS)]
                 bad_names.append(format_name("degraded", y0, y0 + 224, x0, x0 + 224, axis=0,
                                              slice_index=len(bad_names)))
-                bad_patches.append(make_uninformative(patches[-1], kind, rng))
+                bad_patches.append(spoil_patch(patches[-1], kind, rng))
         write_shard(sharddir / f"{roi}.h5", names, patches, np.zeros(len(names), np.uint64))
         real_names += names
     write_shard(sharddir / "degraded.h5", bad_names, bad_patches, np.zeros(len(bad_names), np.uint64))

@@ -11,11 +11,11 @@ from cellemnet.dataset.quality import (
     RuleModel,
     feature_model_from_dict,
     load_feature_model,
-    make_uninformative,
     predict_informative,
     resolve_method,
     save_feature_model,
     score_patches,
+    spoil_patch,
     train_feature_model,
 )
 from cellemnet.errors import ConfigError, InputError
@@ -67,7 +67,7 @@ def test_real_em_kept_and_degraded_versions_dropped(shared_data):
     assert kept_rate >= 0.95, f"real patches dropped: {dropped_missed}"
     rng = np.random.default_rng(0)
     for kind in UNINFORMATIVE_KINDS:
-        bad = [make_uninformative(p, kind, rng) for p in real.values()]
+        bad = [spoil_patch(p, kind, rng) for p in real.values()]
         dropped = ~predict_informative(bad)
         print(f"{kind:>12}: dropped {dropped.sum()}/{len(bad)} ({dropped.mean():.1%})")
         assert dropped.mean() >= 0.95, kind
@@ -84,7 +84,7 @@ def test_sparse_but_real_structure_is_kept():
 
 
 def test_scores_are_soft_and_threshold_moves_the_decision():
-    patches = [_texture(0), _texture(1, amplitude=3.0), make_uninformative(_texture(2), "blank")]
+    patches = [_texture(0), _texture(1, amplitude=3.0), spoil_patch(_texture(2), "blank")]
     scores = score_patches(patches)
     assert ((scores >= 0) & (scores <= 1)).all()
     assert scores[0] > 0.9 and scores[2] < 0.1
@@ -96,7 +96,7 @@ def test_rule_model_roundtrips_through_json(tmp_path):
     path = save_feature_model(RuleModel(threshold=0.4), tmp_path / "rules.json")
     model = load_feature_model(path)
     assert isinstance(model, RuleModel) and model.threshold == 0.4
-    patches = [_texture(3), make_uninformative(_texture(3), "noise")]
+    patches = [_texture(3), spoil_patch(_texture(3), "noise")]
     assert predict_informative(patches, weights=path).tolist() == [True, False]
 
 
@@ -208,7 +208,7 @@ def test_nn_wrong_shape_weights_and_offline_url_give_clear_errors(tmp_path):
 
 def test_synthetic_em_kept_and_synthetic_blank_fields_dropped():
     from cellemnet.synthetic import make_image
-    from cellemnet.synthetic import make_uninformative as blank_field
+    from cellemnet.synthetic import spoil_patch as blank_field
 
     good = []
     for seed, look in enumerate(("tem", "sem_inverted", "fib_sem", "sstem")):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from cellemnet.evaluation.predict import Predictor, blend_window, tile_starts
+from cellemnet.evaluation.predict import Predictor, blend_window, overlapping_tile_starts
 
 
 class Pointwise(nn.Module):
@@ -44,7 +44,7 @@ def test_tiled_equals_whole_for_a_pointwise_model():
     whole = p.predict_image(img, tile_size=0)
     tiled = p.predict_image(img, tile_size=64, overlap=16)
     np.testing.assert_allclose(tiled, whole, atol=1e-6)
-    assert len(tile_starts(150, 64, 16)) == 3 and tile_starts(150, 64, 16)[-1] == 86
+    assert len(overlapping_tile_starts(150, 64, 16)) == 3 and overlapping_tile_starts(150, 64, 16)[-1] == 86
     assert blend_window(8, 8, 2).min() > 0
 
 

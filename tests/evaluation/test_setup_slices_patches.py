@@ -94,7 +94,7 @@ def test_create_slices_script_missing_input_is_one_line(tmp_path, root):
     (1100, 512, [0, 294, 588]),  # crop above 255 (the original's uint8 offsets broke here)
 ])
 def test_tile_starts(size, crop, expected):
-    starts = patches.tile_starts(size, crop)
+    starts = patches.spread_tile_starts(size, crop)
     assert starts == expected
     assert min(starts[-1] + crop, size) == size
 

@@ -10,8 +10,7 @@ import os
 from pathlib import Path
 
 from cellemnet.errors import ConfigError
-
-DATA_ROOT_ENV = "CELLEMNET_DATA_ROOT"
+from cellemnet.evaluation.config import DATA_ROOT_ENV, configured_data_root
 
 # The ten benchmarks of the paper: training folder (with train/{images,masks}, optional valid/) and test folder.
 # `test_dim` says which inference reads the test folder: 2d images, 3d volumes, or the all_mito mix.
@@ -52,10 +51,10 @@ PEREZ_ORGANELLES = {"mitochondria": "mito", "lysosomes": "lyso", "nuclei": "nucl
 
 def resolve_data_root(data_root: str | os.PathLike | None = None) -> Path:
     """The data root: the argument when given, else $CELLEMNET_DATA_ROOT; a clear error when neither is set."""
-    value = data_root if data_root not in (None, "") else os.environ.get(DATA_ROOT_ENV)
-    if not value:
+    root = configured_data_root(data_root)
+    if root is None:
         raise ConfigError(f"no data root: pass --data-root DIR or set the {DATA_ROOT_ENV} environment variable")
-    return Path(os.path.expanduser(str(value))).resolve()
+    return root.resolve()
 
 
 def benchmark_paths(benchmark: str, data_root: str | os.PathLike | None = None) -> dict[str, Path]:

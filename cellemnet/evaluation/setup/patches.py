@@ -20,8 +20,9 @@ DEFAULT_PATCH_SIZE = 256
 MIN_NONZERO_FRACTION = 0.05
 
 
-def tile_starts(size: int, crop: int) -> list[int]:
-    """Start offsets of the tiles along one side of `size` pixels."""
+def spread_tile_starts(size: int, crop: int) -> list[int]:
+    """Start offsets of `crop`-sized tiles along one side of `size` pixels, the overlap spread evenly over the gaps
+    (the original's patch rule; inference tiles with a fixed overlap: predict.overlapping_tile_starts)."""
     if crop <= 0:
         raise ValueError(f"crop size must be positive, got {crop}")
     if size <= crop:
@@ -36,8 +37,8 @@ def tile_starts(size: int, crop: int) -> list[int]:
 def patch_boxes(shape: tuple[int, int], crop: int) -> Iterator[tuple[int, int, int, int]]:
     """(y0, y1, x0, x1) of every tile of a 2D image of `shape`."""
     h, w = shape
-    for y0 in tile_starts(h, crop):
-        for x0 in tile_starts(w, crop):
+    for y0 in spread_tile_starts(h, crop):
+        for x0 in spread_tile_starts(w, crop):
             yield y0, min(y0 + crop, h), x0, min(x0 + crop, w)
 
 
