@@ -25,7 +25,15 @@ from cellemnet.evaluation.augment import build_eval_transforms, build_train_tran
 from cellemnet.evaluation.data import SeededDraws, SegmentationDataset
 from cellemnet.evaluation.metrics import AverageMeter, EMAMeter, batch_iou
 from cellemnet.evaluation.model import build_unet, freeze_encoder, set_train_mode
-from cellemnet.evaluation.weights import EncoderWeights, checkpoint_label, resolve_pretraining
+from cellemnet.evaluation.weights import (
+    EncoderWeights,
+    checkpoint_label,
+    checkpoint_name,
+    resolve_pretraining,
+    resolve_resume,
+    resume_state_name,
+    total_steps,
+)
 from cellemnet.runtime import (
     DistInfo,
     SigtermFlag,
@@ -36,32 +44,6 @@ from cellemnet.runtime import (
     make_grad_scaler,
     seed_everything,
 )
-
-
-def checkpoint_name(config: Mapping[str, Any], step: int, total: int) -> str:
-    label = checkpoint_label(config["pretraining"])
-    return f"{config['experiment_name']}-{label}_ft_{config['finetune_layer']}_epoch{step}_of_{total}.pth"
-
-
-def resume_state_name(config: Mapping[str, Any]) -> str:
-    """The resumable state of a run in progress (written every `checkpoint_iters` steps and on SIGTERM, deleted
-    when the run finishes); apart from the checkpoints the user asked for."""
-    label = checkpoint_label(config["pretraining"])
-    return f"{config['experiment_name']}-{label}_ft_{config['finetune_layer']}_resume.pth"
-
-
-def resolve_resume(config: Mapping[str, Any]) -> Path | None:
-    """'' -> None; 'auto' -> this run's resume state in model_dir, or None (a fresh start); else the given file."""
-    if not config["resume"]:
-        return None
-    if config["resume"] == "auto":
-        path = Path(config["model_dir"]) / resume_state_name(config)
-        return path if path.is_file() else None
-    return Path(config["resume"])
-
-
-def total_steps(config: Mapping[str, Any]) -> int:
-    return config["epochs"] if config["lr_policy"] == "MultiStep" else config["iters"]
 
 
 def save_points(total: int, n: int) -> set[int]:

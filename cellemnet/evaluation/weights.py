@@ -84,6 +84,33 @@ def checkpoint_label(pretraining: str) -> str:
     return parent or p.stem
 
 
+# The names of fine-tuning checkpoints, here (no torch import) so that the Snakefile derives them as finetune.py does.
+def checkpoint_name(config: Mapping[str, Any], step: int, total: int) -> str:
+    label = checkpoint_label(config["pretraining"])
+    return f"{config['experiment_name']}-{label}_ft_{config['finetune_layer']}_epoch{step}_of_{total}.pth"
+
+
+def resume_state_name(config: Mapping[str, Any]) -> str:
+    """The resumable state of a run in progress (written every `checkpoint_iters` steps and on SIGTERM, deleted
+    when the run finishes); apart from the checkpoints the user asked for."""
+    label = checkpoint_label(config["pretraining"])
+    return f"{config['experiment_name']}-{label}_ft_{config['finetune_layer']}_resume.pth"
+
+
+def resolve_resume(config: Mapping[str, Any]) -> Path | None:
+    """'' -> None; 'auto' -> this run's resume state in model_dir, or None (a fresh start); else the given file."""
+    if not config["resume"]:
+        return None
+    if config["resume"] == "auto":
+        path = Path(config["model_dir"]) / resume_state_name(config)
+        return path if path.is_file() else None
+    return Path(config["resume"])
+
+
+def total_steps(config: Mapping[str, Any]) -> int:
+    return config["epochs"] if config["lr_policy"] == "MultiStep" else config["iters"]
+
+
 def weights_from_checkpoint(ckpt: Mapping[str, Any], name: str, source: str) -> EncoderWeights:
     from cellemnet.encoder import encoder_from_checkpoint
 
