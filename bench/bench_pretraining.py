@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from cellemnet import runtime  # noqa: E402
+from cellemnet.pretraining.methods import MoCoV2Method, SwAVMethod  # noqa: E402
 from cellemnet.pretraining.models import MoCo, SwAV  # noqa: E402
-from cellemnet.pretraining.train import MoCoV2Method, SwAVMethod  # noqa: E402
 
 
 def _sync(device):

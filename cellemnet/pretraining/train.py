@@ -1,7 +1,8 @@
 """The pretraining loop shared by MoCoV2 and SwAV: one process on CPU/GPU, or many under torchrun.
 
-What differs between the methods lives in a small `Method` object (model, optimizer, one training step, extra
-state); everything else - distributed set-up, data, AMP, lr, checkpoints, resume, MLflow, progress - is here.
+What differs between the methods lives in a method object (cellemnet/pretraining/methods/, one file each,
+registered by name: model, optimizer, lr, one training step, extra state); everything else - distributed set-up,
+data, AMP, checkpoints, resume, MLflow, progress - is here.
 """
 from __future__ import annotations
 
@@ -24,179 +25,13 @@ from cellemnet.encoder import Norms
 from cellemnet.errors import ConfigError, InputError
 from cellemnet.pretraining import checkpoint as ckpt_io
 from cellemnet.pretraining import guardrails, health
-from cellemnet.pretraining.augment import MultiCrop, TwoViews
 from cellemnet.pretraining.data import SourceBalancedSampler, build_dataset
-from cellemnet.pretraining.losses import infonce_loss, sinkhorn, swapped_prediction_loss, topk_accuracy
-from cellemnet.pretraining.models import MoCo, SwAV, all_gather_cat
-from cellemnet.pretraining.optim import larc_adapt_gradients_, mocov2_lr, set_lr, swav_lr
+from cellemnet.pretraining.methods import METHODS
+from cellemnet.pretraining.optim import set_lr
 
 METRICS_LOG = "metrics.jsonl"
 
 
-def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    x = x.to(device, non_blocking=True)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-
-
-class MoCoV2Method:
-    name = "mocov2"
-
-    def __init__(self, cfg: dict[str, Any]):
-        self.cfg = cfg
-
-    def transform(self):
-        mean, std = Norms.parse(self.cfg["norms"]).pair()
-        return TwoViews(self.cfg["crop_size"], mean, std, scale=tuple(self.cfg["crop_scale"]),
-                        standardize=self.cfg["standardize_views"], color_jitter=self.cfg["color_jitter"])
-
-    def health_transform(self):
-        return self.transform()
-
-    def build_model(self) -> nn.Module:
-        c = self.cfg
-        return MoCo(c["arch"], c["moco_dim"], c["moco_k"], c["moco_m"], c["moco_t"], c["mlp"], c["mlp_bn"],
-                    c["bn_splits"])
-
-    def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        params = [p for p in model.parameters() if p.requires_grad]
-        return torch.optim.SGD(params, lr=self.cfg["lr"], momentum=self.cfg["momentum"],
-                               weight_decay=self.cfg["weight_decay"])
-
-    def lr(self, epoch: int, step: int, iters_per_epoch: int) -> float:
-        c = self.cfg
-        lr = mocov2_lr(guardrails.effective_lr(c), epoch, c["epochs"], c["schedule"], c["cos"])
-        warmup = c["warmup_epochs"] * iters_per_epoch
-        return lr * min(1.0, (step + 1) / warmup) if warmup else lr
-
-    def start_epoch(self, epoch: int, model: nn.Module, run: "Run") -> None:
-        pass
-
-    def step(self, batch, run: "Run") -> dict[str, float]:
-        c = self.cfg
-        im_q, im_k = (_to_device(x, run.device, run.channels_last) for x in batch)
-        run.unwrapped.momentum = guardrails.moco_momentum(c["moco_m"], run.global_step, run.total_steps,
-                                                          c["moco_m_schedule"])
-        # Until the queue holds only real keys, top-k compares against random vectors: not evidence of anything.
-        queue_full = run.global_step * c["batch_size"] >= c["moco_k"]
-        with runtime.autocast(run.device, run.amp):
-            logits, keys = run.model(im_q, im_k)
-            loss = infonce_loss(logits)
-        run.optimizer.zero_grad(set_to_none=True)
-        run.scaler.scale(loss).backward()
-        run.scaler.step(run.optimizer)
-        run.scaler.update()
-        run.unwrapped.dequeue_and_enqueue(keys)
-        out = {"loss": float(loss.detach()), "moco_m": run.unwrapped.momentum}
-        if queue_full:
-            target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
-            out["top1"], out["top5"] = topk_accuracy(logits.detach(), target)
-        return out
-
-    def extra_state(self, run: "Run") -> dict[str, Any]:
-        return {}  # the queue and its pointer are buffers of the model's state_dict
-
-    def load_extra_state(self, state: dict[str, Any], run: "Run") -> None:
-        pass
-
-
-class SwAVMethod:
-    name = "swav"
-
-    def __init__(self, cfg: dict[str, Any]):
-        self.cfg = cfg
-        self.queue: torch.Tensor | None = None
-        self.use_the_queue = False
-
-    def transform(self):
-        c = self.cfg
-        mean, std = Norms.parse(c["norms"]).pair()
-        return MultiCrop(c["nmb_crops"], c["size_crops"], c["min_scale_crops"], c["max_scale_crops"], mean, std,
-                         c["standardize_views"], c["color_jitter"])
-
-    def health_transform(self):
-        c = self.cfg
-        mean, std = Norms.parse(c["norms"]).pair()
-        return TwoViews(c["size_crops"][0], mean, std, scale=(c["min_scale_crops"][0], c["max_scale_crops"][0]),
-                        standardize=c["standardize_views"], color_jitter=c["color_jitter"])
-
-    def build_model(self) -> nn.Module:
-        c = self.cfg
-        return SwAV(c["arch"], c["hidden_mlp"], c["feat_dim"], c["nmb_prototypes"])
-
-    def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        # Weight decay is applied by LARC (folded into the adapted gradient), so the inner SGD has none.
-        return torch.optim.SGD(model.parameters(), lr=self.cfg["lr"], momentum=self.cfg["momentum"], weight_decay=0.0)
-
-    def lr(self, epoch: int, step: int, iters_per_epoch: int) -> float:
-        c = self.cfg
-        return swav_lr(step, iters_per_epoch, c["epochs"], guardrails.effective_lr(c), c["final_lr"],
-                       c["warmup_epochs"], c["start_warmup"])
-
-    def queue_rows_per_rank(self, run: "Run") -> int:
-        global_batch = run.batch_per_rank * run.info.world_size
-        return (self.cfg["queue_length"] - self.cfg["queue_length"] % global_batch) // run.info.world_size
-
-    def start_epoch(self, epoch: int, model: nn.Module, run: "Run") -> None:
-        c = self.cfg
-        rows = self.queue_rows_per_rank(run)
-        if c["queue_length"] > 0 and epoch >= c["epoch_queue_starts"] and self.queue is None and rows > 0:
-            self.queue = torch.zeros(len(c["crops_for_assign"]), rows, c["feat_dim"], device=run.device)
-        self.use_the_queue = False
-
-    @torch.no_grad()
-    def _codes(self, z: torch.Tensor, scores: torch.Tensor, bs: int,
-               prototypes: torch.Tensor) -> dict[int, torch.Tensor]:
-        c = self.cfg
-        codes = {}
-        for i, crop_id in enumerate(c["crops_for_assign"]):
-            out = scores[bs * crop_id : bs * (crop_id + 1)].detach().float()
-            if self.queue is not None:
-                if self.use_the_queue or not torch.all(self.queue[i, -1] == 0):
-                    self.use_the_queue = True
-                    out = torch.cat([self.queue[i] @ prototypes.t().float(), out])
-                self.queue[i, bs:] = self.queue[i, :-bs].clone()
-                self.queue[i, :bs] = z[crop_id * bs : (crop_id + 1) * bs].float()
-            codes[crop_id] = sinkhorn(out, c["epsilon"], c["sinkhorn_iterations"], gather_distributed=True)[-bs:]
-        return codes
-
-    def step(self, batch, run: "Run") -> dict[str, float]:
-        c = self.cfg
-        crops = [_to_device(x, run.device, run.channels_last) for x in batch]
-        bs = crops[0].shape[0]
-        run.unwrapped.normalize_prototypes()
-        with runtime.autocast(run.device, run.amp):
-            z, scores = run.model(crops)
-            codes = self._codes(z.detach(), scores, bs, run.unwrapped.prototypes.weight)
-            loss = swapped_prediction_loss(list(scores.split(bs)), codes, c["temperature"])
-        run.optimizer.zero_grad(set_to_none=True)
-        run.scaler.scale(loss).backward()
-        if run.global_step < c["freeze_prototypes_niters"]:
-            for name, p in run.unwrapped.named_parameters():
-                if "prototypes" in name:
-                    p.grad = None
-        run.scaler.unscale_(run.optimizer)
-        larc_adapt_gradients_(run.unwrapped.parameters(), c["weight_decay"], c["trust_coefficient"])
-        run.scaler.step(run.optimizer)
-        run.scaler.update()
-        return {"loss": float(loss.detach())}
-
-    def extra_state(self, run: "Run") -> dict[str, Any]:
-        """Every rank's queue, stacked (world, crops, rows, dim) on rank 0 - a collective call."""
-        if self.queue is None:
-            return {"queue": None}
-        return {"queue": all_gather_cat(self.queue[None]).cpu(), "use_the_queue": self.use_the_queue}
-
-    def load_extra_state(self, state: dict[str, Any], run: "Run") -> None:
-        queue = state.get("queue")
-        if queue is None:
-            return
-        if queue.shape[0] != run.info.world_size or queue.shape[2] != self.queue_rows_per_rank(run):
-            run.say(f"saved SwAV queue is for {queue.shape[0]} processes/other batch; starting a fresh queue")
-            return
-        self.queue = queue[run.info.rank].to(run.device)
-
-
-METHODS = {"mocov2": MoCoV2Method, "swav": SwAVMethod}
 
 
 class Run:

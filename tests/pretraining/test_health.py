@@ -99,9 +99,9 @@ def test_a_run_with_a_far_too_high_lr_ends_with_did_not_learn_and_export_refuses
 
 def test_a_collapsed_projector_ends_with_did_not_learn(root, tmp_path, make_patches, tiny, monkeypatch):
     """A projector whose last layer outputs a constant: every embedding is the same point."""
-    from cellemnet.pretraining import train as train_module
+    from cellemnet.pretraining.methods import MoCoV2Method
 
-    original = train_module.MoCoV2Method.build_model
+    original = MoCoV2Method.build_model
 
     def collapsed(self):
         model = original(self)
@@ -114,7 +114,7 @@ def test_a_collapsed_projector_ends_with_did_not_learn(root, tmp_path, make_patc
             last.bias.requires_grad_(False)
         return model
 
-    monkeypatch.setattr(train_module.MoCoV2Method, "build_model", collapsed)
+    monkeypatch.setattr(MoCoV2Method, "build_model", collapsed)
     data = make_patches(tmp_path / "p", {"a": 24, "b": 8})
     cfg = load_pretraining_config(root / "pretraining/configs/mocov2.yaml", "mocov2", tiny(
         data, tmp_path / "m", crop_size=32, moco_k=8, epochs=2, iters_per_epoch=3))

@@ -83,7 +83,7 @@ def test_larc_scales_the_update_to_trust_times_weight_norm():
 
 
 def test_prototypes_stay_frozen_for_the_first_iterations():
-    from cellemnet.pretraining.train import SwAVMethod
+    from cellemnet.pretraining.methods import SwAVMethod
 
     torch.manual_seed(0)
     cfg = {"nmb_crops": [2, 1], "size_crops": [32, 16], "crops_for_assign": [0, 1], "temperature": 0.1,
