@@ -49,3 +49,13 @@ def is_alive(pid: int) -> bool:
         return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return False
+
+
+def still_alive_after(pids, timeout: float) -> list[int]:
+    """Wait up to `timeout` seconds for processes to end; the ones still alive then (empty: all gone)."""
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and any(is_alive(p) for p in pids):
+        time.sleep(0.1)
+    return [p for p in pids if is_alive(p)]

@@ -17,7 +17,7 @@ from cellemnet.dataset import store
 from cellemnet.dataset.hashing import dhash, dhash_reference
 from cellemnet.dataset.names import parse_name
 from cellemnet.io import read_image, to_uint8, write_image, write_volume
-from cellemnet.workers import is_alive, live_children
+from cellemnet.workers import live_children, still_alive_after
 
 P2 = load_script("patchify2d.py")
 P3 = load_script("patchify3d.py")
@@ -244,28 +244,34 @@ def test_resume_skips_complete_redoes_partial_and_equals_clean_run(tmp_path, cap
 
 
 @pytest.mark.slow
-def test_sigkill_then_rerun_equals_clean_run_and_processes_agree(tmp_path):
+def test_sigkill_with_and_without_workers_then_rerun_equals_clean_run_and_no_process_survives(tmp_path):
     voldir = tmp_path / "v"
     for i in range(4):
         write_volume(voldir / f"vol{i}.nrrd", _volume((48, 120, 120), seed=i))
     cmd = [sys.executable, str(ROOT / "dataset" / "patchify3d.py"), str(voldir)]
     clean = tmp_path / "clean"
     subprocess.run(cmd + [str(clean), "-cs", "48", "-q"], check=True, capture_output=True)
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen(cmd + [str(killed), "-cs", "48", "-q"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (killed / "vol0.h5").exists() and proc.poll() is None:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    rerun = subprocess.run(cmd + [str(killed), "-cs", "48", "-q"], capture_output=True, text=True)
-    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    assert _shard_contents(killed) == _shard_contents(clean)
-    assert (killed / "manifest.csv").read_text() == (clean / "manifest.csv").read_text()
-    parallel = tmp_path / "parallel"
-    subprocess.run(cmd + [str(parallel), "-cs", "48", "-q", "-p", "2"], check=True, capture_output=True)
-    assert _shard_contents(parallel) == _shard_contents(clean)
+    for workers in (["-p", "1"], ["-p", "2"]):
+        killed = tmp_path / f"killed{workers[1]}"
+        proc = subprocess.Popen(cmd + [str(killed), "-cs", "48", "-q", *workers], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        children: set[int] = set()
+        wanted = 3 if workers[1] == "2" else 0  # 2 workers + the resource tracker
+        while time.time() < deadline and proc.poll() is None and not (killed / "vol0.h5").exists() \
+                and len(children) < max(wanted, 1):
+            children |= live_children(proc.pid)
+            time.sleep(0.02)
+        if wanted:
+            time.sleep(1.0)  # the workers are inside a volume now
+            assert proc.poll() is None and len(children) >= 2, "patchify3d -p 2 did not start its workers"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert still_alive_after(children, 20) == []  # no process outlives the killed parent
+        rerun = subprocess.run(cmd + [str(killed), "-cs", "48", "-q", *workers], capture_output=True, text=True)
+        assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+        assert _shard_contents(killed) == _shard_contents(clean)  # the same with and without workers
+        assert (killed / "manifest.csv").read_text() == (clean / "manifest.csv").read_text()
 
 
 # ------------------------------------------------------------------------------------------------ real data
@@ -351,33 +357,3 @@ def test_patchify2d_never_reads_its_own_outputs(tmp_path, capsys):
         assert sorted(p.name for p in out.glob("*.h5")) == ["proj.h5"]
     text = capsys.readouterr()
     assert "no images found" not in text.out + text.err
-
-
-@pytest.mark.slow
-def test_killing_patchify3d_p2_kills_its_workers_and_the_rerun_equals_a_clean_run(tmp_path):
-    voldir = tmp_path / "v"
-    for i in range(4):
-        write_volume(voldir / f"vol{i}.nrrd", _volume((48, 120, 120), seed=i))
-    cmd = [sys.executable, str(ROOT / "dataset" / "patchify3d.py"), str(voldir)]
-    clean = tmp_path / "clean"
-    subprocess.run(cmd + [str(clean), "-cs", "48", "-q"], check=True, capture_output=True)
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen(cmd + [str(killed), "-cs", "48", "-q", "-p", "2"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    children: set[int] = set()
-    while time.time() < deadline and proc.poll() is None and len(children) < 3:  # 2 workers + resource tracker
-        children |= live_children(proc.pid)
-        time.sleep(0.05)
-    time.sleep(1.0)  # the workers are inside a volume now
-    assert proc.poll() is None and len(children) >= 2, "patchify3d -p 2 did not start its workers"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    deadline = time.time() + 20
-    while time.time() < deadline and any(is_alive(p) for p in children):
-        time.sleep(0.1)
-    assert [p for p in children if is_alive(p)] == []  # no process outlives the killed parent
-    rerun = subprocess.run(cmd + [str(killed), "-cs", "48", "-q", "-p", "2"], capture_output=True, text=True)
-    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    assert _shard_contents(killed) == _shard_contents(clean)
-    assert (killed / "manifest.csv").read_text() == (clean / "manifest.csv").read_text()

@@ -216,9 +216,8 @@ def _wait_for_state(path, proc, min_step: int, timeout: float = 120):
 @pytest.mark.slow
 def test_sigterm_and_kill_then_resume_auto_give_the_weights_of_an_uninterrupted_run(bench, tmp_path):
     import signal
-    import time
 
-    from cellemnet.workers import is_alive, live_children
+    from cellemnet.workers import live_children, still_alive_after
 
     settings = dict(iters=16, logging=False, augmentations=AUGMENT, checkpoint_iters=1, jobs=1, encoder="resnet18")
     clean_cfg = tiny_config(tmp_path / "clean" / "cfg.yaml", bench, **settings)
@@ -241,10 +240,7 @@ def test_sigterm_and_kill_then_resume_auto_give_the_weights_of_an_uninterrupted_
     workers = live_children(proc.pid)  # the DataLoader worker
     proc.kill()
     proc.wait(timeout=60)
-    deadline = time.time() + 30
-    while time.time() < deadline and any(is_alive(p) for p in workers):
-        time.sleep(0.2)
-    assert workers and not any(is_alive(p) for p in workers)  # no worker outlives the killed run
+    assert workers and still_alive_after(workers, 30) == []  # no worker outlives the killed run
     killed_at = torch.load(state, weights_only=True)["step"]
     assert killed_at >= stopped_at + 2
     # 3) resume=auto to the end: the same weights, bit for bit, as the run that was never interrupted.

@@ -16,7 +16,7 @@ import torch
 from cellemnet.io import read_image, write_image
 from cellemnet.pretraining.config import load_pretraining_config
 from cellemnet.pretraining.train import METRICS_LOG, train
-from cellemnet.workers import is_alive, live_children
+from cellemnet.workers import live_children, still_alive_after
 
 
 def _real_patches(shared_data: Path, out: Path) -> Path:
@@ -173,10 +173,7 @@ def test_resume_after_sigterm_and_after_a_kill_equals_an_uninterrupted_run(root,
     workers = live_children(proc.pid)  # the DataLoader worker
     proc.kill()
     proc.wait(timeout=60)
-    deadline = time.time() + 30
-    while time.time() < deadline and any(is_alive(p) for p in workers):
-        time.sleep(0.2)
-    assert workers and not any(is_alive(p) for p in workers)  # no worker outlives the killed run
+    assert workers and still_alive_after(workers, 30) == []  # no worker outlives the killed run
     state = torch.load(model_dir / "current.pth", weights_only=True)
     assert state["global_step"] >= done + 1
     # 3) resume=auto to the end: the steps continue from the checkpoint and the run ends after 2 x 6 iterations.
