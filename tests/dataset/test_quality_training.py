@@ -12,8 +12,8 @@ from cellemnet.dataset.labeling import write_labels_csv
 from cellemnet.dataset.quality import (
     UNINFORMATIVE_KINDS,
     load_feature_model,
-    make_uninformative,
     predict_informative,
+    spoil_patch,
     train_patch_classifier,
 )
 from cellemnet.errors import InputError
@@ -48,7 +48,7 @@ def labelled_set(good_sources, rng):
         patches.append(p)
         labels.append(True)
         kind = UNINFORMATIVE_KINDS[rng.integers(len(UNINFORMATIVE_KINDS))]
-        patches.append(make_uninformative(p, kind, rng))
+        patches.append(spoil_patch(p, kind, rng))
         labels.append(False)
         patches.append(_blur(p, rng.uniform(1.3, 2.0)))
         labels.append(False)
