@@ -208,7 +208,7 @@ def test_nn_wrong_shape_weights_and_offline_url_give_clear_errors(tmp_path):
 
 def test_synthetic_em_kept_and_synthetic_blank_fields_dropped():
     from cellemnet.synthetic import make_image
-    from cellemnet.synthetic import spoil_patch as blank_field
+    from cellemnet.synthetic import make_uninformative as blank_field
 
     good = []
     for seed, look in enumerate(("tem", "sem_inverted", "fib_sem", "sstem")):

@@ -46,11 +46,13 @@ def test_benchmark_configs_share_one_base_and_set_only_what_differs():
 def test_base_key_inherits_recursively_and_refuses_cycles_and_missing_files(tmp_path):
     from cellemnet.config import read_yaml
 
-    (tmp_path / "a.yaml").write_text("lr: 0.1\niters: 5\naugmentations: [{aug: HorizontalFlip}]\n")
+    (tmp_path / "a.yaml").write_text("experiment_name: t\nnum_classes: 1\nclass_names: [mito]\nlr: 0.1\niters: 5\n"
+                                     "augmentations: [{aug: HorizontalFlip}]\n")
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "b.yaml").write_text("BASE: ../a.yaml\niters: 7\n")
     (tmp_path / "c.yaml").write_text("BASE: sub/b.yaml\naugmentations: []\n")
-    assert read_yaml(tmp_path / "c.yaml") == {"lr": 0.1, "iters": 7, "augmentations": []}  # lists replaced whole
+    assert read_yaml(tmp_path / "c.yaml") == {"experiment_name": "t", "num_classes": 1, "class_names": ["mito"],
+                                              "lr": 0.1, "iters": 7, "augmentations": []}  # lists replaced whole
     (tmp_path / "loop1.yaml").write_text("BASE: loop2.yaml\n")
     (tmp_path / "loop2.yaml").write_text("BASE: loop1.yaml\n")
     with pytest.raises(ConfigError, match="inherits from itself"):
