@@ -25,13 +25,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -e ".[dev]"
 	@touch $(STAMP)
 
+# The suite runs on every core (pytest-xdist; a file's tests stay in one process, so module fixtures are built once).
 test: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile
 
 # Skip the tests marked slow (they still run in `make test` and CI).
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n auto --dist loadfile -m "not slow"
 
 demo: $(STAMP)
 	$(PY) -m cellemnet.demo --out demo_out --size $(SIZE) $(if $(DATA),--data $(DATA),)
