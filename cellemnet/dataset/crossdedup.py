@@ -154,47 +154,14 @@ def cross_deduplicate(
         _rebuild_manifests(root, shards)
         return report
 
-    # every kept patch of every shard: base shards first (earlier exemplars), then new ones in a seeded order
-    owners: list[np.ndarray] = []
-    hashes: list[np.ndarray] = []
-    for k, rel in enumerate(base + new):
-        with store.ShardReader(root / rel) as reader:
-            hashes.append(reader.hashes)
-            owners.append(np.full(len(reader), k, dtype=np.int64))
+    order_rels = base + new
+    hashes, owner, local, order = _walk(root, order_rels, len(base), settings["seed"])
     all_hashes = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
-    owner = np.concatenate(owners) if owners else np.zeros(0, np.int64)
-    local = np.concatenate([np.arange(len(h)) for h in hashes]) if hashes else np.zeros(0, np.int64)
-    n_base = int(sum(len(h) for h in hashes[: len(base)]))
-    rng = np.random.default_rng(settings["seed"])
-    order = np.concatenate([np.arange(n_base), n_base + rng.permutation(len(all_hashes) - n_base)])
     result = greedy_clusters(all_hashes, max_distance, order=order)
     report.patches_compared = len(all_hashes)
-
     removed = np.nonzero(result.exemplar_of != np.arange(len(all_hashes)))[0]
     report.dropped = len(removed)
-    order_rels = base + new
-    names_cache: dict[int, list[str]] = {}
-
-    def names_of(k: int) -> list[str]:
-        if k not in names_cache:
-            with store.ShardReader(root / order_rels[k]) as reader:
-                names_cache[k] = list(reader.names)
-        return names_cache[k]
-
-    plan: dict[str, dict] = {}
-    for i in removed.tolist():
-        k, e = int(owner[i]), int(result.exemplar_of[i])
-        ke = int(owner[e])
-        target = names_of(ke)[int(local[e])]
-        ref = target if ke == k else f"{order_rels[ke]}:{target}"
-        step = plan.setdefault(order_rels[k], {"dropped": {}})
-        step["dropped"][names_of(k)[int(local[i])]] = ref
-    for rel, step in plan.items():
-        k = order_rels.index(rel)
-        dropped_local = set(int(local[i]) for i in removed.tolist() if owner[i] == k)
-        step["keep"] = [j for j in range(len(names_of(k))) if j not in dropped_local]
-        step["before"] = prints[rel]
-        step["after"] = _expected_fingerprint(names_of(k), hashes[k], step["keep"])
+    plan = _plan_drops(root, order_rels, hashes, owner, local, result.exemplar_of, removed, prints)
 
     processed_after = {rel: (plan[rel]["after"] if rel in plan else prints[rel]) for rel in rels}
     state["pending"] = {"plan": plan, "processed": processed_after}
@@ -207,6 +174,53 @@ def cross_deduplicate(
     _save_state(state_path, state)
     _rebuild_manifests(root, [root / rel for rel in rels])
     return report
+
+
+def _walk(root: Path, order_rels: list[str], n_base_shards: int, seed: int):
+    """Every kept patch of every shard, base shards first (their patches are the earlier exemplars), then the new
+    ones in a seeded order: (hashes per shard, owner shard index, index within its shard, walk order)."""
+    owners: list[np.ndarray] = []
+    hashes: list[np.ndarray] = []
+    for k, rel in enumerate(order_rels):
+        with store.ShardReader(root / rel) as reader:
+            hashes.append(reader.hashes)
+            owners.append(np.full(len(reader), k, dtype=np.int64))
+    total = int(sum(len(h) for h in hashes))
+    owner = np.concatenate(owners) if owners else np.zeros(0, np.int64)
+    local = np.concatenate([np.arange(len(h)) for h in hashes]) if hashes else np.zeros(0, np.int64)
+    n_base = int(sum(len(h) for h in hashes[:n_base_shards]))
+    rng = np.random.default_rng(seed)
+    order = np.concatenate([np.arange(n_base), n_base + rng.permutation(total - n_base)])
+    return hashes, owner, local, order
+
+
+def _plan_drops(root: Path, order_rels: list[str], hashes, owner, local, exemplar_of, removed,
+                prints: dict[str, str]) -> dict[str, dict]:
+    """Per shard that loses patches: which names go (and the patch each duplicates, `SHARD:NAME` across shards),
+    which indices stay, and the shard's fingerprint before and after the rewrite."""
+    names_cache: dict[int, list[str]] = {}
+
+    def names_of(k: int) -> list[str]:
+        if k not in names_cache:
+            with store.ShardReader(root / order_rels[k]) as reader:
+                names_cache[k] = list(reader.names)
+        return names_cache[k]
+
+    plan: dict[str, dict] = {}
+    for i in removed.tolist():
+        k, e = int(owner[i]), int(exemplar_of[i])
+        ke = int(owner[e])
+        target = names_of(ke)[int(local[e])]
+        ref = target if ke == k else f"{order_rels[ke]}:{target}"
+        step = plan.setdefault(order_rels[k], {"dropped": {}})
+        step["dropped"][names_of(k)[int(local[i])]] = ref
+    for rel, step in plan.items():
+        k = order_rels.index(rel)
+        dropped_local = set(int(local[i]) for i in removed.tolist() if owner[i] == k)
+        step["keep"] = [j for j in range(len(names_of(k))) if j not in dropped_local]
+        step["before"] = prints[rel]
+        step["after"] = _expected_fingerprint(names_of(k), hashes[k], step["keep"])
+    return plan
 
 
 def _expected_fingerprint(names: list[str], hashes: np.ndarray, keep: list[int]) -> str:
