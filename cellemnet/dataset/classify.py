@@ -191,6 +191,17 @@ def classify_shard(reader, shard: Path, dataset: str, savedir: Path, scorer, fmt
     return rows
 
 
+def _checked_sizes(shards: list[Path]) -> dict[Path, int]:
+    """Patches per shard, every shard opened and checked before anything is written: a bad file stops the run at
+    once, naming it."""
+    sizes = {}
+    for shard in shards:
+        reader = open_checked_shard(shard)
+        sizes[shard] = len(reader)
+        reader.close()
+    return sizes
+
+
 def classify_patches(sharddir: str | os.PathLike, savedir: str | os.PathLike, weights=None,
                      method: str | None = None, threshold: float = 0.5, batch_size: int = 128, workers: int = 1,
                      fmt: str = "tiff", device: str = "auto", progress: bool = True,
@@ -209,12 +220,7 @@ def classify_patches(sharddir: str | os.PathLike, savedir: str | os.PathLike, we
     sharddir, savedir = Path(sharddir), Path(savedir)
     method = resolve_method(weights, method)
     shards = find_shards(sharddir, exclude=savedir)
-    # Check every shard before writing anything, so a bad file stops the run at once, naming it.
-    sizes = {}
-    for shard in shards:
-        reader = open_checked_shard(shard)
-        sizes[shard] = len(reader)
-        reader.close()
+    sizes = _checked_sizes(shards)
 
     weights_id = None if weights is None else str(weights)
     if weights_id is not None and not weights_id.startswith(("http://", "https://")):
@@ -264,9 +270,18 @@ def classify_patches(sharddir: str | os.PathLike, savedir: str | os.PathLike, we
             result.scored_this_run += len(rows)
     bar.close()
 
+    _write_final_manifest(result, [state_dir / f"{_state_key(s, sharddir)}.csv" for s in shards], savedir)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _write_final_manifest(result: ClassifyResult, shard_records: list[Path], savedir: Path) -> None:
+    """SAVEDIR's manifest: every shard's rows (this run's and earlier runs'), and the counts in `result`."""
+    from cellemnet.io import atomic_write_text
+
     all_rows: list[dict] = []
-    for shard in shards:
-        all_rows.extend(_read_csv_rows(state_dir / f"{_state_key(shard, sharddir)}.csv"))
+    for record in shard_records:
+        all_rows.extend(_read_csv_rows(record))
     manifest = savedir / MANIFEST_NAME
     atomic_write_text(manifest, _rows_csv(all_rows))
     for row in all_rows:
@@ -276,5 +291,3 @@ def classify_patches(sharddir: str | os.PathLike, savedir: str | os.PathLike, we
     result.n_patches = len(all_rows)
     result.n_kept = sum(c["kept"] for c in result.per_dataset.values())
     result.manifest = manifest
-    result.seconds = time.perf_counter() - t0
-    return result
