@@ -189,6 +189,31 @@ def _verdict_lines(verdict: Mapping | None, records: list) -> list[str]:
     return lines
 
 
+def _evaluation_lines(comparison: Mapping, probe: Mapping | None, ious, labels: Mapping[str, str],
+                      seeds: list[int]) -> list[str]:
+    """Section 4 of the report: both protocols' table, the conclusion sentence, the per-seed values, the chart."""
+    n_seeds = len(seeds)
+    lines: list[str] = []
+    lines += ["## 4. Evaluation (U-Net fine-tuning)", "",
+              f"{n_seeds} seeds per arm; one seed gives every arm the same decoder init and data order. Two "
+              "comparisons, each paired by seed (difference = pretrained - random): the paper's protocol, the "
+              "pretrained encoder frozen (only the decoder trains) against random init trained end to end; and "
+              "frozen against frozen (a frozen random encoder), which isolates what the encoder's features are "
+              "worth.", "",
+              "| | random init (mean ± sd) | pretrained, frozen (mean ± sd) | paired difference | seeds won |",
+              "|---|---|---|---|---|"]
+    for name, label in (("paper", "end to end (the paper's protocol)"), ("frozen", "frozen")):
+        for kind in ("2d", "3d"):
+            c = comparison[kind].get(name)
+            if c:
+                lines.append(f"| Test_Set_IoU {kind.upper()}, random {label} | {c['baseline']} | {c['arm']} | "
+                             f"{c['difference']} | {c['wins']} of {c['n']} |")
+    lines += ["", conclusion(comparison["2d"], probe), "", "Per seed (2D): " + "; ".join(
+        f"seed {s}: " + ", ".join(f"{labels[k]} {ious[k][s]['2d']:.3f}" for k in ious) for s in seeds), "",
+              "![IoU](figures/iou.png)", ""]
+    return lines
+
+
 def write_report(out: Path, ious: Mapping[str, Mapping[int, Mapping[str, float]]], timings: Mapping[str, float],
                  total_seconds: float, arms, bench: Path | None = None, verdict: Mapping | None = None,
                  probe: Mapping | None = None) -> dict:
@@ -230,7 +255,6 @@ def write_report(out: Path, ious: Mapping[str, Mapping[int, Mapping[str, float]]
     if rows:
         made["overlays"] = figures.overlays(rows, fig_dir / "predictions.png")
 
-    n_seeds = len(seeds)
     lines = [
         "# CellEMNet demo report", "",
         f"Whole pipeline on {'built-in synthetic' if (out / 'raw').exists() else 'your'} data in "
@@ -257,23 +281,7 @@ def write_report(out: Path, ious: Mapping[str, Mapping[int, Mapping[str, float]]
                   f"{probe['random_mean']:.3f} ± {probe['random_sd']:.3f} for frozen random encoders of the same "
                   f"architecture; paired difference {probe['difference_mean']:+.3f} ± {probe['difference_sd']:.3f} "
                   f"over {len(probe['seeds'])} seeds.", ""]
-    lines += ["## 4. Evaluation (U-Net fine-tuning)", "",
-              f"{n_seeds} seeds per arm; one seed gives every arm the same decoder init and data order. Two "
-              "comparisons, each paired by seed (difference = pretrained - random): the paper's protocol, the "
-              "pretrained encoder frozen (only the decoder trains) against random init trained end to end; and "
-              "frozen against frozen (a frozen random encoder), which isolates what the encoder's features are "
-              "worth.", "",
-              "| | random init (mean ± sd) | pretrained, frozen (mean ± sd) | paired difference | seeds won |",
-              "|---|---|---|---|---|"]
-    for name, label in (("paper", "end to end (the paper's protocol)"), ("frozen", "frozen")):
-        for kind in ("2d", "3d"):
-            c = comparison[kind].get(name)
-            if c:
-                lines.append(f"| Test_Set_IoU {kind.upper()}, random {label} | {c['baseline']} | {c['arm']} | "
-                             f"{c['difference']} | {c['wins']} of {c['n']} |")
-    lines += ["", conclusion(comparison["2d"], probe), "", "Per seed (2D): " + "; ".join(
-        f"seed {s}: " + ", ".join(f"{labels[k]} {ious[k][s]['2d']:.3f}" for k in ious) for s in seeds), "",
-              "![IoU](figures/iou.png)", ""]
+    lines += _evaluation_lines(comparison, probe, ious, labels, seeds)
     table = fig_dir / "benchmark_iou.md"
     if table.exists():  # written by evaluation/report.py from the MLflow runs
         lines += ["The same runs read back from MLflow by `evaluation/report.py`:", "", table.read_text().strip(), ""]
