@@ -174,6 +174,23 @@ def find_user_data(data: Path) -> tuple[Path | None, Path | None]:
     return images2d, volumes
 
 
+def run_curation(state: DemoState, images2d: Path | None, volumes: Path | None, shards: Path, curated: Path) -> None:
+    """The four curation steps, as a user runs them: patchify 2D and 3D, de-duplicate across datasets, filter."""
+    if images2d is not None:
+        run_step(state, "curation: patchify 2D image groups",
+                 ["dataset/patchify2d.py", str(images2d), str(shards / "2d")], "patchify2d")
+    else:
+        state.step_no += 1
+    if volumes is not None:
+        run_step(state, "curation: patchify 3D volumes",
+                 ["dataset/patchify3d.py", str(volumes), str(shards / "3d")], "patchify3d")
+    else:
+        state.step_no += 1
+    run_step(state, "curation: de-duplicate across datasets", ["dataset/dedupe.py", str(shards)], "dedupe")
+    run_step(state, "curation: filter uninformative patches",
+             ["dataset/classify_patches.py", str(shards), str(curated)], "classify")
+
+
 def main_demo(out: Path, size_name: str, data: Path | None) -> dict:
     size = SIZES[size_name]
     out = out.resolve()
@@ -195,19 +212,7 @@ def main_demo(out: Path, size_name: str, data: Path | None) -> dict:
     curated = out / "curated"
     results: dict = {"out": str(out)}
 
-    if images2d is not None:
-        run_step(state, "curation: patchify 2D image groups",
-                 ["dataset/patchify2d.py", str(images2d), str(shards / "2d")], "patchify2d")
-    else:
-        state.step_no += 1
-    if volumes is not None:
-        run_step(state, "curation: patchify 3D volumes",
-                 ["dataset/patchify3d.py", str(volumes), str(shards / "3d")], "patchify3d")
-    else:
-        state.step_no += 1
-    run_step(state, "curation: de-duplicate across datasets", ["dataset/dedupe.py", str(shards)], "dedupe")
-    run_step(state, "curation: filter uninformative patches",
-             ["dataset/classify_patches.py", str(shards), str(curated)], "classify")
+    run_curation(state, images2d, volumes, shards, curated)
 
     size_ = state.size
     model_dir = out / "pretraining"

@@ -468,6 +468,9 @@ def greedy_clusters(
     n_threads: int | None = None, buffer_entries: int | None = None,
 ) -> DedupResult:
     """Greedy exemplar selection with the assignment of every removed hash to the exemplar that removed it."""
+    # Longer than 80 lines on purpose: the speculative chunk walk adapts its chunk size, index and neighbour buffers
+    # from one chunk to the next, and those dozen arrays live as locals across the loop (the hot parts are the
+    # numba kernels above); split into functions, each step would take and return all of them.
     hashes = np.ascontiguousarray(np.asarray(hashes, dtype=np.uint64).reshape(-1))
     n = hashes.shape[0]
     if max_distance < 0:
