@@ -115,12 +115,9 @@ def write_or_rescue(path: str | os.PathLike, data: bytes, what: str = "result") 
     when even the rescue fails."""
     import sys
 
-    def write(tmp: Path) -> None:
-        tmp.write_bytes(data)
-
     try:
         with atomic_path(path) as tmp:
-            write(tmp)
+            tmp.write_bytes(data)
         return Path(path)
     except OSError as exc:
         reason = exc.strerror or str(exc)
@@ -128,7 +125,7 @@ def write_or_rescue(path: str | os.PathLike, data: bytes, what: str = "result") 
         try:
             rescue.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(rescue) as tmp:
-                write(tmp)
+                tmp.write_bytes(data)
         except OSError as again:
             raise InputError(f"{path}: cannot write the {what} ({reason}); the rescue copy {rescue} failed too "
                              f"({again.strerror or again})") from None
@@ -183,7 +180,7 @@ def _one_line(exc: BaseException) -> str:
     itk = _ITK_ERROR.search(text)  # SimpleITK: keep ITK's reason, not the C++ source locations before it
     if itk:
         text = itk.group(1)
-    elif "Exception thrown in SimpleITK" in text and ".hxx:" in text or ".cxx:" in text:
+    elif "Exception thrown in SimpleITK" in text and (".hxx:" in text or ".cxx:" in text):
         text = text.rsplit(": ", 1)[-1]
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 

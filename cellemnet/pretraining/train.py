@@ -10,7 +10,6 @@ import inspect
 import json
 import math
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -51,30 +50,13 @@ class Run:
         self.channels_last = cfg["channels_last"] and cuda
         self.global_step = 0
         self.total_steps = 0
-        self.stop_requested = False
+        self.stop = runtime.SigtermFlag()  # SIGTERM, or a non-finite loss, asks every process to stop
         self.nonfinite = False
         self.monitor: health.HealthMonitor | None = None
 
     def say(self, text: str) -> None:
         if self.info.is_main:
             print(text, flush=True)
-
-
-def _install_sigterm(run: Run):
-    def handler(signum, frame):
-        run.stop_requested = True
-
-    try:
-        return signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread (e.g. called from a notebook worker): no graceful stop
-        return None
-
-
-def _should_stop(run: Run) -> bool:
-    flag = torch.tensor([1.0 if run.stop_requested else 0.0], device=run.device)
-    if run.info.distributed:
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-    return bool(flag.item())
 
 
 def _checkpoint_state(run: Run, epoch: int, iteration: int, sampler: SourceBalancedSampler, run_id) -> dict:
@@ -221,7 +203,7 @@ def train(cfg: dict[str, Any], method_name: str) -> dict[str, Any]:
     run.monitor.start(model)
     chance = health.loss_chance_level(method_name, cfg)
 
-    previous_handler = _install_sigterm(run)
+    run.stop.__enter__()
     interrupted = False
     last_path = resume_path
     epoch_means: dict[str, float] = {}
@@ -251,7 +233,7 @@ def train(cfg: dict[str, Any], method_name: str) -> dict[str, Any]:
                 run.global_step += 1
                 it += 1
                 if not math.isfinite(metrics["loss"]):
-                    run.nonfinite = run.stop_requested = True
+                    run.nonfinite = run.stop.requested = True
                     run.monitor.nonfinite_step = run.global_step
                 for k, v in metrics.items():
                     for acc, n in ((sums, counts), (window, window_counts)):
@@ -266,7 +248,7 @@ def train(cfg: dict[str, Any], method_name: str) -> dict[str, Any]:
                     if info.is_main:
                         _log_line(model_dir, {"epoch": epoch, "iteration": it, "step": run.global_step, **record})
                     window, window_counts = {}, {}
-                stop = _should_stop(run)
+                stop = run.stop.agreed(device, info.distributed)
                 if it < iters_per_epoch and not stop and cfg["checkpoint_iters"] and \
                         run.global_step % cfg["checkpoint_iters"] == 0:
                     last_path = _save(run, epoch, it, sampler, run_id, keep=False)
@@ -311,8 +293,7 @@ def train(cfg: dict[str, Any], method_name: str) -> dict[str, Any]:
         tracker.end("FAILED")
         raise
     finally:
-        if previous_handler is not None:
-            signal.signal(signal.SIGTERM, previous_handler)
+        run.stop.__exit__(None, None, None)
         runtime.cleanup_distributed()
     return {"interrupted": interrupted and not run.nonfinite, "global_step": run.global_step,
             "checkpoint": str(last_path or ""), "run_id": run_id, "verdict": result, **epoch_means}
