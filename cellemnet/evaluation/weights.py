@@ -85,16 +85,18 @@ def checkpoint_label(pretraining: str) -> str:
 
 
 # The names of fine-tuning checkpoints, here (no torch import) so that the Snakefile derives them as finetune.py does.
+def _run_prefix(config: Mapping[str, Any]) -> str:
+    return f"{config['experiment_name']}-{checkpoint_label(config['pretraining'])}_ft_{config['finetune_layer']}"
+
+
 def checkpoint_name(config: Mapping[str, Any], step: int, total: int) -> str:
-    label = checkpoint_label(config["pretraining"])
-    return f"{config['experiment_name']}-{label}_ft_{config['finetune_layer']}_epoch{step}_of_{total}.pth"
+    return f"{_run_prefix(config)}_epoch{step}_of_{total}.pth"
 
 
 def resume_state_name(config: Mapping[str, Any]) -> str:
     """The resumable state of a run in progress (written every `checkpoint_iters` steps and on SIGTERM, deleted
     when the run finishes); apart from the checkpoints the user asked for."""
-    label = checkpoint_label(config["pretraining"])
-    return f"{config['experiment_name']}-{label}_ft_{config['finetune_layer']}_resume.pth"
+    return f"{_run_prefix(config)}_resume.pth"
 
 
 def resolve_resume(config: Mapping[str, Any]) -> Path | None:
