@@ -43,7 +43,7 @@ def test_curation_scripts_refuse_an_unwritable_output_in_one_line(tmp_path, root
 
 def test_finetune_checkpoint_write_failure_keeps_the_model(tmp_path, monkeypatch, capsys):
     import cellemnet.io as io
-    from cellemnet.evaluation import train
+    from cellemnet import engine
 
     real = io.atomic_path
     target = tmp_path / "models" / "m.pth"
@@ -55,7 +55,7 @@ def test_finetune_checkpoint_write_failure_keeps_the_model(tmp_path, monkeypatch
 
     monkeypatch.setattr(io, "atomic_path", refuse)
     monkeypatch.setattr(io.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
-    written = train.save_checkpoint(target, {"state_dict": {"w": torch.ones(2)}})
+    written = engine.save_state({"state_dict": {"w": torch.ones(2)}}, target)
     assert written != target and written.is_file() and "cellemnet-rescued" in str(written)
     assert torch.load(written, weights_only=True)["state_dict"]["w"].sum() == 2
     assert f"saved to {written}" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""Fine-tuning a U-Net on a benchmark's training set (the original's Trainer, on CPU or GPU, with torchrun).
+"""Fine-tuning a U-Net on a benchmark's training set (the original's Trainer, on CPU or GPU, with torchrun), as a
+task of the training engine (cellemnet/engine.py: the loop, SIGTERM, resume, checkpoint writes, MLflow).
 
 Schedules, as the original:
 * OneCycle / Poly: `iters` iterations; one scheduler step per iteration.
@@ -10,40 +11,51 @@ scheduler state, norms, config and MLflow run id, so `resume=PATH` continues whe
 Apart from those, the state of a run in progress goes to `{model_dir}/{experiment}-{pretraining}_ft_{layer}_resume.pth`
 every `checkpoint_iters` steps and on SIGTERM (then the run stops, exit 143); `resume=auto` continues from it, and
 a killed and resumed run ends with the weights of an uninterrupted one (augmentations are keyed by their draw).
+Logged metrics also go to `{model_dir}/{experiment}-{pretraining}_ft_{layer}_metrics.jsonl`, one line per print.
 """
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
+from cellemnet import engine
+from cellemnet.config import save_config
+from cellemnet.encoder import checkpoint_kind, load_checkpoint_file
 from cellemnet.errors import ConfigError, InputError
 from cellemnet.evaluation.augment import build_eval_transforms, build_train_transforms
 from cellemnet.evaluation.data import SeededDraws, SegmentationDataset
 from cellemnet.evaluation.metrics import AverageMeter, EMAMeter, batch_iou
 from cellemnet.evaluation.model import build_unet, freeze_encoder, set_train_mode
+from cellemnet.evaluation.predict import Predictor
 from cellemnet.evaluation.weights import (
     EncoderWeights,
     checkpoint_label,
     checkpoint_name,
+    metrics_log_name,
     resolve_pretraining,
-    resolve_resume,
     resume_state_name,
     total_steps,
 )
+from cellemnet.io import check_writable
 from cellemnet.runtime import (
     DistInfo,
-    SigtermFlag,
     autocast,
     cleanup_distributed,
     ignore_sigterm,
-    init_distributed,
     make_grad_scaler,
     seed_everything,
+    to_device,
 )
+from cellemnet.tracking import start_run
+
+__all__ = ["checkpoint_name", "finetune", "load_training_checkpoint", "make_loss", "make_optimizer", "make_scheduler",
+           "print_points", "save_points", "validate"]
 
 
 def save_points(total: int, n: int) -> set[int]:
@@ -117,8 +129,6 @@ def _loader(dataset, batch_size: int, shuffle: bool, jobs: int, device: torch.de
     The shuffle has a generator of its own, the workers' base seeds another one (so they never shift the
     order), and with shuffle each draw carries its seed words (SeededDraws) for the augmentation.
     """
-    from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
-
     if dist.distributed and shuffle:
         sampler = DistributedSampler(dataset, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=seed)
     elif shuffle:
@@ -137,21 +147,11 @@ def _loader(dataset, batch_size: int, shuffle: bool, jobs: int, device: torch.de
 
 
 def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
-    from cellemnet.encoder import checkpoint_kind, load_checkpoint_file
-
     ckpt = load_checkpoint_file(path)
     if checkpoint_kind(ckpt) != "a fine-tuning checkpoint" or any(k not in ckpt for k in ("state_dict", "norms")):
         raise InputError(f"{path}: expected a fine-tuning checkpoint (what evaluation/finetune.py writes); this is "
                          f"{checkpoint_kind(ckpt)}")
     return ckpt
-
-
-def save_checkpoint(path: Path, payload: Mapping[str, Any]) -> Path:
-    """Write atomically; when the folder refuses the write (full disk, lost permission), the trained model is not
-    lost: it goes to a rescue file in the temp folder, and the message says where. Returns the path written."""
-    from cellemnet.io import torch_bytes, write_or_rescue
-
-    return write_or_rescue(path, torch_bytes(dict(payload)), "checkpoint")
 
 
 def _metric_line(prefix: str, loss: float, ious: Mapping[str, float]) -> str:
@@ -161,8 +161,6 @@ def _metric_line(prefix: str, loss: float, ious: Mapping[str, float]) -> str:
 
 def validate(model: nn.Module, loader, loss_fn, weights: EncoderWeights, config, device) -> tuple[float, dict]:
     """Mean loss and per-class IoU over the validation images (each image whole, any size)."""
-    from cellemnet.evaluation.predict import Predictor
-
     unwrapped = model.module if hasattr(model, "module") else model
     predictor = Predictor(unwrapped, weights.norms, weights.in_channels, config["num_classes"], device,
                           amp=config["amp"])
@@ -181,26 +179,143 @@ def validate(model: nn.Module, loader, loss_fn, weights: EncoderWeights, config,
 
 def finetune(config: dict[str, Any], config_path: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Train as the config says; returns {'checkpoint': last path or None, 'run_id', 'metrics', 'seconds',
-    'step_seconds': the wall time of each step}."""
-    from cellemnet.tracking import start_run
-
-    dist, device = init_distributed(config["device"])
+    'step_seconds': the wall time of each step, 'interrupted'}."""
+    ctx = engine.start(config["device"], config["amp"], channels_last=True)
     try:
-        return _finetune(config, dist, device, config_path, progress, start_run)
+        return _finetune(config, ctx, config_path, progress)
     finally:
         cleanup_distributed()
 
 
-def _finetune(config, dist, device, config_path, progress, start_run) -> dict[str, Any]:
-    if dist.is_main and config["num_save_checkpoints"] > 0:
-        from cellemnet.io import check_writable
+def resolve_resume(config: Mapping[str, Any]) -> Path | None:
+    """'' -> None; 'auto' -> this run's resume state in model_dir, or None (a fresh start); else the given file."""
+    state = Path(config["model_dir"]) / resume_state_name(config)
+    return engine.resolve_resume(config["resume"], lambda: state if state.is_file() else None)
 
-        check_writable(config["model_dir"], "fine-tuning checkpoints")  # before any training, not after it
-    seed_everything(config["seed"] + dist.rank)
-    started = time.time()
-    resume_path = resolve_resume(config)
-    resume = load_training_checkpoint(resume_path) if resume_path else None
 
+class FinetuneTask:
+    """The engine's task for one fine-tuning run: batches from the seeded loader, one optimizer step per iteration
+    (one epoch per step with MultiStep), prints with validation, the scheduler, and the checkpoints asked for."""
+
+    def __init__(self, config: dict[str, Any], ctx: engine.Context, model: nn.Module, weights: EncoderWeights,
+                 loaders: dict[str, Any], log: engine.MetricsLog, run_id: str | None):
+        self.config, self.ctx, self.model, self.weights, self.log = config, ctx, model, weights, log
+        self.ddp_model = _wrap(model, ctx)
+        self.optimizer = make_optimizer(config, [p for p in self.ddp_model.parameters() if p.requires_grad])
+        self.scheduler = make_scheduler(config, self.optimizer)
+        self.loss_fn = make_loss(config, ctx.device)
+        self.scaler = make_grad_scaler(ctx.device, config["amp"])
+        self.train_loader, self.sampler = loaders["train"]
+        self.valid_loader = loaders.get("valid")
+        self.run_id = run_id
+        self.total = total_steps(config)
+        self.saves = save_points(self.total, config["num_save_checkpoints"])
+        self.prints = print_points(self.total, config["num_prints"])
+        self.per_step = len(self.train_loader) if config["lr_policy"] == "MultiStep" else 1
+        self.state_path = Path(config["model_dir"]) / resume_state_name(config)
+        self.loss_meter = EMAMeter()
+        self.iou_meters = [EMAMeter() for _ in range(config["num_classes"])]
+        self.in_train_mode = False
+        self.last_checkpoint: Path | None = None
+        self.last_metrics: dict[str, float] = {}
+
+    def load(self, resume: Mapping[str, Any]) -> None:
+        self.optimizer.load_state_dict(resume["optimizer"])
+        self.scheduler.load_state_dict(resume["scheduler"])
+        if "scaler" in resume:
+            self.scaler.load_state_dict(resume["scaler"])
+
+    def batches(self, start_step: int):
+        stream = _cycle(self.train_loader, self.sampler, skip_batches=start_step * self.per_step)
+        while True:
+            yield [next(stream) for _ in range(self.per_step)]
+
+    def train_step(self, group, step: int) -> dict[str, float]:
+        config, device = self.config, self.ctx.device
+        for batch in group:
+            if not self.in_train_mode:  # at the start and after validation (which puts the model in eval mode)
+                set_train_mode(self.ddp_model)
+                self.in_train_mode = True
+            x = to_device(batch["image"], device, self.ctx.channels_last)
+            y = batch["mask"].to(device, non_blocking=True)
+            self.optimizer.zero_grad(set_to_none=True)
+            with autocast(device, enabled=config["amp"]):
+                logits = self.ddp_model(x)
+            loss = self.loss_fn(logits.float(), y)
+            if not torch.isfinite(loss):
+                raise ConfigError(f"training diverged at step {step} (loss {loss.item()}); lower 'lr'")
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.loss_meter.update(loss.item())
+            for meter, v in zip(self.iou_meters, batch_iou(logits.detach().float(), y, config["num_classes"])):
+                meter.update(v)
+        return {"loss": self.loss_meter.value}
+
+    def after_step(self, step: int, metrics: dict[str, float]) -> bool:
+        ctx = self.ctx
+        if step in self.prints and ctx.info.is_main:
+            self._print(step)
+        if ctx.info.distributed and step in self.prints:
+            torch.distributed.barrier()
+        self.scheduler.step()
+        if step in self.saves and ctx.info.is_main:
+            path = Path(self.config["model_dir"]) / checkpoint_name(self.config, step, self.total)
+            self.last_checkpoint = engine.save_state(self.training_state(step), path)
+        return False  # the checkpoints asked for are not what resume=auto continues from
+
+    def _print(self, step: int) -> None:
+        names = self.config["class_names"]
+        ious = {names[i]: m.value for i, m in enumerate(self.iou_meters)}
+        metrics = {"train_loss": self.loss_meter.value, **{f"train_{k}_IoU": v for k, v in ious.items()}}
+        msg = f"step {step}/{self.total} | " + _metric_line("train", self.loss_meter.value, ious)
+        if self.valid_loader is not None:
+            v_loss, v_ious = validate(self.ddp_model, self.valid_loader, self.loss_fn, self.weights, self.config,
+                                      self.ctx.device)
+            self.in_train_mode = False
+            metrics.update({"valid_loss": v_loss, **{f"valid_{k}_IoU": v for k, v in v_ious.items()}})
+            msg += " | " + _metric_line("valid", v_loss, v_ious)
+        self.log.log(metrics, step)
+        self.last_metrics = metrics
+        self.ctx.say(msg)
+        self.loss_meter.reset()
+        for m in self.iou_meters:
+            m.reset()
+
+    def save_resume_state(self, step: int) -> Path | None:
+        if not self.ctx.info.is_main:
+            return None
+        return engine.save_state(self.training_state(step), self.state_path)
+
+    def training_state(self, step: int) -> dict[str, Any]:
+        config = self.config
+        return {
+            "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "norms": self.weights.norms,
+            "in_channels": self.weights.in_channels,
+            "num_classes": config["num_classes"],
+            "encoder": config["encoder"],
+            "pretraining": config["pretraining"],
+            "config": dict(config),
+            "run_id": self.run_id,
+            "step": step,
+            "total": self.total,
+        }
+
+
+def _wrap(model: nn.Module, ctx: engine.Context) -> nn.Module:
+    """SyncBatchNorm across GPUs and DDP under torchrun; the model itself in one process."""
+    if not ctx.info.distributed:
+        return model
+    if ctx.device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return engine.wrap_ddp(model, ctx)
+
+
+def _build_model(config: dict[str, Any], ctx: engine.Context, resume: Mapping[str, Any] | None):
     weights = resolve_pretraining(config["pretraining"], config["norms"], encoder=config["encoder"])
     # The decoder and head get a seeded stream of their own: identical in every arm of one seed, whatever the
     # encoder (random, loaded, 1 or 3 channels) drew before them.
@@ -208,184 +323,87 @@ def _finetune(config, dist, device, config_path, progress, start_run) -> dict[st
     trainable = freeze_encoder(model, config["finetune_layer"], config["unfreeze_encoder_bn"])
     if resume is not None:
         model.load_state_dict(resume["state_dict"], strict=True)
-    model.to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-        torch.backends.cudnn.benchmark = True
-    if dist.is_main:
-        print(f"pretraining {config['pretraining']} | {weights.in_channels} channel(s) | norms {weights.norms} "
-              f"| trainable parameters {trainable:,} | device {device}")
+    model = engine.place_model(model, ctx)
+    ctx.say(f"pretraining {config['pretraining']} | {weights.in_channels} channel(s) | norms {weights.norms} "
+            f"| trainable parameters {trainable:,} | device {ctx.device}")
+    return model, weights
 
+
+def _data(config: dict[str, Any], ctx: engine.Context, weights: EncoderWeights) -> dict[str, Any]:
     data_dir = Path(config["data_dir"])
     train_set = SegmentationDataset(
         data_dir / "train", build_train_transforms(config["augmentations"], weights.norms, seed=config["seed"]),
-        weights.in_channels,
-        config["num_classes"], require_masks=True,
+        weights.in_channels, config["num_classes"], require_masks=True,
     )
     if len(train_set) < config["bsz"]:
         raise InputError(f"{data_dir / 'train'}: {len(train_set)} images, fewer than one batch (bsz={config['bsz']})")
-    train_loader, train_sampler = _loader(train_set, config["bsz"], True, config["jobs"], device, dist,
-                                          drop_last=True, seed=config["seed"])
-    valid_loader = None
+    loaders: dict[str, Any] = {"train": _loader(train_set, config["bsz"], True, config["jobs"], ctx.device, ctx.info,
+                                                drop_last=True, seed=config["seed"])}
     if (data_dir / "valid" / "images").is_dir():
         valid_set = SegmentationDataset(data_dir / "valid", build_eval_transforms(weights.norms),
                                         weights.in_channels, config["num_classes"], require_masks=True)
-        valid_loader, _ = _loader(valid_set, 1, False, min(config["jobs"], 2), device, DistInfo(), False, 0)
+        loaders["valid"] = _loader(valid_set, 1, False, min(config["jobs"], 2), ctx.device, DistInfo(), False, 0)[0]
+    return loaders
 
-    ddp_model = model
-    if dist.distributed:
-        if device.type == "cuda":
-            ddp_model = nn.SyncBatchNorm.convert_sync_batchnorm(ddp_model)
-        ddp_model = nn.parallel.DistributedDataParallel(
-            ddp_model, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=False,
-        )
-    optimizer = make_optimizer(config, [p for p in ddp_model.parameters() if p.requires_grad])
-    scheduler = make_scheduler(config, optimizer)
-    loss_fn = make_loss(config, device)
-    scaler = make_grad_scaler(device, config["amp"])
 
-    total = total_steps(config)
-    start = 1
-    run_id = None
-    if resume is not None:
-        run_id = resume.get("run_id")
-        if not config["restart_training"]:
-            optimizer.load_state_dict(resume["optimizer"])
-            scheduler.load_state_dict(resume["scheduler"])
-            if "scaler" in resume:
-                scaler.load_state_dict(resume["scaler"])
-            start = int(resume.get("step", 0)) + 1
-            if dist.is_main:
-                print(f"resuming from {resume_path} at step {start} of {total}")
-
+def _start_tracking(config: dict[str, Any], ctx: engine.Context, config_path: str | None, run_id: str | None):
     label = checkpoint_label(config["pretraining"])
     tracker = start_run(
-        config["experiment_name"], run_name=f"{label}_ft_{config['finetune_layer']}_{total}",
-        params=config, enabled=config["logging"], rank=dist.rank, run_id=run_id,
+        config["experiment_name"], run_name=f"{label}_ft_{config['finetune_layer']}_{total_steps(config)}",
+        params=config, enabled=config["logging"], rank=ctx.info.rank, run_id=run_id,
         tracking_dir=config["tracking_dir"],
         tags={"stage": "finetune", "pretraining": label, "benchmark": config["experiment_name"]},
     )
-    run_id = tracker.run_id or run_id
     if tracker.active and config_path:
         tracker.log_artifact(config_path, artifact_path="config")
     if tracker.active:
-        import tempfile
-
-        from cellemnet.config import save_config
-
         with tempfile.TemporaryDirectory() as tmp:
             resolved = Path(tmp) / "resolved_config.yaml"
             save_config(config, resolved)
             tracker.log_artifact(resolved, artifact_path="config")
+    return tracker
 
-    saves = save_points(total, config["num_save_checkpoints"])
-    prints = print_points(total, config["num_prints"])
+
+def _finetune(config: dict[str, Any], ctx: engine.Context, config_path: str | None, progress: bool) -> dict[str, Any]:
+    dist = ctx.info
     model_dir = Path(config["model_dir"])
-    names = config["class_names"]
-    loss_meter = EMAMeter()
-    iou_meters = [EMAMeter() for _ in range(config["num_classes"])]
-    per_step = len(train_loader) if config["lr_policy"] == "MultiStep" else 1
-    batches = _cycle(train_loader, train_sampler, skip_batches=(start - 1) * per_step)
-    state_path = model_dir / resume_state_name(config)
-
-    def training_state(step: int) -> dict[str, Any]:
-        return {
-            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "norms": weights.norms,
-            "in_channels": weights.in_channels,
-            "num_classes": config["num_classes"],
-            "encoder": config["encoder"],
-            "pretraining": config["pretraining"],
-            "config": dict(config),
-            "run_id": run_id,
-            "step": step,
-            "total": total,
-        }
-    last_checkpoint, last_metrics = None, {}
-    step_seconds: list[float] = []  # wall time of each step (data, compute, metrics, logging, checkpoint)
-    in_train_mode = False
-
-    bar = None
-    if progress and dist.is_main:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, initial=start - 1, desc=f"fine-tune {config['experiment_name']}", unit="step")
+    if dist.is_main and config["num_save_checkpoints"] > 0:
+        check_writable(model_dir, "fine-tuning checkpoints")  # before any training, not after it
+    seed_everything(config["seed"] + dist.rank)
+    started = time.time()
+    resume_path = resolve_resume(config)
+    resume = load_training_checkpoint(resume_path) if resume_path else None
+    model, weights = _build_model(config, ctx, resume)
+    loaders = _data(config, ctx, weights)
+    total = total_steps(config)
+    start, run_id = 0, None
+    if resume is not None:
+        run_id = resume.get("run_id")
+    tracker = _start_tracking(config, ctx, config_path, run_id)
+    jsonl = model_dir / metrics_log_name(config) if dist.is_main and model_dir.is_dir() else None
+    task = FinetuneTask(config, ctx, model, weights, loaders, engine.MetricsLog(tracker, jsonl, dist.is_main),
+                        tracker.run_id or run_id)
+    if resume is not None and not config["restart_training"]:
+        task.load(resume)
+        start = int(resume.get("step", 0))
+        ctx.say(f"resuming from {resume_path} at step {start + 1} of {total}")
     status = "FAILED"
-    stop = SigtermFlag()
-    interrupted = False
     try:
-        stop.__enter__()
-        for step in range(start, total + 1):
-            step_started = time.perf_counter()
-            for _ in range(per_step):
-                batch = next(batches)
-                if not in_train_mode:  # at the start and after validation (which puts the model in eval mode)
-                    set_train_mode(ddp_model)
-                    in_train_mode = True
-                x = batch["image"].to(device, non_blocking=True)
-                y = batch["mask"].to(device, non_blocking=True)
-                if device.type == "cuda":
-                    x = x.contiguous(memory_format=torch.channels_last)
-                optimizer.zero_grad(set_to_none=True)
-                with autocast(device, enabled=config["amp"]):
-                    logits = ddp_model(x)
-                loss = loss_fn(logits.float(), y)
-                if not torch.isfinite(loss):
-                    raise ConfigError(f"training diverged at step {step} (loss {loss.item()}); lower 'lr'")
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                loss_meter.update(loss.item())
-                for meter, v in zip(iou_meters, batch_iou(logits.detach().float(), y, config["num_classes"])):
-                    meter.update(v)
-            if step in prints and dist.is_main:
-                ious = {names[i]: m.value for i, m in enumerate(iou_meters)}
-                metrics = {"train_loss": loss_meter.value, **{f"train_{k}_IoU": v for k, v in ious.items()}}
-                msg = f"step {step}/{total} | " + _metric_line("train", loss_meter.value, ious)
-                if valid_loader is not None:
-                    v_loss, v_ious = validate(ddp_model, valid_loader, loss_fn, weights, config, device)
-                    in_train_mode = False
-                    metrics.update({"valid_loss": v_loss, **{f"valid_{k}_IoU": v for k, v in v_ious.items()}})
-                    msg += " | " + _metric_line("valid", v_loss, v_ious)
-                tracker.log_metrics(metrics, step=step)
-                last_metrics = metrics
-                (bar.write if bar else print)(msg)
-                loss_meter.reset()
-                for m in iou_meters:
-                    m.reset()
-            if dist.distributed and step in prints:
-                torch.distributed.barrier()
-            scheduler.step()
-            if step in saves and dist.is_main:
-                last_checkpoint = save_checkpoint(model_dir / checkpoint_name(config, step, total),
-                                                  training_state(step))
-            stopping = stop.agreed(device, dist.distributed) and step < total
-            periodic = config["checkpoint_iters"] and step % config["checkpoint_iters"] == 0 and step < total
-            if (stopping or periodic) and dist.is_main:
-                save_checkpoint(state_path, training_state(step))
-            if bar is not None:
-                bar.update(1)
-            step_seconds.append(time.perf_counter() - step_started)
-            if stopping:
-                interrupted = True
-                (bar.write if bar else print)(f"stopped by SIGTERM after step {step} of {total}; the state is in "
-                                              f"{state_path}: continue with resume=auto")
-                break
-        status = "KILLED" if interrupted else "FINISHED"
+        loop = engine.run_loop(task, ctx, start_step=start, total_steps=total, seed=config["seed"],
+                               checkpoint_iters=config["checkpoint_iters"],
+                               desc=f"fine-tune {config['experiment_name']}", progress=progress)
+        status = "KILLED" if loop.interrupted else "FINISHED"
     finally:
-        stop.__exit__(None, None, None)
-        if bar is not None:
-            bar.close()
         tracker.end(status)
-    if not interrupted and dist.is_main:
-        state_path.unlink(missing_ok=True)  # finished: the checkpoints the user asked for are the result
+    if loop.interrupted:
+        ctx.say(f"stopped by SIGTERM after step {loop.last_step} of {total}; the state is in {task.state_path}: "
+                f"continue with resume=auto")
+    elif dist.is_main:
+        task.state_path.unlink(missing_ok=True)  # finished: the checkpoints the user asked for are the result
     seconds = time.time() - started
-    if dist.is_main and not interrupted:
-        where = last_checkpoint if last_checkpoint else "(no checkpoint: num_save_checkpoints is 0)"
-        print(f"finished {total - start + 1} step(s) in {seconds:.1f} s; checkpoint {where}")
-    return {"checkpoint": str(last_checkpoint) if last_checkpoint else None, "run_id": run_id,
-            "metrics": last_metrics, "seconds": seconds, "step_seconds": step_seconds, "interrupted": interrupted}
+    if not loop.interrupted:
+        where = task.last_checkpoint if task.last_checkpoint else "(no checkpoint: num_save_checkpoints is 0)"
+        ctx.say(f"finished {total - start} step(s) in {seconds:.1f} s; checkpoint {where}")
+    return {"checkpoint": str(task.last_checkpoint) if task.last_checkpoint else None, "run_id": task.run_id,
+            "metrics": task.last_metrics, "seconds": seconds, "step_seconds": loop.step_seconds,
+            "interrupted": loop.interrupted}

@@ -99,14 +99,9 @@ def resume_state_name(config: Mapping[str, Any]) -> str:
     return f"{_run_prefix(config)}_resume.pth"
 
 
-def resolve_resume(config: Mapping[str, Any]) -> Path | None:
-    """'' -> None; 'auto' -> this run's resume state in model_dir, or None (a fresh start); else the given file."""
-    if not config["resume"]:
-        return None
-    if config["resume"] == "auto":
-        path = Path(config["model_dir"]) / resume_state_name(config)
-        return path if path.is_file() else None
-    return Path(config["resume"])
+def metrics_log_name(config: Mapping[str, Any]) -> str:
+    """The run's metrics, one JSON line per logged step (train and validation loss and IoU)."""
+    return f"{_run_prefix(config)}_metrics.jsonl"
 
 
 def total_steps(config: Mapping[str, Any]) -> int:

@@ -11,7 +11,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from cellemnet.errors import ConfigError
+from cellemnet import engine
+from cellemnet.encoder import checkpoint_kind, load_checkpoint_file
+from cellemnet.errors import InputError
 
 CURRENT_NAME = "current.pth"
 _KEPT = re.compile(r"checkpoint_(\d{4,})\.pth$")
@@ -32,34 +34,19 @@ def find_latest(model_dir: str | os.PathLike) -> Path | None:
 
 def resolve_resume(resume: str, model_dir: str | os.PathLike) -> Path | None:
     """'' -> None (fresh start); 'auto' -> newest in model_dir or None; otherwise the given file."""
-    if not resume:
-        return None
-    if resume == "auto":
-        return find_latest(model_dir)
-    path = Path(resume).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"key 'resume': checkpoint not found: {path}")
-    return path
+    return engine.resolve_resume(resume, lambda: find_latest(model_dir))
 
 
 def save_checkpoint(state: dict[str, Any], model_dir: str | os.PathLike, keep_epoch: int | None = None) -> Path:
     """Write current.pth atomically; with keep_epoch also a kept numbered copy. Returns current.pth's path (or,
     when model_dir refused the write late - a full disk - the rescue copy's path, which a warning names)."""
-    from cellemnet.io import torch_bytes, write_or_rescue
-
     model_dir = Path(model_dir)
-    data = torch_bytes(state)
-    current = write_or_rescue(model_dir / CURRENT_NAME, data, "checkpoint")
-    if keep_epoch is not None:
-        write_or_rescue(model_dir / kept_name(keep_epoch), data, "checkpoint")
-    return current
+    paths = [model_dir / CURRENT_NAME] + ([model_dir / kept_name(keep_epoch)] if keep_epoch is not None else [])
+    return engine.save_state(state, paths)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """A pretraining checkpoint to resume from; InputError saying what the file is when it is something else."""
-    from cellemnet.encoder import checkpoint_kind, load_checkpoint_file
-    from cellemnet.errors import InputError
-
     ckpt = load_checkpoint_file(path)
     kind = checkpoint_kind(ckpt)
     if not kind.endswith("pretraining checkpoint"):
