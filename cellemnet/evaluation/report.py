@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from cellemnet.errors import InputError
-from cellemnet.evaluation.setup.layout import BENCHMARKS
+from cellemnet.evaluation.benchmarks import BENCHMARKS
 from cellemnet.evaluation.weights import checkpoint_label
 from cellemnet.io import atomic_path, atomic_write_text
 from cellemnet.tracking import read_runs
@@ -206,8 +206,8 @@ def _records(group) -> list[dict[str, Any]]:
 
 
 def _benchmark_groups(results):
-    """(benchmark, iters, rows) in the paper's benchmark order, shorter training first."""
-    order = _ordered(results["benchmark"], BENCHMARKS)
+    """(benchmark, iters, rows) in the registry's benchmark order (others after, by name), shorter training first."""
+    order = _ordered(results["benchmark"], tuple(BENCHMARKS))
     keys = sorted({(b, int(i)) for b, i in zip(results["benchmark"], results["iters"])},
                   key=lambda k: (order.index(k[0]), k[1]))
     for benchmark, iters in keys:
@@ -308,7 +308,7 @@ def bar_chart(rows, path: str | os.PathLike, title: str = "Test-set IoU by bench
 
     if rows.empty:
         raise InputError("nothing to plot: no run has a Test_Set_IoU metric")
-    benchmarks = _ordered(rows["benchmark"], BENCHMARKS)
+    benchmarks = _ordered(rows["benchmark"], tuple(BENCHMARKS))
     arms = _arm_labels(rows)
     width = 0.8 / len(arms)
     x = np.arange(len(benchmarks))
