@@ -14,6 +14,7 @@ import argparse
 import sys
 
 from cellemnet.errors import cli_main
+from cellemnet.evaluation.report import markdown_table, write_report
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -30,8 +31,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 @cli_main
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from cellemnet.evaluation.report import markdown_table, write_report
-
     result = write_report(out_dir=args.out, tracking_dir=args.tracking_dir, experiments=args.experiment,
                           iters=args.iters, chart_name=args.chart_name)
     print(markdown_table(result["summary"], result["paired"]), end="")

@@ -130,7 +130,7 @@ def test_curated_patches_figure_runs_the_curation_library_on_synthetic_data(tmp_
 
 @pytest.mark.slow
 def test_check_benchmarks_reads_a_named_benchmark_from_the_data_root(monkeypatch, tmp_path):
-    """The notebook finds a set-up benchmark through the project's layout table and $CELLEMNET_DATA_ROOT."""
+    """The notebook finds a set-up benchmark through its benchmark module and $CELLEMNET_DATA_ROOT."""
     from cellemnet.synthetic import make_benchmark
 
     bench = tmp_path / "root" / "lucchi_pp"

@@ -23,7 +23,10 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from cellemnet.errors import InputError
-from cellemnet.evaluation.setup.layout import BENCHMARKS
+from cellemnet.evaluation.benchmarks import BENCHMARKS
+from cellemnet.evaluation.weights import checkpoint_label
+from cellemnet.io import atomic_path, atomic_write_text
+from cellemnet.tracking import read_runs
 
 METRIC = "Test_Set_IoU"
 # Arms in the paper's order; custom weight files follow, alphabetically.
@@ -141,8 +144,6 @@ def _first_present(*values):
 
 def pretraining_label(value: str) -> str:
     """Named arms as they are; a weights file as its checkpoint label (parent folder name, as the checkpoints)."""
-    from cellemnet.evaluation.weights import checkpoint_label
-
     return checkpoint_label(value)
 
 
@@ -205,8 +206,8 @@ def _records(group) -> list[dict[str, Any]]:
 
 
 def _benchmark_groups(results):
-    """(benchmark, iters, rows) in the paper's benchmark order, shorter training first."""
-    order = _ordered(results["benchmark"], BENCHMARKS)
+    """(benchmark, iters, rows) in the registry's benchmark order (others after, by name), shorter training first."""
+    order = _ordered(results["benchmark"], tuple(BENCHMARKS))
     keys = sorted({(b, int(i)) for b, i in zip(results["benchmark"], results["iters"])},
                   key=lambda k: (order.index(k[0]), k[1]))
     for benchmark, iters in keys:
@@ -305,11 +306,9 @@ def bar_chart(rows, path: str | os.PathLike, title: str = "Test-set IoU by bench
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from cellemnet.io import atomic_path
-
     if rows.empty:
         raise InputError("nothing to plot: no run has a Test_Set_IoU metric")
-    benchmarks = _ordered(rows["benchmark"], BENCHMARKS)
+    benchmarks = _ordered(rows["benchmark"], tuple(BENCHMARKS))
     arms = _arm_labels(rows)
     width = 0.8 / len(arms)
     x = np.arange(len(benchmarks))
@@ -346,9 +345,6 @@ def write_report(
 ) -> dict:
     """Read the runs, write the CSVs, the Markdown table and the chart into out_dir. Returns paths and counts."""
     import pandas as pd
-
-    from cellemnet.io import atomic_write_text
-    from cellemnet.tracking import read_runs
 
     experiments = list(experiments or [])
     frames = [read_runs(name, tracking_dir) for name in experiments] if experiments else [read_runs(None, tracking_dir)]

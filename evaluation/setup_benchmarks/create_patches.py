@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cellemnet.errors import cli_main
+from cellemnet.errors import InputError, cli_main
 from cellemnet.evaluation.setup.patches import DEFAULT_PATCH_SIZE, patch_folder
 
 
@@ -28,8 +28,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.crop_size < 1:
-        from cellemnet.errors import InputError
-
         raise InputError(f"--crop-size must be positive, got {args.crop_size}")
     count = patch_folder(args.image_dir, args.save_dir, crop=args.crop_size, label=args.label or None)
     print(f"wrote {count} patches of up to {args.crop_size}x{args.crop_size} to {args.save_dir}")

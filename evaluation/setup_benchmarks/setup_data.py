@@ -4,7 +4,8 @@
 
 With no names, every benchmark is set up. The data root can also come from $CELLEMNET_DATA_ROOT. Downloads are
 checked against known checksums (or the one recorded on first download); a dataset already set up is skipped, so
-a rerun resumes. The tracked benchmark configs are never edited: they find the data through the data root.
+a rerun resumes. The tracked benchmark configs are never edited: they find the data through the data root. The
+benchmarks, their files and converters are the modules of cellemnet/evaluation/benchmarks/.
 """
 from __future__ import annotations
 
@@ -12,15 +13,16 @@ import argparse
 import sys
 
 from cellemnet.errors import cli_main
-from cellemnet.evaluation.setup.layout import BENCHMARKS, DATASETS, datasets_for, resolve_data_root
+from cellemnet.evaluation import benchmarks
+from cellemnet.evaluation.setup.layout import datasets_for, resolve_data_root
 from cellemnet.evaluation.setup.pipeline import setup_datasets
-from cellemnet.evaluation.setup.sources import SOURCES
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("names", nargs="*", metavar="NAME",
-                        help=f"benchmarks ({', '.join(BENCHMARKS)}) or datasets ({', '.join(DATASETS)}); default all")
+                        help=f"benchmarks ({', '.join(benchmarks.BENCHMARKS)}) or datasets "
+                             f"({', '.join(benchmarks.DATASETS)}); default all")
     parser.add_argument("--data-root", help="folder for all benchmark data (default: $CELLEMNET_DATA_ROOT)")
     parser.add_argument("--no-download", action="store_true",
                         help="use only files already in DATA_ROOT/downloads (checked against their checksums)")
@@ -31,18 +33,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def source_lines(name: str) -> list[str]:
+    """What --list prints for one dataset: each file with its checksum, or what it is built from."""
+    dataset = benchmarks.dataset(name)
+    lines = []
+    for remote in dataset.sources:
+        check = f"sha256 {remote.sha256}" if remote.sha256 else f"md5 {remote.md5}" if remote.md5 else \
+            "checksum recorded on first download"
+        lines.append(f"{name}: {remote.url} -> downloads/{remote.filename} ({check})")
+    if dataset.needs and not dataset.sources:
+        built_from = ", ".join(dataset.needs[:-1]) + " and " + dataset.needs[-1] if len(dataset.needs) > 1 \
+            else dataset.needs[0]
+        lines.append(f"{name}: built from {built_from} (no download)")
+    return lines
+
+
 @cli_main
 def main(argv=None) -> int:
     args = parse_args(argv)
-    names = datasets_for(args.names or list(BENCHMARKS))
+    names = datasets_for(args.names or list(benchmarks.BENCHMARKS))
     if args.list:
         for name in names:
-            for remote in SOURCES.get(name, ()):
-                check = f"sha256 {remote.sha256}" if remote.sha256 else f"md5 {remote.md5}" if remote.md5 else \
-                    "checksum recorded on first download"
-                print(f"{name}: {remote.url} -> downloads/{remote.filename} ({check})")
-            if name == "all_mito":
-                print("all_mito: built from perez, lucchi_pp, kasthuri_pp, urocell and guay (no download)")
+            print("\n".join(source_lines(name)))
         return 0
     root = resolve_data_root(args.data_root)
     summary = setup_datasets(names, root, download=not args.no_download, force=args.force,

@@ -1,6 +1,7 @@
 """Benchmark conversion on tiny files written in each source's own layout (zip of PNGs, tif stacks, NIfTI, HDF5)."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import zipfile
@@ -12,11 +13,20 @@ import pytest
 import tifffile
 
 from cellemnet.errors import InputError
-from cellemnet.evaluation.setup import convert, pipeline, sources
+from cellemnet.evaluation import benchmarks
+from cellemnet.evaluation.benchmarks import cremi, urocell
+from cellemnet.evaluation.config import load_eval_config
+from cellemnet.evaluation.setup import convert, pipeline
 from cellemnet.evaluation.setup.download import RemoteFile
+from cellemnet.evaluation.setup.layout import benchmark_paths
 from cellemnet.io import read_image, read_volume, write_image, write_volume
 
 RNG = np.random.default_rng(0)
+
+
+def run_converter(dataset: str, source: Path, out: Path, work: Path | None = None) -> dict:
+    """The registered dataset's shared converter, with the parameters its benchmark module gives it."""
+    return benchmarks.dataset(dataset).run(source, out, work)
 
 
 def png_bytes(array: np.ndarray, tmp: Path) -> bytes:
@@ -88,7 +98,7 @@ def guay_zip(tmp: Path) -> Path:
 
 def urocell_files(downloads: Path) -> dict[str, Path]:
     out = {}
-    for volume in sources.UROCELL_TRAIN + sources.UROCELL_TEST:
+    for volume in urocell.TRAIN + urocell.TEST:
         shape = (3, 60, 5)
         image = RNG.integers(0, 255, shape).astype(np.uint8)
         lyso = np.zeros(shape, np.uint8)
@@ -96,15 +106,15 @@ def urocell_files(downloads: Path) -> dict[str, Path]:
         mito = np.zeros(shape, np.uint8)
         mito[:, 57:60, 2:5] = 4  # an instance id, not 1
         for kind, array in (("data", image), ("lyso", lyso), ("mito", mito)):
-            out[f"urocell-{kind}-{volume}.nii.gz"] = write_volume(
-                downloads / f"urocell-{kind}-{volume}.nii.gz", array, spacing=(15.0, 16.0, 16.0))
+            name = urocell.filename(kind, volume)
+            out[name] = write_volume(downloads / name, array, spacing=(15.0, 16.0, 16.0))
     return out
 
 
 def cremi_files(downloads: Path) -> dict[str, Path]:
     out = {}
-    for sample in sources.CREMI_SPLITS:
-        path = downloads / f"{sample}.hdf"
+    for name in cremi.SPLITS:
+        path = downloads / name
         path.parent.mkdir(parents=True, exist_ok=True)
         with h5py.File(path, "w") as f:
             raw = f.create_dataset("volumes/raw", data=RNG.integers(0, 255, (2, 12, 12)).astype(np.uint8))
@@ -119,7 +129,7 @@ def cremi_files(downloads: Path) -> dict[str, Path]:
 # ------------------------------------------------------------------------------------------------ per source
 def test_lucchi_masks_become_0_1_and_take_the_image_names(tmp_path):
     archive = casser_zip(tmp_path, "Lucchi++", lucchi_names=True)
-    counts = convert.convert_lucchi_pp(archive, tmp_path / "out", tmp_path / "work")
+    counts = run_converter("lucchi_pp", archive, tmp_path / "out", tmp_path / "work")
     assert counts == {"lucchi_pp train": 2, "lucchi_pp test": 2}
     for split in ("train", "test"):
         images = sorted(p.name for p in (tmp_path / "out" / split / "images").iterdir())
@@ -132,7 +142,7 @@ def test_lucchi_masks_become_0_1_and_take_the_image_names(tmp_path):
 
 def test_kasthuri_keeps_names_and_drops_padding_value(tmp_path):
     archive = casser_zip(tmp_path, "Kasthuri++", lucchi_names=False)
-    convert.convert_kasthuri_pp(archive, tmp_path / "out", tmp_path / "work")
+    run_converter("kasthuri_pp", archive, tmp_path / "out", tmp_path / "work")
     mask = read_image(tmp_path / "out" / "test" / "masks" / "mask0000.png")
     assert mask.sum() == 36 and mask[15:18, 0:4].max() == 0
 
@@ -142,17 +152,17 @@ def test_casser_archive_with_missing_mask_is_an_error_naming_the_image(tmp_path)
     zip_tree(archive, {"Lucchi++/Train_In/mask0000.png": png_bytes(np.zeros((4, 4), np.uint8), tmp_path),
                        "Lucchi++/Train_Out/.keep": b""})
     with pytest.raises(InputError, match="no images found|no mask"):
-        convert.convert_lucchi_pp(archive, tmp_path / "out", tmp_path / "work")
+        run_converter("lucchi_pp", archive, tmp_path / "out", tmp_path / "work")
 
 
 def test_wrong_archive_is_named(tmp_path):
     archive = zip_tree(tmp_path / "other.zip", {"readme.txt": b"hello"})
     with pytest.raises(InputError, match="other.zip.*Train_In"):
-        convert.convert_lucchi_pp(archive, tmp_path / "out", tmp_path / "work")
+        run_converter("lucchi_pp", archive, tmp_path / "out", tmp_path / "work")
 
 
 def test_perez_names_lose_their_prefix_and_pair_up(tmp_path):
-    counts = convert.convert_perez(perez_zip(tmp_path), tmp_path / "out", tmp_path / "work")
+    counts = run_converter("perez", perez_zip(tmp_path), tmp_path / "out", tmp_path / "work")
     assert counts["mito train"] == 2 and counts["nucleoli test"] == 2 and len(counts) == 8
     for short in ("mito", "lyso", "nuclei", "nucleoli"):
         for split in ("train", "test"):
@@ -169,7 +179,7 @@ def test_perez_name_rule():
 
 
 def test_guay_volumes_are_stretched_relabelled_and_sliced(tmp_path):
-    counts = convert.convert_guay(guay_zip(tmp_path), tmp_path / "out", tmp_path / "work")
+    counts = run_converter("guay", guay_zip(tmp_path), tmp_path / "out", tmp_path / "work")
     assert counts == {"train slices": 3, "valid slices": 3, "test slices": 3}
     image, _ = read_volume(tmp_path / "out" / "3d" / "valid" / "images" / "eval-images.nrrd")
     assert image.dtype == np.uint8 and image.min() == 0 and image.max() == 255
@@ -191,7 +201,7 @@ def test_guay_min_max_matches_the_rule():
 def test_urocell_labels_crop_and_slices(tmp_path):
     downloads = tmp_path / "downloads"
     urocell_files(downloads)
-    counts = convert.convert_urocell(downloads, tmp_path / "out")
+    counts = run_converter("urocell", downloads, tmp_path / "out")
     out = tmp_path / "out"
     test_labels, spacing = read_volume(out / "3d" / "test" / "masks" / "fib1-0-0-0.nii.gz")
     assert test_labels.shape == (3, 48, 5)  # 12 blank leading rows cropped in y
@@ -218,7 +228,7 @@ def test_urocell_overlap_is_mitochondria():
 def test_cremi_clefts_binarised_with_spacing_and_sliced(tmp_path):
     downloads = tmp_path / "downloads"
     cremi_files(downloads)
-    counts = convert.convert_cremi(downloads, tmp_path / "out")
+    counts = run_converter("cremi", downloads, tmp_path / "out")
     assert counts == {"train slices": 4, "test slices": 2}
     mask, spacing = read_volume(tmp_path / "out" / "3d" / "test" / "masks" / "sample_C_20160501.nrrd")
     assert spacing == pytest.approx((40.0, 4.0, 4.0))  # the original dropped the voxel size
@@ -253,18 +263,15 @@ def served_sources(tmp_path, monkeypatch):
         **urocell_files(server),
         **cremi_files(server),
     }
-    patched = {}
-    for name, remotes in sources.SOURCES.items():
+    for name, dataset in list(benchmarks.DATASETS.items()):
         new = []
-        for r in remotes:
+        for r in dataset.sources:
             path = made[r.filename]
             digest = hashlib.sha256(path.read_bytes()).hexdigest()
             # Perez and UroCell have no published checksum: keep it unknown so that it is recorded.
             new.append(RemoteFile(url=path.as_uri(), filename=r.filename,
                                   sha256=digest if (r.sha256 or r.md5) else None))
-        patched[name] = tuple(new)
-    monkeypatch.setattr(sources, "SOURCES", patched)
-    monkeypatch.setattr(pipeline, "SOURCES", patched)
+        monkeypatch.setitem(benchmarks.DATASETS, name, dataclasses.replace(dataset, sources=tuple(new)))
     return made
 
 
@@ -280,22 +287,16 @@ def test_setup_script_builds_every_benchmark_and_resumes(tmp_path, served_source
     assert script.main([]) == 0
     out = capsys.readouterr().out
     assert "all_mito: converted" in out
-    from cellemnet.evaluation.setup.layout import BENCHMARKS, benchmark_paths
-
-    for benchmark in BENCHMARKS:
+    for benchmark in benchmarks.BENCHMARKS:
         paths = benchmark_paths(benchmark)
         assert (paths["data_dir"] / "train" / "images").is_dir(), benchmark
         assert paths["test_dir"].is_dir(), benchmark
     assert (data_root / "guay" / "2d" / "valid" / "masks").is_dir()  # only guay has a valid split
     # the tracked benchmark configs find everything they need under the data root
-    from cellemnet.evaluation.config import load_eval_config
-    from cellemnet.evaluation.setup.layout import BENCHMARK_LAYOUT
-
     stages = {"2d": "infer2d", "3d": "infer3d", "mixed": "mixed"}
-    for benchmark, entry in BENCHMARK_LAYOUT.items():
-        config = root / "evaluation" / "benchmark_configs" / f"{benchmark}.yaml"
-        for stage in ("train", stages[entry["test_dim"]]):
-            load_eval_config(config, [f"data_root={data_root}"], stage=stage)
+    for benchmark in benchmarks.BENCHMARKS.values():
+        for stage in ("train", stages[benchmark.test_dim]):
+            load_eval_config(benchmark.config, [f"data_root={data_root}"], stage=stage)
     cfg = load_eval_config(root / "evaluation" / "benchmark_configs" / "all_mito.yaml", [f"data_root={data_root}"])
     for name, dim in zip(cfg["benchmark_names"], cfg["benchmark_dimensions"]):  # all_mito's sub-benchmarks
         assert (Path(cfg["test_dir"]) / dim / name / "images").is_dir(), (name, dim)
@@ -325,7 +326,8 @@ def test_failed_download_stops_with_one_line_and_writes_nothing(tmp_path, monkey
     import importlib.util
 
     missing = RemoteFile(url=(tmp_path / "nowhere" / "lucchi_pp.zip").as_uri(), filename="lucchi_pp.zip")
-    monkeypatch.setattr(pipeline, "SOURCES", {"lucchi_pp": (missing,)})
+    lucchi = dataclasses.replace(benchmarks.DATASETS["lucchi_pp"], sources=(missing,))
+    monkeypatch.setitem(benchmarks.DATASETS, "lucchi_pp", lucchi)
     spec = importlib.util.spec_from_file_location("setup_data", root / "evaluation/setup_benchmarks/setup_data.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)

@@ -8,6 +8,7 @@ import zipfile
 import pytest
 
 from cellemnet.errors import InputError
+from cellemnet.evaluation.benchmarks import DATASETS
 from cellemnet.evaluation.setup import download as dl
 from cellemnet.evaluation.setup.download import ChecksumRegistry, DownloadError, RemoteFile, extract_zip, fetch
 
@@ -114,11 +115,9 @@ def test_corrupt_registry_is_a_clear_error(tmp_path):
 
 
 def test_every_known_checksum_is_well_formed():
-    from cellemnet.evaluation.setup.sources import SOURCES
-
     names = set()
-    for remotes in SOURCES.values():
-        for r in remotes:
+    for dataset in DATASETS.values():
+        for r in dataset.sources:
             assert r.url.startswith(("http://", "https://"))
             assert r.filename not in names
             names.add(r.filename)

@@ -1,6 +1,8 @@
-"""Turn each benchmark's published files into the layout the evaluation reads.
+"""Turn each benchmark's published files into the layout the evaluation reads: one converter per kind of source.
 
-Each `convert_*` function takes the downloaded file(s) and an output folder, and writes
+Each `convert_*` function takes the downloaded file(s) (an archive, or the downloads folder) and an output folder,
+plus the facts of the benchmark it converts (splits, names, crops) as parameters: those live in the benchmark's
+module (cellemnet/evaluation/benchmarks/), which names its converter. Each writes
 
 * 2D benchmarks: `{out}/{train,test}/{images,masks}` with images and masks paired by file name;
 * 3D benchmarks: `{out}/3d/{split}/{images,masks}` volumes, and their xy (or all-plane) slices in
@@ -13,16 +15,15 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 from cellemnet.errors import InputError
 from cellemnet.evaluation.setup import slices
 from cellemnet.evaluation.setup.download import extract_zip
-from cellemnet.evaluation.setup.layout import PEREZ_ORGANELLES
-from cellemnet.evaluation.setup.patches import list_images
-from cellemnet.evaluation.setup.sources import CREMI_SPLITS, UROCELL_TEST, UROCELL_TRAIN, UROCELL_Y_CROP
+from cellemnet.evaluation.setup.patches import list_images, patch_pairs
+from cellemnet.io import atomic_path, read_image, read_volume, to_uint8, write_image, write_volume
 
 # CREMI marks voxels that are not a synaptic cleft with the largest uint64.
 CREMI_NO_CLEFT = np.uint64(0xFFFFFFFFFFFFFFFF)
@@ -39,8 +40,6 @@ def find_folder_with(root: Path, child: str, archive: Path) -> Path:
 
 
 def copy_file(src: Path, dest: Path) -> None:
-    from cellemnet.io import atomic_path
-
     with atomic_path(dest) as tmp:
         shutil.copyfile(src, tmp)
 
@@ -71,8 +70,6 @@ def pair_images_and_masks(
     `mask_name` maps a mask's file name to its image's; `image_name` then renames both. Every image must have a
     mask; a mask without an image is an error too, so a broken archive never yields a silently smaller benchmark.
     """
-    from cellemnet.io import read_image, write_image
-
     images = _keyed(list_images(image_dir), image_name)
     masks = _keyed(list_images(mask_dir), lambda n: image_name(mask_name(n)))
     missing = sorted(set(images) - set(masks))
@@ -107,22 +104,22 @@ def lucchi_mask_name(name: str) -> str:
     return f"mask{int(stem):04d}.{ext}"
 
 
-def convert_casser(archive: Path, out: Path, work: Path, folder_name: str, mask_name: Callable[[str], str]) -> dict:
-    """Lucchi++ and Kasthuri++ (Casser et al.): Train_In/Train_Out, Test_In/Test_Out of PNGs; white = mitochondria."""
+def same_name(name: str) -> str:
+    return name
+
+
+def convert_casser(archive: Path, out: Path, work: Path, folder_name: str,
+                   mask_name: Callable[[str], str] = same_name) -> dict:
+    """Lucchi++ and Kasthuri++ (Casser et al.): Train_In/Train_Out, Test_In/Test_Out of PNGs; white = mitochondria.
+
+    `mask_name` maps a mask's file name to its image's; counts are named `{folder_name} {split}`.
+    """
     src = find_folder_with(extract_zip(archive, work), "Train_In", archive)
     counts = {}
     for split, (images, masks) in {"train": ("Train_In", "Train_Out"), "test": ("Test_In", "Test_Out")}.items():
         counts[split] = pair_images_and_masks(src / images, src / masks, out / split, mask_name=mask_name,
                                               mask_rule=white_to_one)
     return {f"{folder_name} {k}": v for k, v in counts.items()}
-
-
-def convert_lucchi_pp(archive: Path, out: Path, work: Path) -> dict:
-    return convert_casser(archive, out, work, "lucchi_pp", lucchi_mask_name)
-
-
-def convert_kasthuri_pp(archive: Path, out: Path, work: Path) -> dict:
-    return convert_casser(archive, out, work, "kasthuri_pp", lambda name: name)
 
 
 # ------------------------------------------------------------------------------------------------ Perez (CHM)
@@ -132,11 +129,12 @@ def perez_name(name: str) -> str:
     return rest if dot and "." in rest else name
 
 
-def convert_perez(archive: Path, out: Path, work: Path) -> dict:
-    """CHM supplemental data: {training_images, training_labels, test_images, ground_truth}/{organelle}/."""
+def convert_perez(archive: Path, out: Path, work: Path, organelles: Mapping[str, str]) -> dict:
+    """CHM supplemental data: {training_images, training_labels, test_images, ground_truth}/{organelle}/; each
+    organelle folder of `organelles` goes to out/{its short name}/."""
     src = find_folder_with(extract_zip(archive, work), "training_images", archive)
     counts = {}
-    for organelle, short in PEREZ_ORGANELLES.items():
+    for organelle, short in organelles.items():
         for split, (images, masks) in {"train": ("training_images", "training_labels"),
                                        "test": ("test_images", "ground_truth")}.items():
             counts[f"{short} {split}"] = pair_images_and_masks(
@@ -147,9 +145,6 @@ def convert_perez(archive: Path, out: Path, work: Path) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ Guay
-GUAY_SPLITS = {"train": "train", "eval": "valid", "test": "test"}
-
-
 def min_max_uint8(volume: np.ndarray) -> np.ndarray:
     """Per-volume min-max stretch to 0..255 (truncated), as the paper's setup converted the int16 platelet data."""
     volume = np.asarray(volume, dtype=np.float64)
@@ -166,13 +161,13 @@ def labels_uint8(labels: np.ndarray, source: Path) -> np.ndarray:
     return labels.astype(np.uint8)
 
 
-def convert_guay(archive: Path, out: Path, work: Path) -> dict:
-    """Platelet data: {train,eval,test}-{images,labels}.tif (int16 images, uint16 labels 0..6)."""
-    from cellemnet.io import read_volume, write_volume
-
+def convert_guay(archive: Path, out: Path, work: Path, splits: Mapping[str, str],
+                 planes: Sequence[str] = ("xy",)) -> dict:
+    """Platelet data: {split}-{images,labels}.tif (int16 images, uint16 labels 0..6) for each archive split of
+    `splits` (archive name -> ours); volumes to out/3d/{split}, their slices on `planes` to out/2d/{split}."""
     src = find_folder_with(extract_zip(archive, work), "train-images.tif", archive)
     counts = {}
-    for source_split, split in GUAY_SPLITS.items():
+    for source_split, split in splits.items():
         image_path, label_path = src / f"{source_split}-images.tif", src / f"{source_split}-labels.tif"
         for p in (image_path, label_path):
             if not p.is_file():
@@ -185,13 +180,13 @@ def convert_guay(archive: Path, out: Path, work: Path) -> dict:
         write_volume(out / "3d" / split / "images" / name, min_max_uint8(image), spacing)
         write_volume(out / "3d" / split / "masks" / name, labels_uint8(labels, label_path), spacing)
         counts[f"{split} slices"] = slices.slice_folder(out / "3d" / split / "images", out / "3d" / split / "masks",
-                                                        out / "2d" / split, planes=("xy",))
+                                                        out / "2d" / split, planes=tuple(planes))
     return counts
 
 
 # ------------------------------------------------------------------------------------------------ UroCell
-def urocell_file(downloads: Path, kind: str, volume: str) -> Path:
-    path = downloads / f"urocell-{kind}-{volume}.nii.gz"
+def urocell_file(downloads: Path, filename: Callable[[str, str], str], kind: str, volume: str) -> Path:
+    path = downloads / filename(kind, volume)
     if not path.is_file():
         raise InputError(f"{path}: UroCell file missing (download step not run?)")
     return path
@@ -199,8 +194,6 @@ def urocell_file(downloads: Path, kind: str, volume: str) -> Path:
 
 def image_uint8(volume: np.ndarray, source: Path) -> np.ndarray:
     """UroCell images are 8-bit data; other integer data within 0..255 is cast, anything else rescaled."""
-    from cellemnet.io import to_uint8
-
     volume = np.asarray(volume)
     if volume.dtype == np.uint8:
         return volume
@@ -217,28 +210,29 @@ def urocell_labels(lyso: np.ndarray, mito: np.ndarray) -> np.ndarray:
     return labels
 
 
-def convert_urocell(downloads: Path, out: Path, work: Path | None = None) -> dict:
-    """UroCell: data/lyso/mito NIfTI volumes per sub-volume; four train volumes and one test volume."""
-    from cellemnet.io import read_volume, write_volume
-
+def convert_urocell(downloads: Path, out: Path, work: Path | None = None, *, splits: Mapping[str, Sequence[str]],
+                    y_crop: Mapping[str, int], filename: Callable[[str, str], str],
+                    planes: Sequence[str] = ("xy", "xz", "yz")) -> dict:
+    """UroCell: data/lyso/mito NIfTI volumes per sub-volume (`filename(kind, volume)` in downloads), the
+    sub-volumes of each split in `splits`; `y_crop` leading rows of a volume are cut (blank)."""
     counts = {}
-    for split, volumes in {"train": UROCELL_TRAIN, "test": UROCELL_TEST}.items():
+    for split, volumes in splits.items():
         for volume in volumes:
-            image_path = urocell_file(downloads, "data", volume)
+            image_path = urocell_file(downloads, filename, "data", volume)
             image, spacing = read_volume(image_path)
-            lyso, _ = read_volume(urocell_file(downloads, "lyso", volume))
-            mito, _ = read_volume(urocell_file(downloads, "mito", volume))
+            lyso, _ = read_volume(urocell_file(downloads, filename, "lyso", volume))
+            mito, _ = read_volume(urocell_file(downloads, filename, "mito", volume))
             if lyso.shape != image.shape or mito.shape != image.shape:
                 raise InputError(f"{image_path}: label volumes do not have the image's shape {image.shape}")
             labels = urocell_labels(lyso, mito)
             image = image_uint8(image, image_path)
-            crop = UROCELL_Y_CROP.get(volume, 0)  # blank leading rows in two volumes
+            crop = y_crop.get(volume, 0)  # blank leading rows
             image, labels = image[:, crop:, :], labels[:, crop:, :]
             name = f"{volume}.nii.gz"
             write_volume(out / "3d" / split / "images" / name, image, spacing)
             write_volume(out / "3d" / split / "masks" / name, labels, spacing)
         counts[f"{split} slices"] = slices.slice_folder(out / "3d" / split / "images", out / "3d" / split / "masks",
-                                                        out / "2d" / split, planes=("xy", "xz", "yz"))
+                                                        out / "2d" / split, planes=tuple(planes))
     return counts
 
 
@@ -266,34 +260,29 @@ def read_cremi(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, float, 
     return raw.astype(np.uint8, copy=False), mask, spacing
 
 
-def convert_cremi(downloads: Path, out: Path, work: Path | None = None) -> dict:
-    """CREMI samples A, B (train) and C (test): raw and synaptic clefts, saved with their voxel size."""
-    from cellemnet.io import write_volume
-
+def convert_cremi(downloads: Path, out: Path, work: Path | None = None, *, splits: Mapping[str, str],
+                  planes: Sequence[str] = ("xy",)) -> dict:
+    """CREMI sample files (`splits`: file name in downloads -> split): raw and synaptic clefts, saved with their
+    voxel size as out/3d/{split}/{images,masks}/{sample}.nrrd, their slices on `planes` in out/2d/{split}."""
     counts = {}
-    for sample, split in CREMI_SPLITS.items():
-        path = downloads / f"{sample}.hdf"
+    for filename, split in splits.items():
+        path = downloads / filename
         if not path.is_file():
             raise InputError(f"{path}: CREMI file missing (download step not run?)")
         raw, mask, spacing = read_cremi(path)
+        sample = Path(filename).stem
         write_volume(out / "3d" / split / "images" / f"{sample}.nrrd", raw, spacing)
         write_volume(out / "3d" / split / "masks" / f"{sample}.nrrd", mask, spacing)
-    for split in ("train", "test"):
+    for split in dict.fromkeys(splits.values()):
         counts[f"{split} slices"] = slices.slice_folder(out / "3d" / split / "images", out / "3d" / split / "masks",
-                                                        out / "2d" / split, planes=("xy",))
+                                                        out / "2d" / split, planes=tuple(planes))
     return counts
 
 
 # ------------------------------------------------------------------------------------------------ All Mitochondria
-# (source folder under the data root, its mitochondria label, patch-name prefix)
-ALL_MITO_TRAIN = (
-    ("perez/mito/train", 1, "perez_mito"),
-    ("lucchi_pp/train", 1, "lucchi_pp"),
-    ("kasthuri_pp/train", 1, "kasthuri_pp"),
-    ("urocell/2d/train", 2, "urocell"),
-    ("guay/2d/train", 2, "guay"),
-)
-ALL_MITO_TEST2D = {"perez_mito": "perez/mito/test", "lucchi_pp": "lucchi_pp/test", "kasthuri_pp": "kasthuri_pp/test"}
+def binary_mask(labels: np.ndarray, label: int) -> np.ndarray:
+    """(labels == label) as 0/1 uint8."""
+    return (np.asarray(labels) == label).astype(np.uint8)
 
 
 def guay_mito_and_cell(labels: np.ndarray) -> np.ndarray:
@@ -309,32 +298,42 @@ def guay_mito_and_cell(labels: np.ndarray) -> np.ndarray:
 
 
 def relabel_volume(src_image: Path, src_mask: Path, dest: Path, rule: Callable[[np.ndarray], np.ndarray]) -> None:
-    from cellemnet.io import read_volume, write_volume
-
     copy_file(src_image, dest / "images" / src_image.name)
     mask, spacing = read_volume(src_mask)
     write_volume(dest / "masks" / src_mask.name, rule(np.asarray(mask)), spacing)
 
 
-def convert_all_mito(data_root: Path, out: Path, work: Path | None = None, patch_size: int = 256) -> dict:
-    """The All-Mitochondria mix: 256-px training patches from five benchmarks, and their test sets side by side."""
-    from cellemnet.evaluation.setup.patches import patch_pairs
+def convert_all_mito(
+    data_root: Path,
+    out: Path,
+    work: Path | None = None,
+    *,
+    train: Sequence[tuple[str, int, str]],
+    test2d: Mapping[str, str],
+    test3d: Mapping[str, tuple[str, Callable[[np.ndarray], np.ndarray]]],
+    patch_size: int = 256,
+) -> dict:
+    """A mix of benchmarks set up under data_root: training patches of each, and their test sets side by side.
 
+    train: (training folder under data_root, its mitochondria label, patch-name prefix) per source; test2d: name ->
+    2D test folder, copied to out/test/2d/{name}; test3d: name -> (3D test folder, mask rule), relabelled into
+    out/test/3d/{name}.
+    """
     counts = {}
-    for folder, label, prefix in ALL_MITO_TRAIN:
+    for folder, label, prefix in train:
         src = data_root / folder
         written, skipped = patch_pairs(src / "images", src / "masks", out / "train", label=label,
                                        crop=patch_size, prefix=f"{prefix}-")
         counts[f"train patches from {prefix}"] = written
         counts[f"empty patches skipped from {prefix}"] = skipped
-    for name, folder in ALL_MITO_TEST2D.items():
+    for name, folder in test2d.items():
         src, dest = data_root / folder, out / "test" / "2d" / name
         for kind in ("images", "masks"):
             for path in list_images(src / kind):
                 copy_file(path, dest / kind / path.name)
         counts[f"test images {name}"] = len(list_images(dest / "images"))
-    for name, rule in {"urocell": lambda m: (m == 2).astype(np.uint8), "guay": guay_mito_and_cell}.items():
-        src = data_root / name / "3d" / "test"
+    for name, (folder, rule) in test3d.items():
+        src = data_root / folder
         volumes = sorted(p for p in (src / "images").iterdir() if not p.name.startswith("."))
         if not volumes:
             raise InputError(f"{src / 'images'}: no test volume")

@@ -14,6 +14,7 @@ from typing import Iterator
 import numpy as np
 
 from cellemnet.errors import InputError
+from cellemnet.io import is_image_file, read_image, write_image
 
 DEFAULT_PATCH_SIZE = 256
 # all_mito drops patches whose image is mostly empty padding: fewer than this fraction of pixels above 0.
@@ -53,8 +54,6 @@ def mostly_empty(patch: np.ndarray, min_fraction: float = MIN_NONZERO_FRACTION) 
 
 def list_images(folder: Path) -> list[Path]:
     """The images of a folder (hidden files left out), sorted; an error when there are none."""
-    from cellemnet.io import is_image_file
-
     if not folder.is_dir():
         raise InputError(f"{folder}: folder not found")
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and is_image_file(p))
@@ -75,8 +74,6 @@ def patch_folder(
     With `label`, each patch is written as the binary mask (patch == label), 0/1 uint8.
     """
     from tqdm import tqdm
-
-    from cellemnet.io import read_image, write_image
 
     count = 0
     out_dir = Path(out_dir)
@@ -106,8 +103,6 @@ def patch_pairs(
     Patches whose image is mostly empty are skipped with their masks. Returns (written, skipped).
     """
     from tqdm import tqdm
-
-    from cellemnet.io import read_image, write_image
 
     out_dir, mask_dir = Path(out_dir), Path(mask_dir)
     written = skipped = 0

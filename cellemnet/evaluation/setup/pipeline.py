@@ -3,7 +3,8 @@
 Each dataset is converted in a hidden staging folder and moved into place only when complete, with a marker file
 (`.cellemnet-setup.json`) holding what was made and from which files. A dataset whose marker exists is skipped, so
 an interrupted run resumes where it stopped; a folder without a marker is never overwritten (it may be the user's
-own data) unless `force` is given. Downloads are kept in `{root}/downloads/` with a checksum registry.
+own data) unless `force` is given. Downloads are kept in `{root}/downloads/` with a checksum registry. What each
+dataset downloads and how it is converted is its benchmark module's (cellemnet/evaluation/benchmarks/).
 """
 from __future__ import annotations
 
@@ -14,10 +15,8 @@ from pathlib import Path
 from typing import Callable
 
 from cellemnet.errors import InputError
-from cellemnet.evaluation.setup import convert
+from cellemnet.evaluation import benchmarks
 from cellemnet.evaluation.setup.download import ChecksumRegistry, fetch
-from cellemnet.evaluation.setup.layout import ALL_MITO_INPUTS, DATASETS
-from cellemnet.evaluation.setup.sources import SOURCES
 from cellemnet.io import atomic_write_text
 
 MARKER = ".cellemnet-setup.json"
@@ -32,48 +31,28 @@ def is_complete(folder: Path) -> bool:
 def download_dataset(name: str, downloads: Path, registry: ChecksumRegistry, progress: bool = True) -> list[str]:
     """Fetch (or verify) every file of one dataset; returns one line per file saying what happened."""
     lines = []
-    for remote in SOURCES.get(name, ()):
+    for remote in benchmarks.dataset(name).sources:
         path, what = fetch(remote, downloads, registry=registry, progress=progress)
         lines.append(f"{path.name}: {what}")
     return lines
 
 
-def _converter(name: str, downloads: Path, data_root: Path) -> Callable[[Path, Path], dict]:
-    files = {r.filename: downloads / r.filename for r in SOURCES.get(name, ())}
-    if name == "lucchi_pp":
-        return lambda out, work: convert.convert_lucchi_pp(files["lucchi_pp.zip"], out, work)
-    if name == "kasthuri_pp":
-        return lambda out, work: convert.convert_kasthuri_pp(files["kasthuri_pp.zip"], out, work)
-    if name == "perez":
-        return lambda out, work: convert.convert_perez(files["chm-supplemental_data.zip"], out, work)
-    if name == "guay":
-        return lambda out, work: convert.convert_guay(files["platelet_data_1219.zip"], out, work)
-    if name == "urocell":
-        return lambda out, work: convert.convert_urocell(downloads, out, work)
-    if name == "cremi":
-        return lambda out, work: convert.convert_cremi(downloads, out, work)
-    if name == "all_mito":
-        return lambda out, work: convert.convert_all_mito(data_root, out, work)
-    raise InputError(f"unknown dataset '{name}'; known: {', '.join(DATASETS)}")
-
-
 def convert_dataset(name: str, data_root: Path, downloads: Path, force: bool = False) -> dict:
     """Convert one dataset into data_root/name through a staging folder. Returns its counts."""
+    dataset = benchmarks.dataset(name)
     out = data_root / name
     if out.exists() and not is_complete(out) and not force:
         raise InputError(f"{out} exists but was not made by a complete setup run; move it away or pass --force")
-    if name == "all_mito":
-        for needed in ALL_MITO_INPUTS:
-            if not is_complete(data_root / needed):
-                raise InputError(f"all_mito is built from {', '.join(ALL_MITO_INPUTS)}; "
-                                 f"{data_root / needed} is not set up yet")
+    for needed in dataset.needs:
+        if not is_complete(data_root / needed):
+            raise InputError(f"{name} is built from {', '.join(dataset.needs)}; {data_root / needed} is not set up yet")
     staging = data_root / f".staging-{name}"
     shutil.rmtree(staging, ignore_errors=True)
     work = data_root / f".work-{name}"
     shutil.rmtree(work, ignore_errors=True)
     try:
-        counts = _converter(name, downloads, data_root)(staging, work)
-        sources = [r.filename for r in SOURCES.get(name, ())]
+        counts = dataset.convert(downloads, data_root, staging, work)
+        sources = [r.filename for r in dataset.sources]
         marker = {"dataset": name, "made": time.strftime("%Y-%m-%dT%H:%M:%S"), "sources": sources, "counts": counts}
         atomic_write_text(staging / MARKER, json.dumps(marker, indent=2) + "\n")
         if out.exists():
@@ -109,8 +88,9 @@ def setup_datasets(
             log(f"{name}: already set up in {out}, skipping")
             summary[name] = {"status": "present"}
             continue
+        remotes = benchmarks.dataset(name).sources
         if not download:
-            for remote in SOURCES.get(name, ()):
+            for remote in remotes:
                 if not (downloads / remote.filename).is_file():
                     raise InputError(f"{downloads / remote.filename}: not found; download {remote.url} and save it "
                                      "there, or run without --no-download")
@@ -123,6 +103,6 @@ def setup_datasets(
         counts = convert_dataset(name, data_root, downloads, force=force)
         summary[name] = {"status": "converted", **counts}
         if not keep_downloads:
-            for remote in SOURCES.get(name, ()):
+            for remote in remotes:
                 (downloads / remote.filename).unlink(missing_ok=True)
     return summary

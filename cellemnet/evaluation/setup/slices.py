@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from cellemnet.errors import InputError
+from cellemnet.io import intensity_limits, is_volume_file, open_volume, to_uint8, write_image
 
 # plane -> (SimpleITK axis number used in file names, numpy axis of a (z, y, x) array that is held fixed)
 PLANES = {"yz": (0, 2), "xz": (1, 1), "xy": (2, 0)}
@@ -72,8 +73,6 @@ def slice_volume(
     """
     from tqdm import tqdm
 
-    from cellemnet.io import intensity_limits, open_volume, to_uint8, write_image
-
     image_path = Path(image_path)
     out_dir = Path(out_dir)
     stem = image_path.name.split(".")[0]
@@ -105,8 +104,6 @@ def slice_folder(
     step: int = 1,
 ) -> int:
     """Slice every volume of a folder; its labels are the same-named files in mask_dir. Returns the slice count."""
-    from cellemnet.io import is_volume_file
-
     image_dir = Path(image_dir)
     if not image_dir.is_dir():
         raise InputError(f"{image_dir}: folder not found")
