@@ -97,6 +97,9 @@ SCHEMA: dict[str, Field] = {
     ),
     # --- optimisation
     "lr": Field(float, 0.003, check=_positive),
+    "encoder_lr_scale": Field(float, 1.0, check=_positive,
+                              help="new: the trainable encoder layers' lr is lr x this (e.g. 0.1 for a "
+                                   "pretrained encoder trained end to end)"),
     "wd": Field(float, 0.1, check=_non_negative),
     "optim": Field(str, "AdamW", choices=("AdamW", "SGD")),
     "lr_policy": Field(str, "OneCycle", choices=("OneCycle", "Poly", "MultiStep")),

@@ -93,3 +93,17 @@ def set_train_mode(model: nn.Module) -> None:
 
 def trainable_parameters(model: nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
+
+
+def parameter_groups(model: nn.Module, lr: float, encoder_lr_scale: float = 1.0) -> list[dict]:
+    """The optimizer's parameter groups: the trainable parameters at `lr`, the encoder's at lr * encoder_lr_scale.
+
+    One group when the scale is 1 (the layout of every resume state written before the scale existed)."""
+    trainable = trainable_parameters(model)
+    if encoder_lr_scale == 1.0:
+        return [{"params": trainable, "lr": lr}]
+    encoder = model.module.encoder if hasattr(model, "module") else model.encoder
+    in_encoder = {id(p) for p in encoder.parameters()}
+    groups = [{"params": [p for p in trainable if id(p) not in in_encoder], "lr": lr},
+              {"params": [p for p in trainable if id(p) in in_encoder], "lr": lr * encoder_lr_scale}]
+    return [g for g in groups if g["params"]]

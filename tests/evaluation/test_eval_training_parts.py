@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cellemnet.evaluation.model import build_unet, freeze_encoder, set_train_mode
+from cellemnet.evaluation.model import build_unet, freeze_encoder, parameter_groups, set_train_mode
 from cellemnet.evaluation.train import (
     checkpoint_name,
     make_optimizer,
@@ -91,3 +91,23 @@ def test_frozen_bn_stays_in_eval_mode_unless_unfrozen(unet):
     set_train_mode(unet)
     assert unet.encoder.bn1.training and unet.encoder.bn1.weight.requires_grad
     assert not unet.encoder.conv1.weight.requires_grad
+
+
+def test_encoder_lr_scale_gives_the_encoder_its_own_peak_lr(unet):
+    freeze_encoder(unet, "layer4")
+    assert len(parameter_groups(unet, 0.003)) == 1  # scale 1: the single group old resume states hold
+    groups = parameter_groups(unet, 0.003, encoder_lr_scale=0.1)
+    encoder = {id(p) for p in unet.encoder.layer4.parameters()}
+    assert [g["lr"] for g in groups] == [0.003, pytest.approx(0.0003)]
+    assert {id(p) for p in groups[1]["params"]} == encoder
+    assert not encoder & {id(p) for p in groups[0]["params"]}
+    cfg = {**BASE, "lr_policy": "OneCycle"}
+    opt = make_optimizer(cfg, groups)
+    sched = make_scheduler(cfg, opt)
+    peaks = [0.0, 0.0]
+    for _ in range(100):
+        peaks = [max(peak, g["lr"]) for peak, g in zip(peaks, opt.param_groups)]
+        sched.step()
+    assert peaks == [pytest.approx(0.003, rel=1e-3), pytest.approx(0.0003, rel=1e-3)]
+    freeze_encoder(unet, "none")
+    assert len(parameter_groups(unet, 0.003, encoder_lr_scale=0.1)) == 1  # nothing of the encoder trains
