@@ -279,7 +279,7 @@ def finetune_and_score(state: DemoState, bench: Path, arm: Arm, seed: int, pretr
         f"data_dir={bench}", f"model_dir={ft_dir}", "experiment_name=demo_synthetic_mito", f"pretraining={pretraining}",
         f"iters={size.finetune_iters}", f"test_dir2d={bench / 'test2d'}", f"test_dir3d={bench / 'test3d'}",
         f"save_dir2d={predictions / '2d'}", f"save_dir3d={predictions / '3d'}",
-        f"encoder={ENCODER_ARCH}", f"finetune_layer={arm.finetune_layer}", f"seed={seed}",
+        f"encoder={ENCODER_ARCH}", f"finetune_layer={arm.finetune_layer}", f"seed={seed}", "resume=auto",
     ]
     config = "evaluation/configs/example.yaml"
     protocol = "frozen" if arm.finetune_layer == "none" else "trained"
@@ -288,6 +288,9 @@ def finetune_and_score(state: DemoState, bench: Path, arm: Arm, seed: int, pretr
                              f"finetune_{arm.key}_seed{seed}",
                              lambda: finetune(load_eval_config(ROOT / config, overrides, stage="train"),
                                               config_path=str(ROOT / config), progress=False))
+    if trained.get("interrupted"):  # SIGTERM: the loop saved and stopped; the demo must stop too, not go on
+        raise CellEMNetError(f"demo step 'fine-tune {tag}' was interrupted (SIGTERM); its resume state is in "
+                             f"{ft_dir}: run the demo again to continue")
     checkpoint = trained["checkpoint"] or newest_checkpoint(ft_dir)
     scores = {}
     for kind, stage, run in (("2d", "infer2d", run_inference2d), ("3d", "infer3d", run_inference3d)):
