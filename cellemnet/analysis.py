@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # torch is imported where it is used: importing this module s
     import torch
 
 from cellemnet.constants import EM_NORMS
+from cellemnet.encoder import encoder_from_checkpoint, load_checkpoint_file, load_encoder_into_resnet
 from cellemnet.errors import InputError
 
 RESNET_STAGES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
@@ -45,8 +46,6 @@ def load_encoder(path: str | Path | None = None, seed: int = 0):
     project, or a published CEM500K/CEM1.5M file: anything `encoder_from_checkpoint` reads. Random init uses the EM
     norms and one channel.
     """
-    from cellemnet.encoder import encoder_from_checkpoint, load_checkpoint_file, load_encoder_into_resnet
-
     if path is None:
         return resnet50_encoder(1, seed), [EM_NORMS["mean"][0], EM_NORMS["std"][0]], "random-init ResNet-50"
     try:

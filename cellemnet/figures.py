@@ -10,11 +10,11 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from cellemnet.io import atomic_path
+
 
 def _figure_to_png(fig, path: str | os.PathLike) -> Path:
     import matplotlib.pyplot as plt
-
-    from cellemnet.io import atomic_path
 
     path = Path(path)
     with atomic_path(path, suffix=".png") as tmp:
