@@ -1,6 +1,8 @@
-"""Figures shared by the demo report, images/make_figures.py and the notebooks (matplotlib, Agg-safe).
+"""Figures shared by the demo report, the evaluation outputs, images/make_figures.py and the notebooks (matplotlib,
+Agg-safe).
 
-Each function takes plain arrays/numbers, writes one PNG atomically and returns its path.
+Each figure function takes plain arrays/numbers, writes one PNG atomically and returns its path; `overlay_rgb`
+returns the RGB array of a mask and/or prediction drawn on an image (`rgb_png` writes one pixel for pixel).
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from cellemnet.errors import InputError
 from cellemnet.io import atomic_path
 
 
@@ -95,18 +98,73 @@ def grouped_bars(values: Mapping[str, Mapping[str, float]], path: str | os.PathL
     return _finish_bars(fig, ax, x, groups, ylabel, title, path)
 
 
-def overlay_rgb(image: np.ndarray, mask: np.ndarray | None = None, prediction: np.ndarray | None = None) -> np.ndarray:
-    """Gray image with ground truth in green and prediction in magenta (white where both agree)."""
-    base = image.astype(np.float32)
-    if base.max() > 1.0:
-        base = base / 255.0
-    rgb = np.repeat(base[..., None], 3, axis=-1) * 0.7
-    if mask is not None:
-        rgb[mask > 0, 1] = np.clip(rgb[mask > 0, 1] + 0.45, 0, 1)
+def _gray01(image: np.ndarray) -> np.ndarray:
+    """float32 copy in 0..1: uint8 divided by 255, values already in 0..1 kept, anything else min-max rescaled."""
+    image = np.asarray(image)
+    if image.dtype == np.uint8:
+        return image.astype(np.float32) / 255.0
+    image = image.astype(np.float32)
+    lo, hi = (float(image.min()), float(image.max())) if image.size else (0.0, 0.0)
+    if lo >= 0.0 and hi <= 1.0:
+        return image
+    return (image - lo) / (hi - lo) if hi > lo else np.zeros_like(image)
+
+
+def inner_edge(mask: np.ndarray) -> np.ndarray:
+    """The pixels of a 2D mask (> 0) that touch the outside (4-neighbours, the image border counts as outside):
+    its one-pixel inner outline, as `mask & ~scipy.ndimage.binary_erosion(mask)` gives."""
+    inside = np.asarray(mask) > 0
+    p = np.pad(inside, 1, constant_values=False)
+    interior = p[1:-1, 1:-1] & p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+    return inside & ~interior
+
+
+def overlay_rgb(image: np.ndarray, mask: np.ndarray | None = None, prediction: np.ndarray | None = None, *,
+                blend: float | None = None, outline: bool = False, mask_color: Sequence[float] = (0.0, 1.0, 0.0),
+                prediction_color: Sequence[float] = (1.0, 0.0, 1.0)) -> np.ndarray:
+    """RGB float32 (H, W, 3) in 0..1: a 2D gray image with a ground-truth `mask` and/or a `prediction` drawn on it.
+
+    mask and prediction are bool or label arrays (> 0 is drawn); either may be None. The image may be uint8, or
+    float in 0..1 (other values are min-max rescaled).
+    - blend=None (default): the image dimmed to 70 %, each region brightened by 0.45 of its colour: ground truth
+      green, prediction magenta, white where both agree.
+    - blend=a: the image at full brightness, each region mixed with its colour: (1 - a) * gray + a * colour.
+    - outline=True: the mask drawn as its one-pixel inner edge (`inner_edge`), solid in mask_color, over the
+      prediction.
+    """
+    rgb = np.repeat(_gray01(image)[..., None], 3, axis=-1)
+    if blend is None:
+        rgb *= 0.7
+    layers = []
     if prediction is not None:
-        rgb[prediction > 0, 0] = np.clip(rgb[prediction > 0, 0] + 0.45, 0, 1)
-        rgb[prediction > 0, 2] = np.clip(rgb[prediction > 0, 2] + 0.45, 0, 1)
+        layers.append((np.asarray(prediction) > 0, prediction_color, False))
+    if mask is not None:
+        layers.append((inner_edge(mask) if outline else np.asarray(mask) > 0, mask_color, outline))
+    for where, color, solid in layers:
+        color = np.asarray(color, dtype=np.float32)
+        if solid:
+            rgb[where] = color
+        elif blend is None:
+            rgb[where] += 0.45 * color
+        else:
+            rgb[where] = (1 - blend) * rgb[where] + blend * color
     return np.clip(rgb, 0, 1)
+
+
+def rgb_png(rgb: np.ndarray, path: str | os.PathLike) -> Path:
+    """Write an RGB array (H, W, 3; uint8, or float in 0..1 as `overlay_rgb` returns) as a PNG, pixel for pixel."""
+    import cv2
+
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[-1] != 3:
+        raise InputError(f"{path}: an RGB image is (H, W, 3), got shape {rgb.shape}")
+    if rgb.dtype != np.uint8:
+        rgb = np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8)
+    path = Path(path)
+    with atomic_path(path, suffix=".png") as tmp:
+        if not cv2.imwrite(str(tmp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+            raise InputError(f"{path}: could not write the PNG")
+    return path
 
 
 def overlays(rows: Sequence[tuple[str, np.ndarray, np.ndarray | None, Mapping[str, np.ndarray]]],

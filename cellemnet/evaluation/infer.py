@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from cellemnet import figures
 from cellemnet.encoder import arch_from_state_dict
 from cellemnet.errors import InputError
 from cellemnet.evaluation.config import default_eval_classes
@@ -84,26 +85,9 @@ def default_save_dir(state_path: str | Path, kind: str) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- outputs
-def overlay_png(image: np.ndarray, pred: np.ndarray, truth: np.ndarray | None) -> np.ndarray:
-    """RGB uint8: gray image, prediction tinted magenta, ground truth outlined green."""
-    rgb = np.repeat(image[..., None], 3, axis=-1).astype(np.float32)
-    fg = pred > 0
-    rgb[fg] = 0.6 * rgb[fg] + 0.4 * np.array([255, 0, 255], np.float32)
-    if truth is not None:
-        from scipy import ndimage
-
-        t = truth > 0
-        edge = t & ~ndimage.binary_erosion(t)
-        rgb[edge] = (0, 255, 0)
-    return rgb.clip(0, 255).astype(np.uint8)
-
-
-def write_png_rgb(path: Path, rgb: np.ndarray) -> None:
-    import cv2
-
-    with atomic_path(path) as tmp:
-        if not cv2.imwrite(str(tmp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-            raise InputError(f"{path}: could not write overlay")
+def _overlay(image: np.ndarray, pred: np.ndarray, truth: np.ndarray | None) -> np.ndarray:
+    """The saved overlay: the gray image, the prediction tinted magenta, the ground truth outlined in green."""
+    return figures.overlay_rgb(image, truth, pred, blend=0.4, outline=True)
 
 
 def write_csv(path: Path, rows: Sequence[Mapping[str, Any]], classes: Sequence[int]) -> None:
@@ -153,7 +137,7 @@ def evaluate_2d(predictor, test_dir: str | Path, save_dir: str | Path, threshold
         result.rows.append(_row(pair.name, ious(pred, truth, classes) if truth is not None else None))
         if i < save_overlays:
             out = save_dir / "overlays" / f"{Path(pair.name).stem}.png"
-            write_png_rgb(out, overlay_png(image, pred, truth))
+            figures.rgb_png(_overlay(image, pred, truth), out)
             result.overlays.append(out)
     result.csv_path = save_dir / "iou.csv"
     write_csv(result.csv_path, result.rows, classes)
@@ -222,7 +206,7 @@ def evaluate_3d(predictor, test_dir: str | Path, save_dir: str | Path, mode: str
         if i < save_overlays:
             z = volume.shape[0] // 2
             out = save_dir / "overlays" / f"{pair.name.split('.')[0]}_z{z}.png"
-            write_png_rgb(out, overlay_png(volume[z], pred[z], None if truth is None else truth[z]))
+            figures.rgb_png(_overlay(volume[z], pred[z], None if truth is None else truth[z]), out)
             result.overlays.append(out)
     result.csv_path = save_dir / "iou.csv"
     write_csv(result.csv_path, result.rows, classes)
