@@ -67,35 +67,49 @@ def loss_curve(steps: Sequence[float], losses: Sequence[float], path: str | os.P
     return _figure_to_png(fig, path)
 
 
-def _finish_bars(fig, ax, x, groups, ylabel: str, title: str, path) -> Path:
+def _finish_bars(fig, ax, x, groups, ylabel: str, title: str, path, rotate: float = 0) -> Path:
     """Axis labels, 0-1 range, legend and grid of an IoU bar chart; writes the PNG."""
-    ax.set_xticks(x, groups)
+    if rotate:  # long labels: slanted, anchored at their end under the group
+        ax.set_xticks(x, groups, rotation=rotate, ha="right", fontsize=8)
+    else:
+        ax.set_xticks(x, groups)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     n_series = len(ax.get_legend_handles_labels()[1])
-    # below the axes: inside, it covers the value labels of tall bars
-    ax.legend(fontsize=8, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=min(3, n_series))
+    # below the axes (and below slanted tick labels): inside, it covers the value labels of tall bars
+    ax.legend(fontsize=8, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.3 if rotate else -0.1),
+              ncol=min(3, n_series))
     ax.grid(axis="y", alpha=0.3)
     return _figure_to_png(fig, path)
 
 
 def grouped_bars(values: Mapping[str, Mapping[str, float]], path: str | os.PathLike, ylabel: str = "IoU",
-                 title: str = "Test-set IoU") -> Path:
-    """values[group][series] -> bar height; groups on the x axis, one coloured bar per series."""
+                 title: str = "Test-set IoU", errors: Mapping[str, Mapping[str, float]] | None = None,
+                 rotate: float = 0, series: Sequence[str] | None = None) -> Path:
+    """values[group][series] -> bar height; groups on the x axis, one coloured bar per series.
+
+    errors[group][series]: an error bar (e.g. the sd over seeds) on that bar, where given and finite. rotate: the
+    x tick labels' angle in degrees (for long group names). series: the bars' order within a group (default: the
+    series names sorted).
+    """
     plt = _pyplot()
     groups = list(values)
-    series = sorted({s for v in values.values() for s in v})
+    series = list(series) if series is not None else sorted({s for v in values.values() for s in v})
+    errors = errors or {}
     width = 0.8 / max(1, len(series))
     fig, ax = plt.subplots(figsize=(max(4.0, 1.4 * len(groups) + 1.5), 3.4))
     x = np.arange(len(groups))
     for i, name in enumerate(series):
         heights = [values[g].get(name, np.nan) for g in groups]
-        bars = ax.bar(x + (i - (len(series) - 1) / 2) * width, heights, width, label=name)
-        for bar, h in zip(bars, heights):
-            if np.isfinite(h):
-                ax.text(bar.get_x() + bar.get_width() / 2, h + 0.01, f"{h:.2f}", ha="center", fontsize=8)
-    return _finish_bars(fig, ax, x, groups, ylabel, title, path)
+        errs = [float(errors.get(g, {}).get(name, np.nan)) for g in groups]
+        errs = [e if np.isfinite(e) and e > 0 else 0.0 for e in errs]  # none drawn for a single run (sd 0)
+        bars = ax.bar(x + (i - (len(series) - 1) / 2) * width, heights, width, label=name, capsize=3,
+                      yerr=[e or np.nan for e in errs] if any(errs) else None)
+        for bar, h, e in zip(bars, heights, errs):
+            if np.isfinite(h):  # above the bar and its error bar
+                ax.text(bar.get_x() + bar.get_width() / 2, h + e + 0.01, f"{h:.2f}", ha="center", fontsize=8)
+    return _finish_bars(fig, ax, x, groups, ylabel, title, path, rotate=rotate)
 
 
 def _gray01(image: np.ndarray) -> np.ndarray:

@@ -1,8 +1,10 @@
-"""cellemnet.figures: the one overlay (its looks, colours at masked pixels, the PNG written pixel for pixel)."""
+"""cellemnet.figures: the one overlay (its looks, colours at masked pixels, the PNG written pixel for pixel) and the
+grouped bar chart (error bars, slanted labels, series order) that evaluation/report.py draws through."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from matplotlib.container import BarContainer, ErrorbarContainer
 from PIL import Image
 from scipy import ndimage
 
@@ -100,3 +102,46 @@ def test_rgb_png_takes_uint8_as_is_and_refuses_a_gray_array(tmp_path):
         np.testing.assert_array_equal(np.asarray(img), rgb)
     with pytest.raises(InputError, match=r"\(H, W, 3\)"):
         figures.rgb_png(np.zeros((3, 5)), tmp_path / "g.png")
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures the functions draw (their matplotlib Figure), captured before they are written."""
+    made = []
+    real = figures._figure_to_png
+
+    def capture(fig, path):
+        made.append(fig)
+        return real(fig, path)
+
+    monkeypatch.setattr(figures, "_figure_to_png", capture)
+    return made
+
+
+def test_grouped_bars_draws_error_bars_slanted_labels_and_the_given_series_order(drawn, tmp_path):
+    values = {"lucchi_pp\n(100 it)": {"random_init": 0.5, "mocov2": 0.7}, "guay\n(50 it)": {"mocov2": 0.9}}
+    errors = {"lucchi_pp\n(100 it)": {"random_init": 0.05, "mocov2": 0.0}, "guay\n(50 it)": {"mocov2": 0.1}}
+    path = figures.grouped_bars(values, tmp_path / "bars.png", errors=errors, rotate=30,
+                                series=["random_init", "mocov2"])
+    with Image.open(path) as img:
+        assert img.format == "PNG" and img.width > 300 and img.height > 200
+    ax = drawn[-1].axes[0]
+    bars = [c for c in ax.containers if isinstance(c, BarContainer)]
+    assert [b.get_label() for b in bars] == ["random_init", "mocov2"]
+    np.testing.assert_allclose([r.get_height() for r in bars[1]], [0.7, 0.9])
+    error_bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert len(error_bars) == 2  # one per series
+    segments = [seg for c in error_bars for seg in c.lines[2][0].get_segments()]
+    spans = sorted(round(float(s[1][1] - s[0][1]), 6) for s in segments if len(s) == 2 and np.all(np.isfinite(s)))
+    assert spans == [0.1, 0.2]  # +-0.05 and +-0.1; sd 0 (one run) draws none
+    labels = ax.get_xticklabels()
+    assert [t.get_text() for t in labels] == list(values) and all(t.get_rotation() == 30 for t in labels)
+
+
+def test_grouped_bars_without_errors_has_no_error_bars_and_sorted_series(drawn, tmp_path):
+    figures.grouped_bars({"a": {"y": 0.2, "x": 0.4}}, tmp_path / "plain.png")
+    ax = drawn[-1].axes[0]
+    assert not [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert [c.get_label() for c in ax.containers] == ["x", "y"]
+    assert ax.get_xticklabels()[0].get_rotation() == 0
+    assert [t.get_text() for t in ax.texts] == ["0.40", "0.20"]  # value labels on the bars
