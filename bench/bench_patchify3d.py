@@ -77,8 +77,7 @@ def run_reference(volume: Path, out_dir: Path, crop_size: int = 224, hash_size: 
 
 
 def run_ours(volume: Path, out_dir: Path):
-    # lazy: measure() counts our imports in its start-up time, as it does the reference's
-    from cellemnet.dataset.patchify import PatchSettings, Source, run_sources
+    from cellemnet.dataset.patchify import PatchSettings, Source, run_sources  # lazy: measure() times it as start-up
 
     result = run_sources([Source("volume", volume.stem, str(volume))], out_dir, PatchSettings(), progress=False)[0]
     if result.status != "done":
