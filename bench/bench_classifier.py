@@ -21,10 +21,19 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import numpy as np  # noqa: E402
 
+from cellemnet.dataset.classify import classify_patches  # noqa: E402
+from cellemnet.dataset.quality import (  # noqa: E402
+    FeatureScorer,
+    NNScorer,
+    build_resnet34_classifier,
+    nn_preprocess,
+)
+from cellemnet.dataset.store import write_shard  # noqa: E402
+from cellemnet.runtime import autocast  # noqa: E402
+from cellemnet.synthetic import make_image  # noqa: E402
+
 
 def make_patches(n: int, size: int = 224) -> list[np.ndarray]:
-    from cellemnet.synthetic import make_image
-
     img, _ = make_image((size * 4, size * 4), look="tem", seed=0)
     tiles = [img[y:y + size, x:x + size] for y in range(0, 4 * size, size) for x in range(0, 4 * size, size)]
     return [tiles[i % len(tiles)] for i in range(n)]
@@ -33,8 +42,6 @@ def make_patches(n: int, size: int = 224) -> list[np.ndarray]:
 def bench_nn(batch_size: int, n_batches: int, device: str) -> None:
     import torch
 
-    from cellemnet.dataset.quality import NNScorer, build_resnet34_classifier, nn_preprocess
-
     torch.manual_seed(0)
     scorer = NNScorer(model=build_resnet34_classifier(), device=device, batch_size=batch_size)
     model, dev = scorer.model, scorer.device
@@ -42,8 +49,6 @@ def bench_nn(batch_size: int, n_batches: int, device: str) -> None:
     ready = nn_preprocess(patches[:batch_size], dev, channels_last=scorer.channels_last)
 
     def bare() -> None:
-        from cellemnet.runtime import autocast
-
         with torch.inference_mode(), autocast(dev):
             for _ in range(n_batches):
                 out = model(ready)
@@ -73,8 +78,6 @@ def bench_nn(batch_size: int, n_batches: int, device: str) -> None:
 
 
 def bench_features() -> None:
-    from cellemnet.dataset.quality import FeatureScorer
-
     patches = make_patches(256)
     for workers in (1, 2):
         scorer = FeatureScorer(workers=workers)
@@ -85,9 +88,6 @@ def bench_features() -> None:
 
 
 def bench_classify_end_to_end() -> None:
-    from cellemnet.dataset.classify import classify_patches
-    from cellemnet.dataset.store import write_shard
-
     patches = make_patches(256)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -62,7 +62,7 @@ def _peak() -> int:
 
 
 def measure_one(kind: str, n: int) -> dict:
-    from cellemnet.dataset.dedup import deduplicate, deduplicate_reference
+    from cellemnet.dataset.dedup import deduplicate, deduplicate_reference  # lazy: bench_patchify3d times it
 
     hashes = clustered_hashes(n)
     deduplicate(clustered_hashes(2000, seed=1))  # load the compiled code (cached) before timing

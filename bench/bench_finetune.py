@@ -28,6 +28,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
+from cellemnet.evaluation.augment import build_train_transforms  # noqa: E402
+from cellemnet.evaluation.config import load_eval_config  # noqa: E402
+from cellemnet.evaluation.data import SegmentationDataset  # noqa: E402
+from cellemnet.evaluation.model import build_unet, freeze_encoder, set_train_mode  # noqa: E402
+from cellemnet.evaluation.train import (  # noqa: E402
+    finetune,
+    make_loss,
+    make_optimizer,
+)
+from cellemnet.evaluation.weights import resolve_pretraining  # noqa: E402
+from cellemnet.synthetic import make_benchmark  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 AUGMENTATIONS = [
     {"aug": "PadIfNeeded", "min_height": 256, "min_width": 256},
@@ -40,8 +52,6 @@ AUGMENTATIONS = [
 
 
 def make_config(work: Path, data: Path, args) -> dict:
-    from cellemnet.evaluation.config import load_eval_config
-
     cfg = yaml.safe_load((ROOT / "evaluation" / "configs" / "example.yaml").read_text())
     cfg.update({
         "data_dir": str(data), "model_dir": str(work / "models"), "bsz": args.batch, "jobs": args.jobs,
@@ -55,12 +65,6 @@ def make_config(work: Path, data: Path, args) -> dict:
 
 def bare_runner(config: dict):
     """The same model, frozen layers and optimizer as finetune builds, stepping on one ready batch."""
-    from cellemnet.evaluation.augment import build_train_transforms
-    from cellemnet.evaluation.data import SegmentationDataset
-    from cellemnet.evaluation.model import build_unet, freeze_encoder, set_train_mode
-    from cellemnet.evaluation.train import make_loss, make_optimizer
-    from cellemnet.evaluation.weights import resolve_pretraining
-
     weights = resolve_pretraining(config["pretraining"], config["norms"], encoder=config["encoder"])
     model = build_unet(config["num_classes"], weights, config["encoder"], decoder_seed=config["seed"])
     freeze_encoder(model, config["finetune_layer"], config["unfreeze_encoder_bn"])
@@ -100,8 +104,6 @@ def main() -> int:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from cellemnet.evaluation.train import finetune
-    from cellemnet.synthetic import make_benchmark
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -21,16 +21,19 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from cellemnet.constants import EM_NORMS  # noqa: E402
+from cellemnet.evaluation.predict import Predictor, predict_volume_slicewise  # noqa: E402
+from cellemnet.io import read_image  # noqa: E402
+from cellemnet.runtime import select_device  # noqa: E402
+from cellemnet.synthetic import make_volume  # noqa: E402
+
 
 def load_volume(depth: int, size: int) -> tuple[np.ndarray, str]:
     isbi = ROOT.parent / "shared" / "data" / "isbi2012" / "train" / "images"
     if isbi.is_dir():
-        from cellemnet.io import read_image
-
         slices = sorted(isbi.glob("*.png"))[:depth]
         vol = np.stack([read_image(p)[:size, :size] for p in slices])
         return vol, f"ISBI 2012 stack crop {vol.shape}"
-    from cellemnet.synthetic import make_volume
 
     vol, _ = make_volume((depth, size, size), seed=0)
     return vol, f"synthetic volume {vol.shape}"
@@ -55,10 +58,6 @@ def main() -> int:
     args = parser.parse_args()
 
     import segmentation_models_pytorch as smp
-
-    from cellemnet.constants import EM_NORMS
-    from cellemnet.evaluation.predict import Predictor, predict_volume_slicewise
-    from cellemnet.runtime import select_device
 
     torch.manual_seed(0)
     device = select_device(args.device)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cellemnet import io, synthetic
+
 
 def timed(func, repeat: int = 3) -> str:
     """Best wall time and the CPU time of that run (CPU time is steadier on a shared machine)."""
@@ -28,8 +30,6 @@ def timed(func, repeat: int = 3) -> str:
 
 
 def main() -> int:
-    from cellemnet import io, synthetic
-
     rows: list[tuple[str, str]] = []
     code = "import time; t = time.perf_counter(); import cellemnet.io; print(time.perf_counter() - t)"
     seconds = min(float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

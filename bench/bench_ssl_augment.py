@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torchvision.transforms import v2  # noqa: E402
 
+from cellemnet.evaluation.probe import ProbeSettings, load_probe_data, probe_trunk  # noqa: E402
 from cellemnet.io import read_image  # noqa: E402
 from cellemnet.pretraining import health  # noqa: E402
 from cellemnet.pretraining.augment import view_transform  # noqa: E402
@@ -145,8 +146,6 @@ def main() -> int:
             if step >= args.steps:
                 break
     if args.probe is not None:
-        from cellemnet.evaluation.probe import ProbeSettings, load_probe_data, probe_trunk
-
         bench = load_probe_data(args.probe, max_train_images=8, max_test_images=6)
         r = probe_trunk(model.encoder_q, "resnet18", bench, {"mean": [MEAN], "std": [STD]},
                         settings=ProbeSettings(seeds=(0, 1)))

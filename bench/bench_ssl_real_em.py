@@ -30,13 +30,15 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
+from cellemnet.evaluation.examples import layout_isbi2012  # noqa: E402
+from cellemnet.evaluation.infer import RESULT_NAME, read_result  # noqa: E402
+from cellemnet.io import read_image, read_volume, to_uint8, write_image  # noqa: E402
+
 SHARED = ROOT.parent / "shared" / "data"
 
 
 def cut_patches(out: Path, size: int = 128) -> int:
     """Unlabeled 128 px patches from every real EM source in ../shared/data; returns the count."""
-    from cellemnet.io import read_image, read_volume, to_uint8, write_image
-
     n = 0
     for split in ("train", "test"):
         for f in sorted((SHARED / "isbi2012" / split / "images").glob("*.png")):
@@ -73,8 +75,6 @@ def run(args: list[str], log: Path) -> str:
 
 def test_iou(save_dir: Path) -> float:
     """Test_Set_IoU from the result.json inference2d.py writes beside its predictions (never parsed from stdout)."""
-    from cellemnet.evaluation.infer import RESULT_NAME, read_result
-
     return read_result(save_dir / RESULT_NAME)["metrics"]["Test_Set_IoU"]
 
 
@@ -102,8 +102,6 @@ def main() -> int:
         print(f"{cut_patches(patches)} unlabeled patches", flush=True)
     bench = out / "isbi_bench"
     if not bench.is_dir():
-        from cellemnet.evaluation.examples import layout_isbi2012
-
         layout_isbi2012(SHARED / "isbi2012", bench, n_test=6, n_train=args.n_train)
 
     model_dir = out / "pretraining"

@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # torch is imported where it is used: importing this module s
     import torch
 
 from cellemnet.constants import EM_NORMS
+from cellemnet.encoder import encoder_from_checkpoint, load_checkpoint_file, load_encoder_into_resnet
 from cellemnet.errors import InputError
 
 RESNET_STAGES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
@@ -45,8 +46,6 @@ def load_encoder(path: str | Path | None = None, seed: int = 0):
     project, or a published CEM500K/CEM1.5M file: anything `encoder_from_checkpoint` reads. Random init uses the EM
     norms and one channel.
     """
-    from cellemnet.encoder import encoder_from_checkpoint, load_checkpoint_file, load_encoder_into_resnet
-
     if path is None:
         return resnet50_encoder(1, seed), [EM_NORMS["mean"][0], EM_NORMS["std"][0]], "random-init ResNet-50"
     try:
@@ -364,14 +363,3 @@ def random_views(image: np.ndarray, size: int, n: int = 2, scale: tuple[float, f
     augment = A.Compose([A.RandomResizedCrop(size=(size, size), scale=scale), A.HorizontalFlip(p=0.5),
                          A.VerticalFlip(p=0.5)], seed=seed)
     return [augment(image=np.asarray(image))["image"] for _ in range(n)]
-
-
-# -------------------------------------------------------------------------------------------------- pictures
-def overlay_mask(image: np.ndarray, mask: np.ndarray, color: Sequence[float] = (1.0, 0.2, 0.2),
-                 alpha: float = 0.4) -> np.ndarray:
-    """RGB float image (H, W, 3) in 0..1: the gray image with `mask` (bool or label ids > 0) tinted in `color`."""
-    gray = to_unit(image) if np.asarray(image).dtype == np.uint8 else rescale01(image)
-    rgb = np.repeat(gray[..., None], 3, axis=-1)
-    where = np.asarray(mask) > 0
-    rgb[where] = (1 - alpha) * rgb[where] + alpha * np.asarray(color, dtype=np.float32)
-    return rgb

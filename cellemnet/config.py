@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable, Mapping
 import yaml
 
 from cellemnet.errors import ConfigError
+from cellemnet.io import atomic_write_text
 
 REQUIRED = object()  # sentinel: the key has no default and must be given
 
@@ -244,8 +245,6 @@ def load_config(
 
 def save_config(config: Mapping[str, Any], path: str | os.PathLike) -> None:
     """Write a config as YAML atomically (the copy that travels with checkpoints and MLflow runs)."""
-    from cellemnet.io import atomic_write_text
-
     atomic_write_text(path, yaml.safe_dump(dict(config), sort_keys=False))
 
 

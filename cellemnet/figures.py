@@ -1,6 +1,8 @@
-"""Figures shared by the demo report, images/make_figures.py and the notebooks (matplotlib, Agg-safe).
+"""Figures shared by the demo report, the evaluation outputs, images/make_figures.py and the notebooks (matplotlib,
+Agg-safe).
 
-Each function takes plain arrays/numbers, writes one PNG atomically and returns its path.
+Each figure function takes plain arrays/numbers, writes one PNG atomically and returns its path; `overlay_rgb`
+returns the RGB array of a mask and/or prediction drawn on an image (`rgb_png` writes one pixel for pixel).
 """
 from __future__ import annotations
 
@@ -10,11 +12,12 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from cellemnet.errors import InputError
+from cellemnet.io import atomic_path
+
 
 def _figure_to_png(fig, path: str | os.PathLike) -> Path:
     import matplotlib.pyplot as plt
-
-    from cellemnet.io import atomic_path
 
     path = Path(path)
     with atomic_path(path, suffix=".png") as tmp:
@@ -64,49 +67,118 @@ def loss_curve(steps: Sequence[float], losses: Sequence[float], path: str | os.P
     return _figure_to_png(fig, path)
 
 
-def _finish_bars(fig, ax, x, groups, ylabel: str, title: str, path) -> Path:
+def _finish_bars(fig, ax, x, groups, ylabel: str, title: str, path, rotate: float = 0) -> Path:
     """Axis labels, 0-1 range, legend and grid of an IoU bar chart; writes the PNG."""
-    ax.set_xticks(x, groups)
+    if rotate:  # long labels: slanted, anchored at their end under the group
+        ax.set_xticks(x, groups, rotation=rotate, ha="right", fontsize=8)
+    else:
+        ax.set_xticks(x, groups)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     n_series = len(ax.get_legend_handles_labels()[1])
-    # below the axes: inside, it covers the value labels of tall bars
-    ax.legend(fontsize=8, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=min(3, n_series))
+    # below the axes (and below slanted tick labels): inside, it covers the value labels of tall bars
+    ax.legend(fontsize=8, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.3 if rotate else -0.1),
+              ncol=min(3, n_series))
     ax.grid(axis="y", alpha=0.3)
     return _figure_to_png(fig, path)
 
 
 def grouped_bars(values: Mapping[str, Mapping[str, float]], path: str | os.PathLike, ylabel: str = "IoU",
-                 title: str = "Test-set IoU") -> Path:
-    """values[group][series] -> bar height; groups on the x axis, one coloured bar per series."""
+                 title: str = "Test-set IoU", errors: Mapping[str, Mapping[str, float]] | None = None,
+                 rotate: float = 0, series: Sequence[str] | None = None) -> Path:
+    """values[group][series] -> bar height; groups on the x axis, one coloured bar per series.
+
+    errors[group][series]: an error bar (e.g. the sd over seeds) on that bar, where given and finite. rotate: the
+    x tick labels' angle in degrees (for long group names). series: the bars' order within a group (default: the
+    series names sorted).
+    """
     plt = _pyplot()
     groups = list(values)
-    series = sorted({s for v in values.values() for s in v})
+    series = list(series) if series is not None else sorted({s for v in values.values() for s in v})
+    errors = errors or {}
     width = 0.8 / max(1, len(series))
     fig, ax = plt.subplots(figsize=(max(4.0, 1.4 * len(groups) + 1.5), 3.4))
     x = np.arange(len(groups))
     for i, name in enumerate(series):
         heights = [values[g].get(name, np.nan) for g in groups]
-        bars = ax.bar(x + (i - (len(series) - 1) / 2) * width, heights, width, label=name)
-        for bar, h in zip(bars, heights):
-            if np.isfinite(h):
-                ax.text(bar.get_x() + bar.get_width() / 2, h + 0.01, f"{h:.2f}", ha="center", fontsize=8)
-    return _finish_bars(fig, ax, x, groups, ylabel, title, path)
+        errs = [float(errors.get(g, {}).get(name, np.nan)) for g in groups]
+        errs = [e if np.isfinite(e) and e > 0 else 0.0 for e in errs]  # none drawn for a single run (sd 0)
+        bars = ax.bar(x + (i - (len(series) - 1) / 2) * width, heights, width, label=name, capsize=3,
+                      yerr=[e or np.nan for e in errs] if any(errs) else None)
+        for bar, h, e in zip(bars, heights, errs):
+            if np.isfinite(h):  # above the bar and its error bar
+                ax.text(bar.get_x() + bar.get_width() / 2, h + e + 0.01, f"{h:.2f}", ha="center", fontsize=8)
+    return _finish_bars(fig, ax, x, groups, ylabel, title, path, rotate=rotate)
 
 
-def overlay_rgb(image: np.ndarray, mask: np.ndarray | None = None, prediction: np.ndarray | None = None) -> np.ndarray:
-    """Gray image with ground truth in green and prediction in magenta (white where both agree)."""
-    base = image.astype(np.float32)
-    if base.max() > 1.0:
-        base = base / 255.0
-    rgb = np.repeat(base[..., None], 3, axis=-1) * 0.7
-    if mask is not None:
-        rgb[mask > 0, 1] = np.clip(rgb[mask > 0, 1] + 0.45, 0, 1)
+def _gray01(image: np.ndarray) -> np.ndarray:
+    """float32 copy in 0..1: uint8 divided by 255, values already in 0..1 kept, anything else min-max rescaled."""
+    image = np.asarray(image)
+    if image.dtype == np.uint8:
+        return image.astype(np.float32) / 255.0
+    image = image.astype(np.float32)
+    lo, hi = (float(image.min()), float(image.max())) if image.size else (0.0, 0.0)
+    if lo >= 0.0 and hi <= 1.0:
+        return image
+    return (image - lo) / (hi - lo) if hi > lo else np.zeros_like(image)
+
+
+def inner_edge(mask: np.ndarray) -> np.ndarray:
+    """The pixels of a 2D mask (> 0) that touch the outside (4-neighbours, the image border counts as outside):
+    its one-pixel inner outline, as `mask & ~scipy.ndimage.binary_erosion(mask)` gives."""
+    inside = np.asarray(mask) > 0
+    p = np.pad(inside, 1, constant_values=False)
+    interior = p[1:-1, 1:-1] & p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+    return inside & ~interior
+
+
+def overlay_rgb(image: np.ndarray, mask: np.ndarray | None = None, prediction: np.ndarray | None = None, *,
+                blend: float | None = None, outline: bool = False, mask_color: Sequence[float] = (0.0, 1.0, 0.0),
+                prediction_color: Sequence[float] = (1.0, 0.0, 1.0)) -> np.ndarray:
+    """RGB float32 (H, W, 3) in 0..1: a 2D gray image with a ground-truth `mask` and/or a `prediction` drawn on it.
+
+    mask and prediction are bool or label arrays (> 0 is drawn); either may be None. The image may be uint8, or
+    float in 0..1 (other values are min-max rescaled).
+    - blend=None (default): the image dimmed to 70 %, each region brightened by 0.45 of its colour: ground truth
+      green, prediction magenta, white where both agree.
+    - blend=a: the image at full brightness, each region mixed with its colour: (1 - a) * gray + a * colour.
+    - outline=True: the mask drawn as its one-pixel inner edge (`inner_edge`), solid in mask_color, over the
+      prediction.
+    """
+    rgb = np.repeat(_gray01(image)[..., None], 3, axis=-1)
+    if blend is None:
+        rgb *= 0.7
+    layers = []
     if prediction is not None:
-        rgb[prediction > 0, 0] = np.clip(rgb[prediction > 0, 0] + 0.45, 0, 1)
-        rgb[prediction > 0, 2] = np.clip(rgb[prediction > 0, 2] + 0.45, 0, 1)
+        layers.append((np.asarray(prediction) > 0, prediction_color, False))
+    if mask is not None:
+        layers.append((inner_edge(mask) if outline else np.asarray(mask) > 0, mask_color, outline))
+    for where, color, solid in layers:
+        color = np.asarray(color, dtype=np.float32)
+        if solid:
+            rgb[where] = color
+        elif blend is None:
+            rgb[where] += 0.45 * color
+        else:
+            rgb[where] = (1 - blend) * rgb[where] + blend * color
     return np.clip(rgb, 0, 1)
+
+
+def rgb_png(rgb: np.ndarray, path: str | os.PathLike) -> Path:
+    """Write an RGB array (H, W, 3; uint8, or float in 0..1 as `overlay_rgb` returns) as a PNG, pixel for pixel."""
+    import cv2
+
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[-1] != 3:
+        raise InputError(f"{path}: an RGB image is (H, W, 3), got shape {rgb.shape}")
+    if rgb.dtype != np.uint8:
+        rgb = np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8)
+    path = Path(path)
+    with atomic_path(path, suffix=".png") as tmp:
+        if not cv2.imwrite(str(tmp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+            raise InputError(f"{path}: could not write the PNG")
+    return path
 
 
 def overlays(rows: Sequence[tuple[str, np.ndarray, np.ndarray | None, Mapping[str, np.ndarray]]],

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from cellemnet.errors import ConfigError
+
 
 def select_device(preference: str = "auto") -> torch.device:
     """'auto' picks CUDA when present, else the CPU; 'cpu' and 'cuda[:N]' are honoured as given."""
@@ -20,8 +22,6 @@ def select_device(preference: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(preference)
     if device.type == "cuda" and not torch.cuda.is_available():
-        from cellemnet.errors import ConfigError
-
         raise ConfigError(f"device '{preference}' was asked for but CUDA is not available")
     return device
 

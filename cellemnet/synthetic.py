@@ -20,6 +20,8 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
+from cellemnet.io import write_image, write_volume
+
 MASK_KEYS = ("mito", "nucleus", "membrane", "vesicle")
 
 
@@ -381,8 +383,6 @@ def make_uninformative(shape: Sequence[int] = (512, 512), kind: str = "resin", s
 # Corpora on disk
 # --------------------------------------------------------------------------------------------------------------
 def _write_tif(path: Path, array: np.ndarray) -> Path:
-    from cellemnet.io import write_image
-
     return write_image(path, array)
 
 
@@ -398,8 +398,6 @@ def make_corpus(outdir: str | os.PathLike, n_groups_2d: int = 3, images_per_grou
     ones cycle through the looks. With `uninformative`, group 0 also gets ``{group}_blank.tif`` (empty resin)
     and group 1 ``{group}_noise.tif`` (pure noise). Returns a manifest of the written paths.
     """
-    from cellemnet.io import write_volume
-
     out = Path(outdir)
     rng = np.random.default_rng(seed)
     manifest: dict = {"images2d": {}, "volumes": [], "uninformative": []}
@@ -443,8 +441,6 @@ def make_benchmark(outdir: str | os.PathLike, n_train: int = 8, n_test: int = 3,
     """Write a small segmentation benchmark in the evaluation layout, masks uint8 0/1 for `target`:
     ``outdir/{train,valid,test2d}/{images,masks}/NAME.tif`` and ``outdir/test3d/{images,masks}/NAME.nrrd``.
     Returns a dict of the written image paths per split."""
-    from cellemnet.io import write_volume
-
     if target not in MASK_KEYS:
         raise ValueError(f"unknown target {target!r}; choose one of {', '.join(MASK_KEYS)}")
     out = Path(outdir)

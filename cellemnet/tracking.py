@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+from cellemnet.errors import InputError
+
 DEFAULT_TRACKING_DIR = "mlflow_store"
 
 
@@ -44,8 +46,6 @@ def tracking_uri(tracking_dir: str | os.PathLike | None = None, create: bool = T
     d = Path(tracking_dir or DEFAULT_TRACKING_DIR).resolve()
     if not create:
         if not (d / "mlflow.db").is_file():
-            from cellemnet.errors import InputError
-
             raise InputError(f"{tracking_dir or DEFAULT_TRACKING_DIR}: no MLflow store here (no mlflow.db); give the "
                              "folder the runs were tracked in (their tracking_dir) or set MLFLOW_TRACKING_URI")
         return f"sqlite:///{d / 'mlflow.db'}"

@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cellemnet.dataset.classify import classify_patches  # noqa: E402
 from cellemnet.errors import cli_main  # noqa: E402
 
 
@@ -43,7 +44,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 @cli_main
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from cellemnet.dataset.classify import classify_patches
 
     r = classify_patches(args.sharddir, args.savedir, weights=args.weights, method=args.method,
                          threshold=args.threshold, batch_size=args.batch_size, workers=args.workers,

@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from cellemnet.dataset.crossdedup import cross_deduplicate
+    from cellemnet.dataset.crossdedup import cross_deduplicate  # lazy: imports numba; --help stays fast
 
     started = time.perf_counter()
     report = cross_deduplicate(args.sharddir, args.max_distance, args.seed, progress=not args.quiet)

@@ -36,7 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from cellemnet.dataset.patchify import PatchSettings, find_image_groups, run_sources, summarize
+    from cellemnet.dataset.patchify import (  # lazy: imports numba; --help stays fast
+        PatchSettings,
+        find_image_groups,
+        run_sources,
+        summarize,
+    )
 
     settings = PatchSettings(args.crop_size, args.hash_size, args.max_distance, args.seed)
     started = time.perf_counter()

@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from cellemnet.dataset.reconstruct import reconstruct
+    from cellemnet.dataset.reconstruct import reconstruct  # lazy: imports numba; --help stays fast
 
     started = time.perf_counter()
     report = reconstruct(args.patchdir, args.volume_dirs, args.save_dir, args.nz, args.processes, args.limit,

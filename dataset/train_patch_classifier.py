@@ -17,7 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cellemnet.errors import cli_main  # noqa: E402
+from cellemnet.dataset.quality import train_patch_classifier  # noqa: E402
+from cellemnet.errors import ConfigError, cli_main  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -38,11 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 @cli_main
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from cellemnet.dataset.quality import train_patch_classifier
 
     if args.epochs < 1:
-        from cellemnet.errors import ConfigError
-
         raise ConfigError("--epochs must be >= 1")
     m = train_patch_classifier(args.labels, args.savedir, method=args.method, epochs=args.epochs,
                                batch_size=args.batch_size, device=args.device, track=args.track,

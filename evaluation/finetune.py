@@ -15,6 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cellemnet.errors import cli_main  # noqa: E402
+from cellemnet.evaluation.config import load_eval_config  # noqa: E402
 
 
 @cli_main
@@ -23,10 +24,9 @@ def main(argv=None) -> int:
     parser.add_argument("config", help="benchmark YAML (e.g. evaluation/benchmark_configs/lucchi_pp.yaml)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of config keys")
     args = parser.parse_args(argv)
-    from cellemnet.evaluation.config import load_eval_config
 
     config = load_eval_config(args.config, args.overrides, stage="train")
-    from cellemnet.evaluation.train import finetune
+    from cellemnet.evaluation.train import finetune  # lazy: imports torch; --help stays fast
 
     out = finetune(config, config_path=args.config)
     if out["checkpoint"]:

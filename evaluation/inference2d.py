@@ -11,6 +11,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cellemnet.errors import cli_main  # noqa: E402
+from cellemnet.evaluation.config import load_eval_config  # noqa: E402
+from cellemnet.evaluation.infer import run_inference2d  # noqa: E402
 
 
 @cli_main
@@ -20,10 +22,8 @@ def main(argv=None) -> int:
     parser.add_argument("state", help="checkpoint written by evaluation/finetune.py")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of config keys")
     args = parser.parse_args(argv)
-    from cellemnet.evaluation.config import load_eval_config
 
     config = load_eval_config(args.config, args.overrides, stage="infer2d")
-    from cellemnet.evaluation.infer import run_inference2d
 
     score = run_inference2d(config, args.state)
     print(f"Test_Set_IoU: {score:.6f}")

@@ -13,6 +13,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cellemnet.errors import cli_main  # noqa: E402
+from cellemnet.evaluation.config import load_eval_config  # noqa: E402
+from cellemnet.evaluation.infer import run_inference_mixed  # noqa: E402
 
 
 @cli_main
@@ -22,10 +24,8 @@ def main(argv=None) -> int:
     parser.add_argument("state", help="checkpoint written by evaluation/finetune.py")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of config keys")
     args = parser.parse_args(argv)
-    from cellemnet.evaluation.config import load_eval_config
 
     config = load_eval_config(args.config, args.overrides, stage="mixed")
-    from cellemnet.evaluation.infer import run_inference_mixed
 
     metrics = run_inference_mixed(config, args.state)
     for name in config["benchmark_names"]:

@@ -14,12 +14,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cellemnet.config import describe  # noqa: E402
 from cellemnet.errors import cli_main  # noqa: E402
 
 
 def _keys_help() -> str:
-    from cellemnet.config import describe
-    from cellemnet.evaluation.probe import PROBE_SCHEMA
+    from cellemnet.evaluation.probe import PROBE_SCHEMA  # lazy: imports torch; --help stays fast
 
     return "keys:\n" + describe(PROBE_SCHEMA)
 
@@ -32,7 +32,7 @@ def main(argv=None) -> int:
     parser.add_argument("data_dir", help="benchmark folder with train/ and test/ (or test2d/)")
     parser.add_argument("overrides", nargs="*", help="key=value settings (see keys below)")
     args = parser.parse_args(argv)
-    from cellemnet.evaluation.probe import load_probe_config, report_lines, run_probe
+    from cellemnet.evaluation.probe import load_probe_config, report_lines, run_probe  # lazy: imports torch
 
     config = load_probe_config(args.overrides)
     result = run_probe(args.encoder, args.data_dir, config)

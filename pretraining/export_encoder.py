@@ -10,7 +10,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cellemnet.errors import cli_main  # noqa: E402
+from cellemnet.encoder import export_encoder, load_checkpoint_file  # noqa: E402
+from cellemnet.errors import InputError, cli_main  # noqa: E402
 
 
 @cli_main
@@ -21,9 +22,7 @@ def main(argv=None) -> int:
     parser.add_argument("--force", action="store_true",
                         help="export even when the checkpoint's run ended with the verdict 'did not learn'")
     args = parser.parse_args(argv)
-    from cellemnet.encoder import export_encoder, load_checkpoint_file
-    from cellemnet.errors import InputError
-    from cellemnet.pretraining.health import checkpoint_verdict, refusal
+    from cellemnet.pretraining.health import checkpoint_verdict, refusal  # lazy: imports torch; --help stays fast
 
     ckpt = load_checkpoint_file(args.checkpoint)
     why_not = refusal(ckpt, args.checkpoint)

@@ -13,7 +13,7 @@ from cellemnet.errors import cli_main  # noqa: E402
 
 @cli_main
 def main(argv=None) -> int:
-    from cellemnet.pretraining.train import main_for
+    from cellemnet.pretraining.train import main_for  # lazy: imports torch; --help stays fast
 
     return main_for("mocov2", argv)
 

@@ -198,16 +198,6 @@ def test_random_views_are_cropped_resized_and_differ():
     assert not np.array_equal(views[0], views[1])
 
 
-def test_overlay_mask_tints_only_the_mask():
-    img = np.zeros((4, 4), np.uint8)
-    mask = np.zeros((4, 4), bool)
-    mask[0, 0] = True
-    rgb = analysis.overlay_mask(img, mask, color=(1, 0, 0), alpha=0.5)
-    assert rgb.shape == (4, 4, 3)
-    np.testing.assert_allclose(rgb[0, 0], [0.5, 0, 0])
-    assert np.all(rgb[1:, 1:] == 0)
-
-
 def test_mask_agreement_at_full_resolution_matches_the_step_by_step_result(encoder):
     rng = np.random.default_rng(7)
     img = rng.integers(0, 255, (48, 40), dtype=np.uint8)

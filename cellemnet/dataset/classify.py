@@ -22,7 +22,11 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from cellemnet.dataset.names import dataset_name
+from cellemnet.dataset.quality import make_scorer, resolve_method
+from cellemnet.dataset.store import ShardReader, is_complete_shard, list_shards, remove_stale_temporaries, write_shard
 from cellemnet.errors import ConfigError, InputError
+from cellemnet.io import atomic_write_text, check_writable, write_image
 from cellemnet.safepath import is_within
 
 FORMATS = ("tiff", "h5")
@@ -52,15 +56,11 @@ class ClassifyResult:
 
 def shard_dataset(shard: Path) -> str:
     """The dataset of a shard: its stem with any ``-ROI-...`` part removed."""
-    from cellemnet.dataset.names import dataset_name
-
     return dataset_name(shard.name[: -len(shard.suffix)] if shard.suffix else shard.name)
 
 
 def find_shards(sharddir: str | os.PathLike, exclude: str | os.PathLike | None = None) -> list[Path]:
     """Every shard under SHARDDIR (sorted), leaving out anything inside `exclude` (SAVEDIR may sit inside)."""
-    from cellemnet.dataset.store import list_shards
-
     sharddir = Path(sharddir)
     if not sharddir.is_dir():
         raise InputError(f"{sharddir}: shard folder not found")
@@ -77,8 +77,6 @@ def find_shards(sharddir: str | os.PathLike, exclude: str | os.PathLike | None =
 
 def open_checked_shard(path: Path):
     """A ShardReader, after checking the file is a complete shard; errors name the file."""
-    from cellemnet.dataset.store import ShardReader, is_complete_shard
-
     if path.stat().st_size == 0:
         raise InputError(f"{path}: shard file is empty (0 bytes)")
     reader = ShardReader(path)  # raises InputError naming the file when unreadable or not a shard
@@ -108,8 +106,6 @@ def _rows_csv(rows: list[dict]) -> str:
 
 def check_settings(savedir: Path, settings: dict) -> None:
     """SAVEDIR keeps the filter settings it was made with; a re-run with other settings must use a new folder."""
-    from cellemnet.io import atomic_write_text
-
     path = savedir / STATE_DIR / SETTINGS_NAME
     if path.is_file():
         try:
@@ -142,8 +138,6 @@ def _prefetched(iterator: Iterator, pool: ThreadPoolExecutor) -> Iterator:
 
 
 def _write_tiff(path: Path, patch: np.ndarray) -> None:
-    from cellemnet.io import write_image
-
     if not path.exists():  # finished files are complete (atomic writes): keep them
         write_image(path, patch)
 
@@ -152,8 +146,6 @@ def classify_shard(reader, shard: Path, dataset: str, savedir: Path, scorer, fmt
                    writer_pool: ThreadPoolExecutor, reader_pool: ThreadPoolExecutor,
                    on_batch: Callable[[int], None] | None = None) -> list[dict]:
     """Score every patch of one shard and write the kept ones; returns its manifest rows."""
-    from cellemnet.dataset.store import write_shard
-
     names = reader.names
     hashes = reader.hashes
     out_dir = savedir / dataset
@@ -209,9 +201,6 @@ def classify_patches(sharddir: str | os.PathLike, savedir: str | os.PathLike, we
     """Score every patch of every shard in SHARDDIR and write the final dataset into SAVEDIR (see module doc)."""
     from tqdm import tqdm
 
-    from cellemnet.dataset.quality import make_scorer, resolve_method
-    from cellemnet.io import atomic_write_text
-
     t0 = time.perf_counter()
     if fmt not in FORMATS:
         raise ConfigError(f"unknown output format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -230,11 +219,9 @@ def classify_patches(sharddir: str | os.PathLike, savedir: str | os.PathLike, we
     # Load the model before SAVEDIR records any settings: bad weights must not lock the folder.
     scorer = make_scorer(weights, method, device=device, batch_size=batch_size, workers=workers,
                          threshold=threshold)
-    from cellemnet.io import check_writable
 
     check_writable(savedir, "curated dataset")  # before any patch is scored
     check_settings(savedir, settings)
-    from cellemnet.dataset.store import remove_stale_temporaries
 
     remove_stale_temporaries(savedir, recursive=True)  # half-written files of a killed run never stay
     state_dir = savedir / STATE_DIR
@@ -277,8 +264,6 @@ def classify_patches(sharddir: str | os.PathLike, savedir: str | os.PathLike, we
 
 def _write_final_manifest(result: ClassifyResult, shard_records: list[Path], savedir: Path) -> None:
     """SAVEDIR's manifest: every shard's rows (this run's and earlier runs'), and the counts in `result`."""
-    from cellemnet.io import atomic_write_text
-
     all_rows: list[dict] = []
     for record in shard_records:
         all_rows.extend(_read_csv_rows(record))

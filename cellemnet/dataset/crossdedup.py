@@ -27,7 +27,7 @@ from cellemnet.constants import DEFAULT_MAX_HAMMING
 from cellemnet.dataset import store
 from cellemnet.dataset.dedup import greedy_clusters
 from cellemnet.errors import ConfigError, InputError
-from cellemnet.io import atomic_write_text
+from cellemnet.io import atomic_write_text, check_writable
 
 STATE_NAME = "crossdedup.json"
 STATE_FORMAT = "cellemnet-crossdedup"
@@ -114,7 +114,6 @@ def cross_deduplicate(
     root = Path(shard_dir)
     if not root.is_dir():
         raise InputError(f"{root}: no such folder")
-    from cellemnet.io import check_writable
 
     for folder in sorted({p.parent for p in store.list_shards(root, recursive=True)} | {root}):
         check_writable(folder, "de-duplicated shards")  # shards are rewritten in place

@@ -15,7 +15,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from cellemnet.dataset.store import ShardReader
 from cellemnet.errors import InputError
+from cellemnet.io import atomic_write_text, is_image_file, read_image, to_uint8
 
 LABELS = ("good", "bad", "none")
 UI_CHOICES = {"good": "good", "bad": "bad", "skip": "none"}  # what the grid shows -> what the CSV stores
@@ -44,8 +46,6 @@ class PatchLoader:
 
     def _shard(self, path: str):
         if path not in self._readers:
-            from cellemnet.dataset.store import ShardReader
-
             if not Path(path).is_file():
                 raise InputError(f"{path}: patch shard not found")
             reader = ShardReader(path)
@@ -61,8 +61,6 @@ class PatchLoader:
         return name in self._shard(path)[1]
 
     def __call__(self, ref: str) -> np.ndarray:
-        from cellemnet.io import read_image, to_uint8
-
         path, name = split_ref(ref)
         if name is None:
             return to_uint8(read_image(path), name=path)
@@ -75,8 +73,6 @@ class PatchLoader:
 # ------------------------------------------------------------------------------------------------ sources
 def items_from_folder(folder: str | os.PathLike, recursive: bool = True) -> list[str]:
     """Every image file under `folder`, sorted, as absolute labels-CSV references."""
-    from cellemnet.io import is_image_file
-
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: folder of patches not found")
@@ -88,8 +84,6 @@ def items_from_folder(folder: str | os.PathLike, recursive: bool = True) -> list
 def items_from_shard(shard_path: str | os.PathLike, limit: int | None = None, seed: int = 0) -> list[str]:
     """Absolute references to the patches of one shard; `limit` draws that many at random (seeded), in shard
     order."""
-    from cellemnet.dataset.store import ShardReader
-
     shard_path = Path(shard_path).resolve()
     names = list(ShardReader(shard_path).names)
     if limit is not None and limit < len(names):
@@ -126,8 +120,6 @@ def read_labels_csv(path: str | os.PathLike) -> dict[str, str]:
 
 
 def write_labels_csv(path: str | os.PathLike, labels: dict[str, str]) -> Path:
-    from cellemnet.io import atomic_write_text
-
     buf = _io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(CSV_COLUMNS)

@@ -17,8 +17,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from cellemnet.dataset.names import source_name
 from cellemnet.dataset.tiling import grid_edges
 from cellemnet.errors import InputError
+from cellemnet.io import intensity_limits, open_volume, to_uint8, write_volume
 from cellemnet.safepath import inside, path_component
 
 MIN_CONTENT_FRACTION = 0.7  # a cube is kept when at most 30 % of it is padding
@@ -77,8 +79,6 @@ def roi_name(volume: str, box: Sequence[int]) -> str:
 
 def _save_crops(array, boxes, volume_name, save_dir, spacing, limits, invert, report: CropReport, progress) -> None:
     from tqdm import tqdm
-
-    from cellemnet.io import to_uint8, write_volume
 
     path_component(volume_name, "volume name")
     for box in tqdm(boxes, desc=volume_name, disable=not progress, leave=False):
@@ -188,8 +188,6 @@ def crop_ngff(
     progress: bool = False,
 ) -> CropReport:
     """Save sparse random cubes of one OME-Zarr level as nrrd files with that level's spacing."""
-    from cellemnet.io import intensity_limits
-
     report = CropReport()
     ngff = open_ngff_level(url, level, storage_options)
     shape = tuple(int(s) for s in ngff.array.shape)
@@ -253,9 +251,6 @@ def crop_local_volume(
     progress: bool = False,
 ) -> CropReport:
     """Split a large local volume into sparse random ROI cubes (nrrd, source spacing)."""
-    from cellemnet.dataset.names import source_name
-    from cellemnet.io import intensity_limits, open_volume
-
     report = CropReport()
     with open_volume(path) as reader:
         shape = reader.shape

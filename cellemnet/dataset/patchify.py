@@ -33,7 +33,19 @@ from cellemnet.dataset.hashing import dhash_boxes, dhash_strided_boxes
 from cellemnet.dataset.names import format_name, source_name
 from cellemnet.dataset.tiling import grid_boxes, grid_edges, usable_axes
 from cellemnet.errors import ConfigError, InputError
+from cellemnet.io import (
+    IMAGE_SUFFIXES,
+    check_writable,
+    intensity_limits,
+    is_image_file,
+    is_volume_file,
+    open_volume,
+    read_image,
+    split_container_path,
+    to_uint8,
+)
 from cellemnet.safepath import is_within
+from cellemnet.workers import die_with_parent
 
 _SLICES_PER_READ = 16  # slices read (and converted to uint8) at once from a volume
 _BAND_BUDGET = 160 << 20  # bytes of uint8 cross-section data held at once (a z band, or a block of it)
@@ -133,8 +145,6 @@ def _visible(path: Path) -> bool:
 
 def volume_source_name(path: str | os.PathLike) -> str:
     """Source name of a volume: the file stem, plus the dataset key for ``file.h5:/key`` / ``store.zarr/key``."""
-    from cellemnet.io import split_container_path
-
     file, key, _ = split_container_path(path)
     name = source_name(file.name)
     if key:
@@ -156,8 +166,6 @@ def find_volumes(voldir: str | os.PathLike, exclude: str | os.PathLike | None = 
     Entries inside `exclude` (the output folder) are left out: outputs are never inputs (a shard `v.h5` written
     into the volume folder would otherwise be read back as a volume on the next run), and so are patch shards
     and their temporaries wherever they lie."""
-    from cellemnet.io import is_image_file, is_volume_file, split_container_path
-
     voldir_text = os.fspath(voldir)
     file, key, kind = split_container_path(voldir_text)
     path = Path(voldir_text)
@@ -185,8 +193,6 @@ def find_image_groups(imdir: str | os.PathLike, exclude: str | os.PathLike | Non
     """One group per subfolder of ``imdir`` (its images, sorted); images directly in ``imdir`` form a group
     named after ``imdir``. Outputs are never inputs: the subfolder `exclude` (the output folder) and any
     subfolder holding this project's patch shards and no images are left out."""
-    from cellemnet.io import is_image_file
-
     root = Path(imdir)
     if not root.is_dir():
         raise InputError(f"{root}: no such folder")
@@ -210,8 +216,6 @@ def find_image_groups(imdir: str | os.PathLike, exclude: str | os.PathLike | Non
 # --------------------------------------------------------------------------------------------------------------
 def _read_uint8(reader, lo: int, hi: int, limits, ys: slice = slice(None), xs: slice = slice(None)) -> np.ndarray:
     """reader[lo:hi, ys, xs] as uint8, converting a few slices at a time (bounded extra memory)."""
-    from cellemnet.io import to_uint8
-
     if reader.dtype == np.uint8:
         return np.asarray(reader[lo:hi, ys, xs])
     parts = [to_uint8(reader[start : min(start + _SLICES_PER_READ, hi), ys, xs], limits, name=reader.path)
@@ -357,8 +361,6 @@ def _shapes(tiles: _Tiles, keep: np.ndarray) -> np.ndarray:
 
 
 def patchify_volume(source: Source, shard: Path, s: PatchSettings, progress: bool = False) -> SourceResult:
-    from cellemnet.io import intensity_limits, open_volume
-
     started = time.perf_counter()
     result = SourceResult(source.path, str(shard), "done")
     with open_volume(source.path) as reader:
@@ -403,8 +405,6 @@ def patchify_volume(source: Source, shard: Path, s: PatchSettings, progress: boo
 # 2D image groups
 # --------------------------------------------------------------------------------------------------------------
 def _read_image_uint8(path: str) -> np.ndarray:
-    from cellemnet.io import read_image, to_uint8
-
     return to_uint8(read_image(path), name=path)
 
 
@@ -472,8 +472,6 @@ def patchify_group(source: Source, shard: Path, s: PatchSettings, progress: bool
 
 
 def _image_suffixes() -> tuple[str, ...]:
-    from cellemnet.io import IMAGE_SUFFIXES
-
     return IMAGE_SUFFIXES
 
 
@@ -524,8 +522,6 @@ def _process(source: Source, out_dir: str, s: PatchSettings, progress: bool) -> 
 def _init_worker(parent_pid: int) -> None:
     import numba
 
-    from cellemnet.workers import die_with_parent
-
     die_with_parent(parent_pid)
     numba.set_num_threads(1)  # the processes already share the cores
 
@@ -541,8 +537,6 @@ def run_sources(
     progress: bool = True,
 ) -> list[SourceResult]:
     """Patchify every source into ``out_dir`` (skipping complete shards), then rebuild the folder manifest."""
-    from cellemnet.io import check_writable
-
     out = check_writable(out_dir, "patch shards")
     store.remove_stale_temporaries(out)
     results: list[SourceResult] = []

@@ -13,6 +13,17 @@ import numpy as np
 
 from cellemnet.dataset.names import source_name
 from cellemnet.errors import InputError
+from cellemnet.io import (
+    file_suffix,
+    intensity_limits,
+    open_volume,
+    read_image,
+    read_video,
+    to_uint8,
+    write_image,
+    write_volume,
+)
+from cellemnet.workers import die_with_parent
 
 LOSSLESS_IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
 
@@ -33,8 +44,6 @@ def cleanup_image(path: str | os.PathLike, out_path: str | os.PathLike | None = 
 
     In place when ``out_path`` is None (same file and format; skipped when already 8-bit gray).
     """
-    from cellemnet.io import read_image, to_uint8, write_image
-
     path = Path(path)
     if out_path is None and is_8bit_gray_file(path):
         return None
@@ -59,8 +68,6 @@ def video_stack_path(video: str | os.PathLike, out_dir: str | os.PathLike | None
 
 def video_to_stack(video: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> Path | None:
     """Write a video's frames as a (t, y, x) uint8 nrrd stack; None when it exists already."""
-    from cellemnet.io import read_video, write_volume
-
     target = video_stack_path(video, out_dir)
     if target.exists():
         return None
@@ -73,8 +80,6 @@ def mrc_to_byte(path: str | os.PathLike, out_path: str | os.PathLike | None = No
 
     In place when ``out_path`` is None; an MRC that already reads as uint8 is left alone.
     """
-    from cellemnet.io import intensity_limits, open_volume, to_uint8, write_volume
-
     path = Path(path)
     with open_volume(path) as reader:
         if reader.dtype == np.uint8 and out_path is None:
@@ -110,8 +115,6 @@ def bin_array(volume, factor: int) -> np.ndarray:
 
 
 def binned_path(path: str | os.PathLike, factor: int, out_dir: str | os.PathLike | None = None) -> Path:
-    from cellemnet.io import file_suffix
-
     path = Path(path)
     suffix = file_suffix(path)
     return Path(out_dir or path.parent) / f"{source_name(path.name)}_bin{factor}{suffix}"
@@ -119,8 +122,6 @@ def binned_path(path: str | os.PathLike, factor: int, out_dir: str | os.PathLike
 
 def bin_volume(path: str | os.PathLike, factor: int = 2, out_path: str | os.PathLike | None = None) -> Path:
     """Bin a volume by an integer factor on every axis; the voxel spacing grows by the same factor."""
-    from cellemnet.io import open_volume, write_volume
-
     path = Path(path)
     with open_volume(path) as reader:
         try:
@@ -162,8 +163,6 @@ def run_each(func, jobs: list[tuple], processes: int = 1, desc: str = "files", p
                 outcomes.append(_call(func, job))
                 bar.update(1)
         else:
-            from cellemnet.workers import die_with_parent
-
             with cf.ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
                                         initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
                 outcomes = []
@@ -180,8 +179,6 @@ def run_each(func, jobs: list[tuple], processes: int = 1, desc: str = "files", p
 
 def list_files(folder: str | os.PathLike, suffixes: tuple[str, ...], recursive: bool = False) -> list[Path]:
     """Visible files under a folder (or the file itself) whose suffix is one of ``suffixes``."""
-    from cellemnet.io import file_suffix
-
     folder = Path(folder)
     if folder.is_file():
         return [folder]

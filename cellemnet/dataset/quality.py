@@ -20,7 +20,10 @@ import numpy as np
 
 from cellemnet.constants import DEFAULT_CROP_SIZE, IMAGENET_NORMS
 from cellemnet.dataset.features import FEATURE_NAMES, INDEX, compute_features
+from cellemnet.dataset.labeling import PatchLoader, labelled_examples
 from cellemnet.errors import ConfigError, InputError
+from cellemnet.io import atomic_path, atomic_write_text, load_torch_dict
+from cellemnet.tracking import start_run
 
 METHODS = ("features", "nn")
 DEFAULT_THRESHOLD = 0.5
@@ -141,8 +144,6 @@ def train_feature_model(features: np.ndarray, labels: np.ndarray, seed: int = 0,
 
 
 def save_feature_model(model: RuleModel | ForestModel, path: str | os.PathLike) -> Path:
-    from cellemnet.io import atomic_write_text
-
     atomic_write_text(path, json.dumps(model.to_dict()))
     return Path(path)
 
@@ -236,7 +237,6 @@ def load_nn_state_dict(weights: str | os.PathLike) -> dict:
         if not path.is_file():
             raise InputError(f"{path}: patch classifier weights not found. "
                              f"{offline_weights_message(PAPER_WEIGHTS_URL)}")
-        from cellemnet.io import load_torch_dict
 
         state = load_torch_dict(path, "patch classifier weights file")
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
@@ -305,7 +305,7 @@ class NNScorer:
                  batch_size: int = 64, threshold: float = DEFAULT_THRESHOLD, input_size: int = NN_INPUT_SIZE):
         import torch
 
-        from cellemnet.runtime import select_device
+        from cellemnet.runtime import select_device  # lazy: imports torch
 
         if model is None:
             if weights is None:
@@ -325,7 +325,7 @@ class NNScorer:
     def score(self, patches: Sequence[np.ndarray]) -> np.ndarray:
         import torch
 
-        from cellemnet.runtime import autocast
+        from cellemnet.runtime import autocast  # lazy: imports torch
 
         scores = []
         with torch.inference_mode():
@@ -463,8 +463,6 @@ def save_roc_curve(labels: np.ndarray, scores: np.ndarray, path: str | os.PathLi
     import matplotlib.pyplot as plt
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    from cellemnet.io import atomic_path
-
     fpr, tpr, _ = roc_curve(labels, scores)
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.plot(fpr, tpr, label=f"AUC = {roc_auc_score(labels, scores):.3f}")
@@ -513,7 +511,7 @@ def train_nn_classifier(train_patches: Sequence[np.ndarray], train_labels: np.nd
     import torch
     from tqdm import tqdm
 
-    from cellemnet.runtime import autocast, make_grad_scaler, seed_everything, select_device
+    from cellemnet.runtime import autocast, make_grad_scaler, seed_everything, select_device  # lazy: imports torch
 
     seed_everything(seed)
     dev = select_device(device)
@@ -584,10 +582,6 @@ def train_patch_classifier(labels_csv: str | os.PathLike, savedir: str | os.Path
     Returns the metrics dict (also in SAVEDIR/metrics.json). Validation: 15% of the labelled patches, split
     with a fixed seed. The untrained default rules are scored on the same validation patches for comparison.
     """
-    from cellemnet.dataset.labeling import PatchLoader, labelled_examples
-    from cellemnet.io import atomic_write_text
-    from cellemnet.tracking import start_run
-
     method = resolve_method(None, method)
     savedir = Path(savedir)
     loader = PatchLoader()
@@ -615,8 +609,6 @@ def train_patch_classifier(labels_csv: str | os.PathLike, savedir: str | os.Path
             info = {"model": "random forest on patch features", "n_trees": len(model.trees)}
         else:
             import torch
-
-            from cellemnet.io import atomic_path
 
             net, val_scores, info = train_nn_classifier(
                 [patches[i] for i in train_idx], labels[train_idx], val_patches, val_labels, epochs=epochs,

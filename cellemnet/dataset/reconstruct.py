@@ -19,7 +19,9 @@ import numpy as np
 
 from cellemnet.dataset import store
 from cellemnet.dataset.names import PatchLocation, dataset_name, format_subvolume_name, is_patch_name, parse_name
+from cellemnet.dataset.patchify import find_volumes
 from cellemnet.errors import InputError
+from cellemnet.io import intensity_limits, open_volume, to_uint8, write_volume
 from cellemnet.workers import die_with_parent
 
 _IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
@@ -74,8 +76,6 @@ def _stack_spacing(spacing, axis: int) -> tuple[float, float, float]:
 
 def reconstruct_volume(volume_path: str, locations: list[PatchLocation], save_dir: str, nz: int) -> ReconstructReport:
     """Write the subvolumes of one volume's patches (skipping those already written)."""
-    from cellemnet.io import intensity_limits, open_volume, to_uint8, write_volume
-
     report = ReconstructReport()
     try:
         with open_volume(volume_path) as reader:
@@ -112,8 +112,6 @@ def reconstruct(
 ) -> ReconstructReport:
     """Rebuild the subvolumes of every 3D patch under ``patch_dir`` from the volumes in ``volume_dirs``."""
     from tqdm import tqdm
-
-    from cellemnet.dataset.patchify import find_volumes
 
     if nz < 1:
         raise InputError(f"-nz must be at least 1, got {nz}")

@@ -18,6 +18,8 @@ from cellemnet.config import Field, load_config
 from cellemnet.constants import EM_MEAN, EM_STD
 from cellemnet.encoder import Norms
 from cellemnet.errors import ConfigError
+from cellemnet.evaluation.augment import build_train_transforms, scale_warning
+from cellemnet.evaluation.data import find_pairs, image_size
 
 DATA_ROOT_ENV = "CELLEMNET_DATA_ROOT"
 FINETUNE_LAYERS = ("none", "layer4", "layer3", "layer2", "layer1", "all")
@@ -242,7 +244,6 @@ def load_eval_config(
     cfg = _resolve_paths(cfg)
     _check_consistency(cfg, source)
     # The augmentation list is built once here so that a typo fails before any training starts.
-    from cellemnet.evaluation.augment import build_train_transforms
 
     try:
         build_train_transforms(cfg["augmentations"], norms=Norms.parse(cfg["norms"]).as_dict())
@@ -267,9 +268,6 @@ def load_eval_config(
 def training_scale_warning(cfg: Mapping[str, Any], source: str = "config") -> str | None:
     """A one-line warning when the training augmentation changes the scale systematically (see
     cellemnet.evaluation.augment.scale_warning), judged on the first training image's size (header only)."""
-    from cellemnet.evaluation.augment import scale_warning
-    from cellemnet.evaluation.data import find_pairs, image_size
-
     if not cfg["augmentations"]:
         return None
     first = find_pairs(Path(cfg["data_dir"]) / "train", require_masks=False)[0].image

@@ -13,6 +13,8 @@ from typing import Callable
 import numpy as np
 
 from cellemnet.errors import InputError
+from cellemnet.evaluation.augment import seed_pipeline
+from cellemnet.io import file_suffix, is_image_file, is_volume_file, read_image, to_uint8
 
 
 @dataclass(frozen=True)
@@ -28,8 +30,6 @@ def _visible_files(folder: Path) -> list[Path]:
 
 def find_pairs(folder: str | Path, require_masks: bool, volumes: bool = False) -> list[Pair]:
     """Images in folder/images with their same-named masks in folder/masks (or the same stem, any suffix)."""
-    from cellemnet.io import is_image_file, is_volume_file
-
     folder = Path(folder)
     images_dir, masks_dir = folder / "images", folder / "masks"
     if not images_dir.is_dir():
@@ -58,8 +58,6 @@ def find_pairs(folder: str | Path, require_masks: bool, volumes: bool = False) -
 
 def image_size(path: Path) -> tuple[int, int]:
     """(height, width) of a 2D image from its header where the format allows (TIFF, PNG, JPEG, BMP)."""
-    from cellemnet.io import file_suffix, read_image
-
     try:
         if file_suffix(path) in (".tif", ".tiff"):
             import tifffile
@@ -80,15 +78,11 @@ def image_size(path: Path) -> tuple[int, int]:
 
 
 def read_gray8(path: Path) -> np.ndarray:
-    from cellemnet.io import read_image, to_uint8
-
     return to_uint8(read_image(path), name=str(path))
 
 
 def read_mask(path: Path, num_classes: int) -> np.ndarray:
     """Integer labels (uint8); binary -> 0/1 from any non-zero value; out-of-range labels are an error."""
-    from cellemnet.io import read_image
-
     mask = np.asarray(read_image(path))
     if num_classes == 1:
         return (mask > 0).astype(np.uint8)
@@ -180,8 +174,6 @@ class SegmentationDataset:
         import torch
 
         if isinstance(item, tuple):
-            from cellemnet.evaluation.augment import seed_pipeline
-
             index, words = item
             seed_pipeline(self.transforms, words)
         else:

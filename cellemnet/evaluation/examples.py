@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cellemnet.errors import InputError
+from cellemnet.errors import InputError, cli_main
+from cellemnet.io import read_image, write_image, write_volume
 
 
 def _isbi_slices(src: Path) -> list[tuple[Path, Path]]:
@@ -33,8 +34,6 @@ def layout_isbi2012(src: str | Path, out: str | Path, n_test: int = 6, crop: int
                     volume_depth: int = 0) -> Path:
     """Write `out/{train,test}/{images,masks}` (membrane = 255) and, with volume_depth, `out/test3d/` holding
     the last `volume_depth` slices as one .nrrd volume (cropped to `crop` in y and x when crop > 0)."""
-    from cellemnet.io import read_image, write_image, write_volume
-
     src, out = Path(src), Path(out)
     pairs = _isbi_slices(src)
     train, test = pairs[: len(pairs) - n_test], pairs[len(pairs) - n_test :]
@@ -78,7 +77,5 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     import sys
-
-    from cellemnet.errors import cli_main
 
     sys.exit(cli_main(main)())

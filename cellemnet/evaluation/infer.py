@@ -18,9 +18,14 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from cellemnet import figures
+from cellemnet.encoder import arch_from_state_dict
 from cellemnet.errors import InputError
 from cellemnet.evaluation.config import default_eval_classes
+from cellemnet.evaluation.data import find_pairs, read_gray8, test_labels
 from cellemnet.evaluation.metrics import instance_match, ious, mean_of
+from cellemnet.io import atomic_path, atomic_write_text, read_image, read_volume, to_uint8, write_image, write_volume
+from cellemnet.tracking import start_run
 
 
 @dataclass
@@ -44,10 +49,10 @@ class TestResult:
 # ---------------------------------------------------------------------------------------------- model loading
 def load_predictor(state_path: str | Path, config: Mapping[str, Any]):
     """A Predictor from a fine-tuning checkpoint: class count, channels and norms come from the checkpoint."""
-    from cellemnet.evaluation.model import build_unet_for_inference
-    from cellemnet.evaluation.predict import Predictor
-    from cellemnet.evaluation.train import load_training_checkpoint
-    from cellemnet.runtime import select_device
+    from cellemnet.evaluation.model import build_unet_for_inference  # lazy: imports torch
+    from cellemnet.evaluation.predict import Predictor  # lazy: imports torch
+    from cellemnet.evaluation.train import load_training_checkpoint  # lazy: imports torch
+    from cellemnet.runtime import select_device  # lazy: imports torch
 
     ckpt = load_training_checkpoint(state_path)
     state = ckpt["state_dict"]
@@ -66,8 +71,6 @@ def load_predictor(state_path: str | Path, config: Mapping[str, Any]):
 
 def checkpoint_encoder(ckpt: Mapping[str, Any], state_path: str | Path) -> str:
     """The U-Net encoder of a fine-tuning checkpoint: its "encoder" key, else what the encoder weights show."""
-    from cellemnet.encoder import arch_from_state_dict
-
     if ckpt.get("encoder"):
         return str(ckpt["encoder"])
     try:
@@ -82,33 +85,12 @@ def default_save_dir(state_path: str | Path, kind: str) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- outputs
-def overlay_png(image: np.ndarray, pred: np.ndarray, truth: np.ndarray | None) -> np.ndarray:
-    """RGB uint8: gray image, prediction tinted magenta, ground truth outlined green."""
-    rgb = np.repeat(image[..., None], 3, axis=-1).astype(np.float32)
-    fg = pred > 0
-    rgb[fg] = 0.6 * rgb[fg] + 0.4 * np.array([255, 0, 255], np.float32)
-    if truth is not None:
-        from scipy import ndimage
-
-        t = truth > 0
-        edge = t & ~ndimage.binary_erosion(t)
-        rgb[edge] = (0, 255, 0)
-    return rgb.clip(0, 255).astype(np.uint8)
-
-
-def write_png_rgb(path: Path, rgb: np.ndarray) -> None:
-    import cv2
-
-    from cellemnet.io import atomic_path
-
-    with atomic_path(path) as tmp:
-        if not cv2.imwrite(str(tmp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-            raise InputError(f"{path}: could not write overlay")
+def _overlay(image: np.ndarray, pred: np.ndarray, truth: np.ndarray | None) -> np.ndarray:
+    """The saved overlay: the gray image, the prediction tinted magenta, the ground truth outlined in green."""
+    return figures.overlay_rgb(image, truth, pred, blend=0.4, outline=True)
 
 
 def write_csv(path: Path, rows: Sequence[Mapping[str, Any]], classes: Sequence[int]) -> None:
-    from cellemnet.io import atomic_write_text
-
     cols = ["name"] + [f"iou_class{c}" for c in classes] + ["mean_iou"]
     buf = _io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
@@ -134,9 +116,7 @@ def evaluate_2d(predictor, test_dir: str | Path, save_dir: str | Path, threshold
     """Predict every image of test_dir/images, score against test_dir/masks, save label images + CSV."""
     from tqdm import tqdm
 
-    from cellemnet.evaluation.data import find_pairs, read_gray8, test_labels
-    from cellemnet.evaluation.predict import labels_from_probabilities
-    from cellemnet.io import write_image
+    from cellemnet.evaluation.predict import labels_from_probabilities  # lazy: imports torch
 
     classes = list(eval_classes) if eval_classes else default_eval_classes(predictor.num_classes)
     pairs = find_pairs(test_dir, require_masks=False)
@@ -148,8 +128,6 @@ def evaluate_2d(predictor, test_dir: str | Path, save_dir: str | Path, threshold
         pred = labels_from_probabilities(probs, threshold)
         truth = None
         if pair.mask is not None:
-            from cellemnet.io import read_image
-
             truth = test_labels(read_image(pair.mask), predictor.num_classes)
         if truth is not None and truth.shape != pred.shape:
             raise InputError(f"{pair.mask}: mask shape {truth.shape} != image shape {pred.shape}")
@@ -159,7 +137,7 @@ def evaluate_2d(predictor, test_dir: str | Path, save_dir: str | Path, threshold
         result.rows.append(_row(pair.name, ious(pred, truth, classes) if truth is not None else None))
         if i < save_overlays:
             out = save_dir / "overlays" / f"{Path(pair.name).stem}.png"
-            write_png_rgb(out, overlay_png(image, pred, truth))
+            figures.rgb_png(_overlay(image, pred, truth), out)
             result.overlays.append(out)
     result.csv_path = save_dir / "iou.csv"
     write_csv(result.csv_path, result.rows, classes)
@@ -169,8 +147,6 @@ def evaluate_2d(predictor, test_dir: str | Path, save_dir: str | Path, threshold
 # ---------------------------------------------------------------------------------------------- 3D
 def read_volume_with_info(path: Path):
     """(uint8 zyx array, SimpleITK reference image or None, spacing zyx)."""
-    from cellemnet.io import read_volume, to_uint8
-
     name = path.name.lower()
     if name.endswith((".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")):  # formats that carry origin/direction
         import SimpleITK as sitk
@@ -185,8 +161,6 @@ def read_volume_with_info(path: Path):
 
 
 def read_label_volume(path: Path) -> np.ndarray:
-    from cellemnet.io import read_volume
-
     arr, _ = read_volume(path)
     return np.asarray(arr)
 
@@ -194,8 +168,6 @@ def read_label_volume(path: Path) -> np.ndarray:
 def write_label_volume(path: Path, labels: np.ndarray, ref, spacing) -> None:
     """Save predictions with the input's spacing, origin and direction (SimpleITK CopyInformation)."""
     import SimpleITK as sitk
-
-    from cellemnet.io import atomic_path, write_volume
 
     if ref is None:
         write_volume(path, labels, spacing=spacing)
@@ -210,8 +182,7 @@ def evaluate_3d(predictor, test_dir: str | Path, save_dir: str | Path, mode: str
                 threshold: float = 0.5, eval_classes: Sequence[int] | None = None, mask_prediction: bool = False,
                 batch: int = 16, save_overlays: int = 4, name: str = "3d", progress: bool = True) -> TestResult:
     """Predict each volume of test_dir/images (stack or orthoplane), score per volume, save labels + CSV."""
-    from cellemnet.evaluation.data import find_pairs, test_labels
-    from cellemnet.evaluation.predict import labels_from_probabilities
+    from cellemnet.evaluation.predict import labels_from_probabilities  # lazy: imports torch
 
     classes = list(eval_classes) if eval_classes else default_eval_classes(predictor.num_classes)
     pairs = find_pairs(test_dir, require_masks=False, volumes=True)
@@ -235,7 +206,7 @@ def evaluate_3d(predictor, test_dir: str | Path, save_dir: str | Path, mode: str
         if i < save_overlays:
             z = volume.shape[0] // 2
             out = save_dir / "overlays" / f"{pair.name.split('.')[0]}_z{z}.png"
-            write_png_rgb(out, overlay_png(volume[z], pred[z], None if truth is None else truth[z]))
+            figures.rgb_png(_overlay(volume[z], pred[z], None if truth is None else truth[z]), out)
             result.overlays.append(out)
     result.csv_path = save_dir / "iou.csv"
     write_csv(result.csv_path, result.rows, classes)
@@ -246,8 +217,6 @@ def evaluate_3d(predictor, test_dir: str | Path, save_dir: str | Path, mode: str
 def log_test_result(ckpt: Mapping[str, Any], config: Mapping[str, Any], results: Sequence[TestResult],
                     metrics: Mapping[str, float]) -> str | None:
     """Log test metrics and artifacts to the checkpoint's training run (a new run when it has none)."""
-    from cellemnet.tracking import start_run
-
     if not config["logging"]:
         return None
     run_id = ckpt.get("run_id") or None
@@ -282,8 +251,6 @@ def write_result(save_dir: str | Path, kind: str, state_path: str | Path, ckpt: 
                  started: float, run_id: str | None) -> Path:
     """`save_dir/result.json` (atomic): kind (2d, 3d, mixed), the checkpoint and what it was trained from, the
     test folders, the metrics (NaN as null), per-set item counts, seconds, the MLflow run. Returns its path."""
-    from cellemnet.io import atomic_write_text
-
     def number(v: float) -> float | None:
         return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 

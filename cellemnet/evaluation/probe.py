@@ -80,7 +80,14 @@ from cellemnet.config import Field, load_config
 from cellemnet.constants import EM_NORMS
 from cellemnet.encoder import Norms, one_channel_resnet
 from cellemnet.errors import ConfigError, InputError
+from cellemnet.evaluation.config import _check_norms
+from cellemnet.evaluation.data import find_pairs, read_gray8
 from cellemnet.evaluation.metrics import ious, mean_of
+from cellemnet.evaluation.model import build_unet
+from cellemnet.evaluation.predict import overlapping_tile_starts
+from cellemnet.evaluation.weights import PUBLISHED, resolve_pretraining
+from cellemnet.io import atomic_path, atomic_write_text, read_image
+from cellemnet.runtime import autocast, select_device
 
 LAYERS = ("conv1", "layer1", "layer2", "layer3", "layer4")
 LAYER_STRIDES = {"conv1": 2, "layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}
@@ -138,9 +145,6 @@ def foreground_of(mask: np.ndarray, foreground_class: int | None) -> np.ndarray:
 def load_split(folder: str | Path, foreground_class: int | None = None, max_images: int | None = None
                ) -> list[ProbeImage]:
     """The images and masks of one folder (`images/`, `masks/`, paired by name as for fine-tuning)."""
-    from cellemnet.evaluation.data import find_pairs, read_gray8
-    from cellemnet.io import read_image
-
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: folder not found")
@@ -275,8 +279,6 @@ class Tile:
 
 def _axis_tiles(size: int, tile: int, overlap: int) -> list[tuple[int, int, int]]:
     """(start, core_start, core_stop) along one axis; cores split each overlap in the middle."""
-    from cellemnet.evaluation.predict import overlapping_tile_starts
-
     length = size if tile <= 0 else min(tile, size)
     starts = overlapping_tile_starts(size, length, overlap)
     bounds = [0] + [(starts[i + 1] + starts[i] + length) // 2 for i in range(len(starts) - 1)] + [size]
@@ -331,8 +333,6 @@ def normalised_batch(images: Sequence[ProbeImage], tiles: Sequence[Tile], norms:
 @torch.inference_mode()
 def batch_features(trunk: torch.nn.Module, x: torch.Tensor, layers: Sequence[str], amp: bool
                    ) -> dict[str, torch.Tensor]:
-    from cellemnet.runtime import autocast
-
     with autocast(x.device, enabled=amp):
         feats = trunk_features(trunk, x, layers)
     return {name: f.float() for name, f in feats.items()}
@@ -661,9 +661,6 @@ def encoder_arch(weights, arch: str | None, encoder: str) -> str:
 
 def build_encoder(encoder: str, arch: str | None, norms: Mapping[str, Any]):
     """(smp encoder in eval mode, arch, norms, in_channels) for any `pretraining` value."""
-    from cellemnet.evaluation.model import build_unet
-    from cellemnet.evaluation.weights import PUBLISHED, resolve_pretraining
-
     if encoder in PUBLISHED and arch not in (None, "resnet50"):  # before a download that could not be used
         raise ConfigError(f"arch '{arch}': encoder '{encoder}' is a resnet50 encoder")
     weights = resolve_pretraining(encoder, norms)
@@ -680,8 +677,6 @@ def probe_encoder(encoder: str, data: ProbeData, arch: str | None = None, norms:
                   settings: ProbeSettings = ProbeSettings(), device: str = "auto", progress: bool = True
                   ) -> ProbeResult:
     """Probe anything the evaluation stage's `pretraining` key accepts; see the module docstring."""
-    from cellemnet.runtime import select_device
-
     started = time.time()
     trunk, arch, enc_norms, _ = build_encoder(encoder, arch, norms)
     trunk = trunk.to(select_device(device))
@@ -710,8 +705,6 @@ def _non_negative(value) -> str | None:
 
 
 def _norms_check(value) -> str | None:
-    from cellemnet.evaluation.config import _check_norms
-
     return _check_norms(value)
 
 
@@ -772,8 +765,6 @@ def run_probe(encoder: str, data_dir: str | Path, cfg: Mapping[str, Any], progre
 
 
 def write_result(result: ProbeResult, out_dir: str | Path) -> Path:
-    from cellemnet.io import atomic_write_text
-
     path = Path(out_dir) / "result.json"
     atomic_write_text(path, json.dumps(result.as_dict(), indent=2) + "\n")
     return path
@@ -783,8 +774,6 @@ def write_figure(result: ProbeResult, item: ProbeImage, path: str | Path) -> Pat
     """Image / mask / probe prediction of the encoder and of the random encoder (seed seeds[0])."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-
-    from cellemnet.io import atomic_path
 
     seed = result.seeds[0]
     panels = [

@@ -22,10 +22,11 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from cellemnet import figures
 from cellemnet.errors import InputError
 from cellemnet.evaluation.benchmarks import BENCHMARKS
 from cellemnet.evaluation.weights import checkpoint_label
-from cellemnet.io import atomic_path, atomic_write_text
+from cellemnet.io import atomic_write_text
 from cellemnet.tracking import read_runs
 
 METRIC = "Test_Set_IoU"
@@ -300,40 +301,18 @@ def markdown_table(summary, paired=None) -> str:
 def bar_chart(rows, path: str | os.PathLike, title: str = "Test-set IoU by benchmark and arm") -> Path:
     """Grouped bars: one group per benchmark, one bar per arm (pretraining [finetune_layer]), error bars (sd over
     seeds) where runs were repeated."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
     if rows.empty:
         raise InputError("nothing to plot: no run has a Test_Set_IoU metric")
-    benchmarks = _ordered(rows["benchmark"], tuple(BENCHMARKS))
     arms = _arm_labels(rows)
-    width = 0.8 / len(arms)
-    x = np.arange(len(benchmarks))
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(benchmarks) + 2), 4.5))
-    colors = plt.get_cmap("tab10")
-    for i, arm in enumerate(arms):
-        sub = rows[rows["arm"] == arm].set_index("benchmark")
-        means = [float(sub.loc[b, "iou_mean"]) if b in sub.index else np.nan for b in benchmarks]
-        stds = [float(sub.loc[b, "iou_std"]) if b in sub.index else 0.0 for b in benchmarks]
-        ax.bar(x + (i - (len(arms) - 1) / 2) * width, means, width, yerr=stds, capsize=2, label=arm,
-               color=colors(i % 10))
-    ax.set_xticks(x)
-    labels = [f"{b}\n({int(rows[rows['benchmark'] == b]['iters'].iloc[0])} it)" for b in benchmarks]
-    ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("Test-set IoU")
-    ax.set_ylim(0, 1)
-    ax.set_title(title)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, ncol=min(len(arms), 3), loc="upper center", bbox_to_anchor=(0.5, -0.28))
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=150, format="png")
-    plt.close(fig)
-    return path
+    values: dict[str, dict[str, float]] = {}
+    errors: dict[str, dict[str, float]] = {}
+    for benchmark in _ordered(rows["benchmark"], tuple(BENCHMARKS)):
+        sub = rows[rows["benchmark"] == benchmark]
+        label = f"{benchmark}\n({int(sub['iters'].iloc[0])} it)"
+        values[label] = dict(zip(sub["arm"], sub["iou_mean"].astype(float)))
+        errors[label] = dict(zip(sub["arm"], sub["iou_std"].astype(float)))
+    return figures.grouped_bars(values, path, ylabel="Test-set IoU", title=title, errors=errors, rotate=30,
+                                series=arms)
 
 
 def write_report(

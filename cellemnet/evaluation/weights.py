@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from cellemnet.constants import IMAGENET_NORMS
-from cellemnet.encoder import Norms
+from cellemnet.encoder import Norms, encoder_from_checkpoint, load_checkpoint_file
 from cellemnet.errors import ConfigError, InputError
 
 PUBLISHED = {
@@ -109,8 +109,6 @@ def total_steps(config: Mapping[str, Any]) -> int:
 
 
 def weights_from_checkpoint(ckpt: Mapping[str, Any], name: str, source: str) -> EncoderWeights:
-    from cellemnet.encoder import encoder_from_checkpoint
-
     try:
         enc = encoder_from_checkpoint(ckpt)
     except InputError as exc:
@@ -157,8 +155,6 @@ def resolve_pretraining(pretraining: str, config_norms: Mapping[str, Any],
 
 
 def weights_from_file(path: str | os.PathLike, name: str) -> EncoderWeights:
-    from cellemnet.encoder import load_checkpoint_file
-
     ckpt = load_checkpoint_file(path)
     return weights_from_checkpoint(ckpt, name=name, source=str(path))
 

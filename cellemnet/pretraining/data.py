@@ -21,7 +21,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from cellemnet.dataset.store import ShardReader
 from cellemnet.errors import InputError
+from cellemnet.io import atomic_write_text, read_image, to_uint8
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 SHARD_SUFFIXES = (".h5", ".hdf5")
@@ -79,8 +81,6 @@ def scan_data(data_path: str | os.PathLike) -> dict[str, Any]:
                     _check_float_tiff(data_path / rel)
                 files.append([_source_of(rel, False), rel.as_posix()])
             elif suffix in SHARD_SUFFIXES:
-                from cellemnet.dataset.store import ShardReader
-
                 try:
                     count = len(ShardReader(data_path / rel))
                 except Exception as exc:
@@ -94,8 +94,6 @@ def scan_data(data_path: str | os.PathLike) -> dict[str, Any]:
 
 def load_index(data_path: str | os.PathLike, index_path: str | os.PathLike, rebuild: bool = False) -> dict[str, Any]:
     """The cached index of data_path, re-scanned only when the signature changed (written atomically)."""
-    from cellemnet.io import atomic_write_text
-
     data_path = Path(data_path).resolve()
     index_path = Path(index_path)
     signature = _signature(data_path)
@@ -135,8 +133,6 @@ def source_weights(source_ids: np.ndarray, gamma: float) -> np.ndarray:
 
 def read_patch(path: str | os.PathLike) -> np.ndarray:
     """A 2D uint8 patch from an image file (16-bit and float are rescaled with cellemnet.io.to_uint8)."""
-    from cellemnet.io import read_image, to_uint8
-
     try:
         image = read_image(path)
     except InputError:
@@ -170,8 +166,6 @@ class PatchDataset:
             return read_patch(self.data_path / self.files[i].decode())
         s = int(np.searchsorted(self.shard_starts, i, side="right")) - 1
         if s not in self._readers:
-            from cellemnet.dataset.store import ShardReader
-
             self._readers[s] = ShardReader(self.shard_paths[s])
         return self._readers[s].read(int(i - self.shard_starts[s]))
 
@@ -186,7 +180,7 @@ class PatchDataset:
             return patch
         if words is None:
             return self.transform(patch)
-        from cellemnet.runtime import seed_from_words
+        from cellemnet.runtime import seed_from_words  # lazy: cellemnet.runtime imports torch
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed_from_words(*words))

@@ -27,6 +27,7 @@ from cellemnet.config import describe, save_config
 from cellemnet.encoder import Norms
 from cellemnet.engine import METRICS_LOG
 from cellemnet.errors import ConfigError, InputError
+from cellemnet.evaluation.probe import ProbeSettings, load_probe_data, probe_trunk
 from cellemnet.io import atomic_write_bytes, check_writable
 from cellemnet.pretraining import checkpoint as ckpt_io
 from cellemnet.pretraining import guardrails, health
@@ -335,7 +336,6 @@ def _online_probe(cfg: dict[str, Any], device: torch.device):
     if not cfg.get("probe_data"):
         return None
     # local: the evaluation stage (segmentation_models_pytorch) loads only when a probe is configured
-    from cellemnet.evaluation.probe import ProbeSettings, load_probe_data, probe_trunk
 
     data = load_probe_data(cfg["probe_data"])
     settings = ProbeSettings(seeds=(0, 1))

@@ -12,7 +12,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without installing
 
-from cellemnet.errors import cli_main  # noqa: E402
+from cellemnet.dataset.preprocess import bin_volume, binned_path, list_files, run_each  # noqa: E402
+from cellemnet.errors import ConfigError, cli_main  # noqa: E402
+from cellemnet.io import HDF5_SUFFIXES, VIDEO_SUFFIXES, VOLUME_SUFFIXES, ZARR_SUFFIXES  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,9 +31,6 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from cellemnet.dataset.preprocess import bin_volume, binned_path, list_files, run_each
-    from cellemnet.errors import ConfigError
-    from cellemnet.io import HDF5_SUFFIXES, VIDEO_SUFFIXES, VOLUME_SUFFIXES, ZARR_SUFFIXES
 
     if args.factor < 2:
         raise ConfigError(f"--factor must be 2 or more, got {args.factor}")

@@ -15,7 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without installing
 
+from cellemnet.dataset.preprocess import cleanup_image, copy_name, list_files, run_each  # noqa: E402
 from cellemnet.errors import cli_main  # noqa: E402
+from cellemnet.io import IMAGE_SUFFIXES  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,8 +32,6 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from cellemnet.dataset.preprocess import cleanup_image, copy_name, list_files, run_each
-    from cellemnet.io import IMAGE_SUFFIXES
 
     started = time.perf_counter()
     root = Path(args.imdir)

@@ -12,7 +12,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without installing
 
+from cellemnet.dataset.preprocess import list_files, run_each, video_to_stack  # noqa: E402
 from cellemnet.errors import cli_main  # noqa: E402
+from cellemnet.io import VIDEO_SUFFIXES  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,8 +29,6 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from cellemnet.dataset.preprocess import list_files, run_each, video_to_stack
-    from cellemnet.io import VIDEO_SUFFIXES
 
     started = time.perf_counter()
     videos = list_files(args.viddir, VIDEO_SUFFIXES)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without installing
 
+from cellemnet.dataset.ngff import crop_local_volume  # noqa: E402
 from cellemnet.errors import cli_main  # noqa: E402
 
 
@@ -31,7 +32,6 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from cellemnet.dataset.ngff import crop_local_volume
 
     started = time.perf_counter()
     report = crop_local_volume(args.volume, args.savedir, args.gigabytes, args.crop_size, args.padding_value,

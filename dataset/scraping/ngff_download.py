@@ -17,7 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without installing
 
-from cellemnet.errors import cli_main  # noqa: E402
+from cellemnet.dataset.ngff import crop_ngff, read_ngff_csv  # noqa: E402
+from cellemnet.errors import InputError, cli_main  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,8 +34,6 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from cellemnet.dataset.ngff import crop_ngff, read_ngff_csv
-    from cellemnet.errors import InputError
 
     started = time.perf_counter()
     rows = read_ngff_csv(args.csv)

@@ -158,6 +158,29 @@ def test_report_script_writes_table_and_chart(store, tmp_path, root):
     assert pixels.std() > 10  # bars drawn, not a blank canvas
 
 
+def test_bar_chart_draws_through_grouped_bars_with_sd_error_bars(monkeypatch, tmp_path):
+    rows = pd.DataFrame([
+        {"benchmark": "urocell", "iters": 50, "pretraining": "random_init", "finetune_layer": "all",
+         "arm": "random_init [all]", "iou_mean": 0.4, "iou_std": 0.0, "runs": 1},
+        {"benchmark": "lucchi_pp", "iters": 100, "pretraining": "random_init", "finetune_layer": "all",
+         "arm": "random_init [all]", "iou_mean": 0.6, "iou_std": 0.05, "runs": 3},
+        {"benchmark": "lucchi_pp", "iters": 100, "pretraining": "cellemnet_mocov2", "finetune_layer": "none",
+         "arm": "cellemnet_mocov2 [none]", "iou_mean": 0.8, "iou_std": 0.02, "runs": 3},
+    ])
+    calls = []
+    real = report.figures.grouped_bars
+    monkeypatch.setattr(report.figures, "grouped_bars", lambda *a, **k: calls.append((a, k)) or real(*a, **k))
+    path = report.bar_chart(rows, tmp_path / "chart.png")
+    assert path.is_file() and len(calls) == 1
+    (values, _), kwargs = calls[0]
+    assert list(values) == ["lucchi_pp\n(100 it)", "urocell\n(50 it)"]  # the registry's order, iterations shown
+    assert values["lucchi_pp\n(100 it)"] == {"random_init [all]": 0.6, "cellemnet_mocov2 [none]": 0.8}
+    assert kwargs["errors"]["lucchi_pp\n(100 it)"] == {"random_init [all]": 0.05, "cellemnet_mocov2 [none]": 0.02}
+    assert kwargs["series"] == ["random_init [all]", "cellemnet_mocov2 [none]"] and kwargs["rotate"] == 30
+    with pytest.raises(InputError, match="nothing to plot"):
+        report.bar_chart(rows.iloc[0:0], tmp_path / "empty.png")
+
+
 def test_one_experiment_only(store, tmp_path):
     result = report.write_report(out_dir=tmp_path / "o", tracking_dir=store, experiments=["urocell"],
                                  chart_name="uro.png")

@@ -15,7 +15,7 @@ from cellemnet.pretraining.models import MoCo
 from cellemnet.pretraining.optim import mocov2_lr
 
 if TYPE_CHECKING:
-    from cellemnet.pretraining.train import Run
+    from cellemnet.pretraining.train import Run  # typing only: cellemnet.pretraining.train imports this module
 
 
 class MoCoV2Method:

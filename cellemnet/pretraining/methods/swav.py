@@ -15,7 +15,7 @@ from cellemnet.pretraining.models import SwAV, all_gather_cat
 from cellemnet.pretraining.optim import larc_adapt_gradients_, swav_lr
 
 if TYPE_CHECKING:
-    from cellemnet.pretraining.train import Run
+    from cellemnet.pretraining.train import Run  # typing only: cellemnet.pretraining.train imports this module
 
 
 class SwAVMethod:
