@@ -26,7 +26,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cellemnet.demo_report import write_report
 from cellemnet.errors import CellEMNetError, InputError, cli_main
+from cellemnet.evaluation.config import load_eval_config
+from cellemnet.evaluation.infer import run_inference2d, run_inference3d
+from cellemnet.evaluation.train import finetune
+from cellemnet.io import atomic_write_bytes, is_volume_file
+from cellemnet.pretraining.health import HEALTH_FILE
+from cellemnet.synthetic import make_benchmark, make_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -133,7 +140,6 @@ def run_step(state: DemoState, title: str, args: list[str], log_name: str) -> st
 
 def prepare_inputs(state: DemoState, data: Path | None) -> tuple[Path, Path | None, Path]:
     """Return (2D image groups folder, volumes folder or None, benchmark folder)."""
-    from cellemnet.synthetic import make_benchmark, make_corpus
 
     size = state.size
     raw = state.out / "raw"
@@ -158,7 +164,6 @@ def prepare_inputs(state: DemoState, data: Path | None) -> tuple[Path, Path | No
 def find_user_data(data: Path) -> tuple[Path | None, Path | None]:
     """A user's folder: `images2d/<project>/...` and/or `volumes/*`; else its subfolders are 2D projects and its
     volume files at the top level are volumes."""
-    from cellemnet.io import is_volume_file
 
     if not data.is_dir():
         raise InputError(f"{data}: --data must be a folder of 2D image folders and/or volumes")
@@ -245,7 +250,6 @@ def main_demo(out: Path, size_name: str, data: Path | None) -> dict:
     run_step(state, "evaluation: IoU table and chart from the MLflow runs", [
         "evaluation/report.py", "--out", str(out / "figures"), "--experiment", "demo_synthetic_mito"], "report")
 
-    from cellemnet.demo_report import write_report
 
     report = write_report(out, ious=ious, timings=state.timings, total_seconds=time.perf_counter() - t0, arms=ARMS,
                           bench=bench,
@@ -267,9 +271,6 @@ def finetune_and_score(state: DemoState, bench: Path, arm: Arm, seed: int, pretr
 
     In this process, through the library functions evaluation/finetune.py, inference2d.py and inference3d.py call
     (the same config loading, training and scoring): 9 to 18 fresh interpreters would cost a minute of imports."""
-    from cellemnet.evaluation.config import load_eval_config
-    from cellemnet.evaluation.infer import run_inference2d, run_inference3d
-    from cellemnet.evaluation.train import finetune
 
     out, size = state.out, state.size
     tag = f"{arm.key}/seed{seed}"
@@ -323,7 +324,6 @@ def run_in_process(state: DemoState, title: str, cmd: list[str], log_name: str, 
 
 def read_verdict(model_dir: Path) -> dict | None:
     """The pretraining run's verdict from <model_dir>/health.json (None when the run wrote none)."""
-    from cellemnet.pretraining.health import HEALTH_FILE
 
     path = model_dir / HEALTH_FILE
     return json.loads(path.read_text()).get("verdict") if path.is_file() else None
@@ -362,7 +362,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def publish_figures(results: dict, folder: Path) -> list[Path]:
     """Copy the report's figures to folder/demo_<name>.png, atomically."""
-    from cellemnet.io import atomic_write_bytes
 
     written = []
     for source in results.get("figures", {}).values():

@@ -12,6 +12,13 @@ from typing import Mapping
 
 import numpy as np
 
+from cellemnet import figures
+from cellemnet.dataset.classify import MANIFEST_NAME as FILTER_MANIFEST
+from cellemnet.dataset.store import MANIFEST_NAME, ShardReader, list_shards
+from cellemnet.evaluation.report import METRIC, summarise_arms
+from cellemnet.io import atomic_write_text, read_image
+from cellemnet.tracking import tracking_uri
+
 
 def _read_csv(path: Path) -> list[dict]:
     with open(path, newline="") as fh:
@@ -20,7 +27,6 @@ def _read_csv(path: Path) -> list[dict]:
 
 def curation_counts(out: Path) -> dict:
     """Patches cut (raw), left after de-duplication, and kept by the filter, with examples of each fate."""
-    from cellemnet.dataset.store import MANIFEST_NAME
 
     shards = out / "shards"
     rows = []
@@ -28,7 +34,6 @@ def curation_counts(out: Path) -> dict:
         rows.extend(_read_csv(manifest))
     raw = len(rows)
     deduplicated = sum(1 for r in rows if r.get("status") == "kept")
-    from cellemnet.dataset.classify import MANIFEST_NAME as FILTER_MANIFEST
 
     filter_manifest = out / "curated" / FILTER_MANIFEST
     decisions = _read_csv(filter_manifest) if filter_manifest.exists() else []
@@ -39,8 +44,6 @@ def curation_counts(out: Path) -> dict:
 
 def patch_examples(out: Path, counts: dict, per_group: int = 8) -> dict[str, list[np.ndarray]]:
     """A few kept, duplicate and uninformative patches, read back from the shards and the curated folder."""
-    from cellemnet.dataset.store import ShardReader, list_shards
-    from cellemnet.io import read_image
 
     kept_files = sorted((out / "curated").glob("**/*.tiff"))
     rng = np.random.default_rng(0)
@@ -72,7 +75,6 @@ def pretraining_history(experiment: str = "demo_pretraining") -> tuple[list[int]
     """The loss MLflow recorded for the demo's pretraining run (the newest run of that experiment)."""
     from mlflow.tracking import MlflowClient
 
-    from cellemnet.tracking import tracking_uri
 
     client = MlflowClient(tracking_uri())
     exp = client.get_experiment_by_name(experiment)
@@ -92,7 +94,6 @@ def pretraining_history(experiment: str = "demo_pretraining") -> tuple[list[int]
 
 def prediction_rows(out: Path, bench: Path, arms: list[str], seed: int, n: int = 3):
     """(name, image, mask, {arm: prediction}) for the first test images, predictions of one seed."""
-    from cellemnet.io import read_image
 
     rows = []
     for image_path in sorted((bench / "test2d" / "images").iterdir())[:n]:
@@ -119,7 +120,6 @@ def compare_arms(ious: Mapping[str, Mapping[int, Mapping[str, float]]], arms, ki
     ious[arm key][seed][kind]; arms: the demo's Arm records. Returns {"arms": summarise_arms' arms,
     "paper": pretrained frozen - random end to end, "frozen": pretrained frozen - random frozen}, each comparison
     {"arm", "baseline" (mean ± sd text), "difference" (text), "mean", "sd", "per_seed", "wins", "n"}."""
-    from cellemnet.evaluation.report import METRIC, summarise_arms
 
     by_key = {a.key: a for a in arms}
     rows = [{"arm": by_key[key].pretraining, "finetune_layer": by_key[key].finetune_layer, "seed": seed,
@@ -214,6 +214,32 @@ def _evaluation_lines(comparison: Mapping, probe: Mapping | None, ious, labels: 
     return lines
 
 
+def _curation_lines(out: Path, counts: Mapping, total_seconds: float, montage: bool) -> list[str]:
+    lines = [
+        "# CellEMNet demo report", "",
+        f"Whole pipeline on {'built-in synthetic' if (out / 'raw').exists() else 'your'} data in "
+        f"{total_seconds / 60:.1f} minutes.", "",
+        "## 1. Curation", "",
+        "| step | patches |", "|---|---|",
+        f"| cut from images and volumes (raw) | {counts['raw']} |",
+        f"| after de-duplication (dHash, Hamming <= 12) | {counts['deduplicated']} |",
+        f"| kept by the informative-patch filter | {counts['kept']} |", "",
+    ]
+    if montage:
+        lines += ["![curation montage](figures/curation_montage.png)", ""]
+    return lines
+
+
+def _footer_lines(timings: Mapping[str, float]) -> list[str]:
+    lines = ["## Time per step", "", "| step | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v:.0f} |" for k, v in timings.items()]
+    lines += ["", "## Explore the runs", "",
+              "Every pretraining and fine-tuning run is in the local MLflow store. Open it with:", "",
+              "```", f"{Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri {tracking_uri()}",
+              "```", "", "then browse to http://127.0.0.1:5000. Step logs are in `logs/`.", ""]
+    return lines
+
+
 def write_report(out: Path, ious: Mapping[str, Mapping[int, Mapping[str, float]]], timings: Mapping[str, float],
                  total_seconds: float, arms, bench: Path | None = None, verdict: Mapping | None = None,
                  probe: Mapping | None = None) -> dict:
@@ -221,9 +247,6 @@ def write_report(out: Path, ious: Mapping[str, Mapping[int, Mapping[str, float]]
     health.json; probe from evaluation/probe_encoder.py's result.json."""
     import json
 
-    from cellemnet import figures
-    from cellemnet.io import atomic_write_text
-    from cellemnet.tracking import tracking_uri
 
     out = Path(out)
     bench = bench or out / "benchmark"
@@ -255,18 +278,7 @@ def write_report(out: Path, ious: Mapping[str, Mapping[int, Mapping[str, float]]
     if rows:
         made["overlays"] = figures.overlays(rows, fig_dir / "predictions.png")
 
-    lines = [
-        "# CellEMNet demo report", "",
-        f"Whole pipeline on {'built-in synthetic' if (out / 'raw').exists() else 'your'} data in "
-        f"{total_seconds / 60:.1f} minutes.", "",
-        "## 1. Curation", "",
-        "| step | patches |", "|---|---|",
-        f"| cut from images and volumes (raw) | {counts['raw']} |",
-        f"| after de-duplication (dHash, Hamming <= 12) | {counts['deduplicated']} |",
-        f"| kept by the informative-patch filter | {counts['kept']} |", "",
-    ]
-    if "montage" in made:
-        lines += ["![curation montage](figures/curation_montage.png)", ""]
+    lines = _curation_lines(out, counts, total_seconds, "montage" in made)
     lines += ["## 2. Pretraining (MoCoV2, ResNet-18, `pretraining/configs/mocov2_small.yaml`)", ""]
     lines += _verdict_lines(verdict, records)
     if "health" in made:
@@ -287,12 +299,7 @@ def write_report(out: Path, ious: Mapping[str, Mapping[int, Mapping[str, float]]
         lines += ["The same runs read back from MLflow by `evaluation/report.py`:", "", table.read_text().strip(), ""]
     if "overlays" in made:
         lines += [f"Predictions of seed {first_seed}:", "", "![predictions](figures/predictions.png)", ""]
-    lines += ["## Time per step", "", "| step | seconds |", "|---|---|"]
-    lines += [f"| {k} | {v:.0f} |" for k, v in timings.items()]
-    lines += ["", "## Explore the runs", "",
-              "Every pretraining and fine-tuning run is in the local MLflow store. Open it with:", "",
-              "```", f"{Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri {tracking_uri()}",
-              "```", "", "then browse to http://127.0.0.1:5000. Step logs are in `logs/`.", ""]
+    lines += _footer_lines(timings)
     atomic_write_text(out / "report.md", "\n".join(lines))
     return {"counts": {k: counts[k] for k in ("raw", "deduplicated", "kept")},
             "figures": {k: str(v) for k, v in made.items()}, "comparison": comparison}

@@ -23,6 +23,7 @@ from typing import Any, Mapping
 
 from cellemnet.constants import EM_MEAN, EM_STD
 from cellemnet.errors import InputError
+from cellemnet.io import atomic_path, load_torch_dict
 
 METHODS = ("mocov2", "swav")
 ENCODER_ARCHS = ("resnet18", "resnet34", "resnet50")
@@ -237,7 +238,6 @@ def encoder_from_checkpoint(ckpt: Mapping[str, Any], arch: str | None = None) ->
 
 def load_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
     """torch.load with weights_only=True and a clear error naming the file (cellemnet.io.load_torch_dict)."""
-    from cellemnet.io import load_torch_dict
 
     return load_torch_dict(path, "checkpoint")
 
@@ -264,7 +264,6 @@ def export_encoder(checkpoint_path: str | os.PathLike, out_path: str | os.PathLi
     """
     import torch
 
-    from cellemnet.io import atomic_path
 
     ckpt = load_checkpoint_file(checkpoint_path)
     try:
