@@ -102,6 +102,9 @@ SCHEMA: dict[str, Field] = {
     "encoder_lr_scale": Field(float, 1.0, check=_positive,
                               help="new: the trainable encoder layers' lr is lr x this (e.g. 0.1 for a "
                                    "pretrained encoder trained end to end)"),
+    "precise_bn": Field(int, 0, check=_non_negative,
+                        help="new: at the end, recompute the running statistics of the BatchNorm layers that "
+                             "trained over up to this many training images (0 = keep the EMA)"),
     "wd": Field(float, 0.1, check=_non_negative),
     "optim": Field(str, "AdamW", choices=("AdamW", "SGD")),
     "lr_policy": Field(str, "OneCycle", choices=("OneCycle", "Poly", "MultiStep")),

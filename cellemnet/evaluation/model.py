@@ -91,6 +91,28 @@ def set_train_mode(model: nn.Module) -> None:
             m.eval()
 
 
+def recompute_bn_statistics(model: nn.Module, batches) -> int:
+    """Precise BN: replace the running statistics of the BatchNorm layers that train (not a frozen encoder's) by
+    their average over `batches` (image tensors) with the final weights; returns how many layers were updated.
+
+    Why: the running statistics are an EMA (momentum 0.1) of the last ~10 training batches, taken while the
+    weights still moved; with small batches (the demo's 2 crops) that estimate is noisy enough to break inference
+    on one seed in three (validation IoU 0.19 against 0.71 with fresh statistics)."""
+    set_train_mode(model)  # trainable BN in train mode, a frozen encoder's BN stays in eval mode (untouched)
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    momenta = [m.momentum for m in layers]
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over every batch below
+    with torch.no_grad():
+        for x in batches:
+            model(x)
+    for m, momentum in zip(layers, momenta):
+        m.momentum = momentum
+    model.eval()
+    return len(layers)
+
+
 def trainable_parameters(model: nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 

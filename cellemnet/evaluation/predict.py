@@ -44,11 +44,7 @@ class Predictor:
     def logits_tensor(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised (N, C, H, W) -> logits of the same H, W (padding to a multiple of 32 inside)."""
         h, w = x.shape[-2:]
-        ph, pw = (-h) % DIVISOR, (-w) % DIVISOR
-        if ph or pw:
-            # reflect needs pad < size; fall back to replicate for tiny sides
-            mode = "reflect" if ph < h and pw < w else "replicate"
-            x = F.pad(x, (0, pw, 0, ph), mode=mode)
+        x = pad_to_divisor(x)
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, enabled=self.amp):
@@ -113,6 +109,16 @@ class Predictor:
             bar.close()
         acc /= len(axes)
         return acc
+
+
+def pad_to_divisor(x: torch.Tensor) -> torch.Tensor:
+    """Pad (N, C, H, W) at the bottom and right to sides that are multiples of the U-Net's DIVISOR."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % DIVISOR, (-w) % DIVISOR
+    if not (ph or pw):
+        return x
+    mode = "reflect" if ph < h and pw < w else "replicate"  # reflect needs pad < size; replicate for tiny sides
+    return F.pad(x, (0, pw, 0, ph), mode=mode)
 
 
 def overlapping_tile_starts(size: int, tile: int, overlap: int) -> list[int]:

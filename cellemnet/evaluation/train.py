@@ -31,8 +31,14 @@ from cellemnet.errors import ConfigError, InputError
 from cellemnet.evaluation.augment import build_eval_transforms, build_train_transforms
 from cellemnet.evaluation.data import SeededDraws, SegmentationDataset
 from cellemnet.evaluation.metrics import AverageMeter, EMAMeter, batch_iou
-from cellemnet.evaluation.model import build_unet, freeze_encoder, parameter_groups, set_train_mode
-from cellemnet.evaluation.predict import Predictor
+from cellemnet.evaluation.model import (
+    build_unet,
+    freeze_encoder,
+    parameter_groups,
+    recompute_bn_statistics,
+    set_train_mode,
+)
+from cellemnet.evaluation.predict import Predictor, pad_to_divisor
 from cellemnet.evaluation.weights import (
     EncoderWeights,
     checkpoint_label,
@@ -211,6 +217,7 @@ class FinetuneTask:
         self.scaler = make_grad_scaler(ctx.device, config["amp"])
         self.train_loader, self.sampler = loaders["train"]
         self.valid_loader = loaders.get("valid")
+        self.bn_images = loaders.get("bn_images")
         self.run_id = run_id
         self.total = total_steps(config)
         self.saves = save_points(self.total, config["num_save_checkpoints"])
@@ -258,6 +265,8 @@ class FinetuneTask:
 
     def after_step(self, step: int, metrics: dict[str, float]) -> bool:
         ctx = self.ctx
+        if step == self.total and self.config["precise_bn"] > 0:
+            self._precise_bn()
         if step in self.prints and ctx.info.is_main:
             self._print(step)
         if ctx.info.distributed and step in self.prints:
@@ -267,6 +276,17 @@ class FinetuneTask:
             path = Path(self.config["model_dir"]) / checkpoint_name(self.config, step, self.total)
             self.last_checkpoint = engine.save_state(self.training_state(step), path)
         return False  # the checkpoints asked for are not what resume=auto continues from
+
+    def _precise_bn(self) -> None:
+        """Running BN statistics from the training images, un-augmented at native scale (what inference sees), in
+        file order: no random number is drawn, so a resumed run ends with the same statistics."""
+        images = self.bn_images
+        n = min(len(images), self.config["precise_bn"])
+        batches = (to_device(pad_to_divisor(images[i]["image"][None]), self.ctx.device, self.ctx.channels_last)
+                   for i in range(n))
+        layers = recompute_bn_statistics(self.ddp_model, batches)
+        self.in_train_mode = False
+        self.ctx.say(f"precise BN: running statistics of {layers} BatchNorm layer(s) from {n} training image(s)")
 
     def _print(self, step: int) -> None:
         names = self.config["class_names"]
@@ -343,6 +363,9 @@ def _data(config: dict[str, Any], ctx: engine.Context, weights: EncoderWeights) 
         raise InputError(f"{data_dir / 'train'}: {len(train_set)} images, fewer than one batch (bsz={config['bsz']})")
     loaders: dict[str, Any] = {"train": _loader(train_set, config["bsz"], True, config["jobs"], ctx.device, ctx.info,
                                                 drop_last=True, seed=config["seed"])}
+    if config["precise_bn"] > 0:
+        loaders["bn_images"] = SegmentationDataset(data_dir / "train", build_eval_transforms(weights.norms),
+                                                   weights.in_channels, config["num_classes"], require_masks=True)
     if (data_dir / "valid" / "images").is_dir():
         valid_set = SegmentationDataset(data_dir / "valid", build_eval_transforms(weights.norms),
                                         weights.in_channels, config["num_classes"], require_masks=True)

@@ -4,7 +4,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cellemnet.evaluation.model import build_unet, freeze_encoder, parameter_groups, set_train_mode
+from cellemnet.evaluation.model import (
+    build_unet,
+    freeze_encoder,
+    parameter_groups,
+    recompute_bn_statistics,
+    set_train_mode,
+)
 from cellemnet.evaluation.train import (
     checkpoint_name,
     make_optimizer,
@@ -111,3 +117,26 @@ def test_encoder_lr_scale_gives_the_encoder_its_own_peak_lr(unet):
     assert peaks == [pytest.approx(0.003, rel=1e-3), pytest.approx(0.0003, rel=1e-3)]
     freeze_encoder(unet, "none")
     assert len(parameter_groups(unet, 0.003, encoder_lr_scale=0.1)) == 1  # nothing of the encoder trains
+
+
+def test_precise_bn_averages_the_trained_layers_and_leaves_a_frozen_encoder_alone(unet):
+    freeze_encoder(unet, "none")
+    unet.encoder.bn1.running_mean.fill_(0.25)  # stands for pretrained statistics
+    decoder_bn = next(m for m in unet.decoder.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    decoder_bn.running_mean.fill_(7.0)  # a stale EMA
+    batches = [torch.randn(1, 1, 64, 64) + 3.0 for _ in range(4)]
+    updated = recompute_bn_statistics(unet, iter(batches))
+    n_decoder_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in unet.decoder.modules())
+    assert updated == n_decoder_bn > 0  # the decoder's BN layers, none of the frozen encoder's
+    assert torch.all(unet.encoder.bn1.running_mean == 0.25)
+    assert decoder_bn.momentum == 0.1 and decoder_bn.num_batches_tracked == 4
+    # the cumulative average equals the mean of the per-batch means of that layer's input
+    inputs = []
+    hook = decoder_bn.register_forward_pre_hook(lambda m, args: inputs.append(args[0].detach()))
+    with torch.no_grad():
+        for x in batches:
+            unet(x)
+    hook.remove()
+    expected = torch.stack([i.mean(dim=(0, 2, 3)) for i in inputs]).mean(0)
+    assert torch.allclose(decoder_bn.running_mean, expected, atol=1e-5)
+    assert not unet.training
