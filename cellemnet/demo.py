@@ -140,7 +140,6 @@ def run_step(state: DemoState, title: str, args: list[str], log_name: str) -> st
 
 def prepare_inputs(state: DemoState, data: Path | None) -> tuple[Path, Path | None, Path]:
     """Return (2D image groups folder, volumes folder or None, benchmark folder)."""
-
     size = state.size
     raw = state.out / "raw"
     if data is not None:
@@ -164,7 +163,6 @@ def prepare_inputs(state: DemoState, data: Path | None) -> tuple[Path, Path | No
 def find_user_data(data: Path) -> tuple[Path | None, Path | None]:
     """A user's folder: `images2d/<project>/...` and/or `volumes/*`; else its subfolders are 2D projects and its
     volume files at the top level are volumes."""
-
     if not data.is_dir():
         raise InputError(f"{data}: --data must be a folder of 2D image folders and/or volumes")
     images2d = data / "images2d" if (data / "images2d").is_dir() else None
@@ -250,7 +248,6 @@ def main_demo(out: Path, size_name: str, data: Path | None) -> dict:
     run_step(state, "evaluation: IoU table and chart from the MLflow runs", [
         "evaluation/report.py", "--out", str(out / "figures"), "--experiment", "demo_synthetic_mito"], "report")
 
-
     report = write_report(out, ious=ious, timings=state.timings, total_seconds=time.perf_counter() - t0, arms=ARMS,
                           bench=bench,
                           verdict=verdict, probe=results["probe"])
@@ -271,7 +268,6 @@ def finetune_and_score(state: DemoState, bench: Path, arm: Arm, seed: int, pretr
 
     In this process, through the library functions evaluation/finetune.py, inference2d.py and inference3d.py call
     (the same config loading, training and scoring): 9 to 18 fresh interpreters would cost a minute of imports."""
-
     out, size = state.out, state.size
     tag = f"{arm.key}/seed{seed}"
     ft_dir = out / "finetune" / arm.key / f"seed{seed}"
@@ -324,7 +320,6 @@ def run_in_process(state: DemoState, title: str, cmd: list[str], log_name: str, 
 
 def read_verdict(model_dir: Path) -> dict | None:
     """The pretraining run's verdict from <model_dir>/health.json (None when the run wrote none)."""
-
     path = model_dir / HEALTH_FILE
     return json.loads(path.read_text()).get("verdict") if path.is_file() else None
 
@@ -362,7 +357,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def publish_figures(results: dict, folder: Path) -> list[Path]:
     """Copy the report's figures to folder/demo_<name>.png, atomically."""
-
     written = []
     for source in results.get("figures", {}).values():
         source = Path(source)

@@ -6,6 +6,7 @@ report shows what a user would find in the output folder.
 from __future__ import annotations
 
 import csv
+import json
 import sys
 from pathlib import Path
 from typing import Mapping
@@ -27,7 +28,6 @@ def _read_csv(path: Path) -> list[dict]:
 
 def curation_counts(out: Path) -> dict:
     """Patches cut (raw), left after de-duplication, and kept by the filter, with examples of each fate."""
-
     shards = out / "shards"
     rows = []
     for manifest in sorted(shards.glob(f"**/{MANIFEST_NAME}")):
@@ -44,7 +44,6 @@ def curation_counts(out: Path) -> dict:
 
 def patch_examples(out: Path, counts: dict, per_group: int = 8) -> dict[str, list[np.ndarray]]:
     """A few kept, duplicate and uninformative patches, read back from the shards and the curated folder."""
-
     kept_files = sorted((out / "curated").glob("**/*.tiff"))
     rng = np.random.default_rng(0)
     groups: dict[str, list[np.ndarray]] = {"kept (informative, unique)": [], "dropped: uninformative": [],
@@ -75,7 +74,6 @@ def pretraining_history(experiment: str = "demo_pretraining") -> tuple[list[int]
     """The loss MLflow recorded for the demo's pretraining run (the newest run of that experiment)."""
     from mlflow.tracking import MlflowClient
 
-
     client = MlflowClient(tracking_uri())
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
@@ -94,7 +92,6 @@ def pretraining_history(experiment: str = "demo_pretraining") -> tuple[list[int]
 
 def prediction_rows(out: Path, bench: Path, arms: list[str], seed: int, n: int = 3):
     """(name, image, mask, {arm: prediction}) for the first test images, predictions of one seed."""
-
     rows = []
     for image_path in sorted((bench / "test2d" / "images").iterdir())[:n]:
         image = read_image(image_path)
@@ -120,7 +117,6 @@ def compare_arms(ious: Mapping[str, Mapping[int, Mapping[str, float]]], arms, ki
     ious[arm key][seed][kind]; arms: the demo's Arm records. Returns {"arms": summarise_arms' arms,
     "paper": pretrained frozen - random end to end, "frozen": pretrained frozen - random frozen}, each comparison
     {"arm", "baseline" (mean ± sd text), "difference" (text), "mean", "sd", "per_seed", "wins", "n"}."""
-
     by_key = {a.key: a for a in arms}
     rows = [{"arm": by_key[key].pretraining, "finetune_layer": by_key[key].finetune_layer, "seed": seed,
              METRIC: scores[kind]} for key, per_seed in ious.items() for seed, scores in per_seed.items()]
@@ -245,9 +241,6 @@ def write_report(out: Path, ious: Mapping[str, Mapping[int, Mapping[str, float]]
                  probe: Mapping | None = None) -> dict:
     """ious[arm key][seed] = {"2d": IoU, "3d": IoU}; arms: the demo's Arm records; verdict from the pretraining's
     health.json; probe from evaluation/probe_encoder.py's result.json."""
-    import json
-
-
     out = Path(out)
     bench = bench or out / "benchmark"
     fig_dir = out / "figures"

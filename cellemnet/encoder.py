@@ -238,7 +238,6 @@ def encoder_from_checkpoint(ckpt: Mapping[str, Any], arch: str | None = None) ->
 
 def load_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
     """torch.load with weights_only=True and a clear error naming the file (cellemnet.io.load_torch_dict)."""
-
     return load_torch_dict(path, "checkpoint")
 
 
@@ -263,7 +262,6 @@ def export_encoder(checkpoint_path: str | os.PathLike, out_path: str | os.PathLi
     arch: refuse a checkpoint whose encoder is another arch (default: export whichever it is).
     """
     import torch
-
 
     ckpt = load_checkpoint_file(checkpoint_path)
     try:

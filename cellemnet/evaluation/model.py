@@ -96,8 +96,8 @@ def recompute_bn_statistics(model: nn.Module, batches) -> int:
     their average over `batches` (image tensors) with the final weights; returns how many layers were updated.
 
     Why: the running statistics are an EMA (momentum 0.1) of the last ~10 training batches, taken while the
-    weights still moved; with small batches (the demo's 2 crops) that estimate is noisy enough to break inference
-    on one seed in three (validation IoU 0.19 against 0.71 with fresh statistics)."""
+    weights still moved; with small batches (the demo's 2 crops) that estimate can be far enough from the test
+    images' statistics to break inference (evaluation/README, "Small batches and BatchNorm")."""
     set_train_mode(model)  # trainable BN in train mode, a frozen encoder's BN stays in eval mode (untouched)
     layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
     momenta = [m.momentum for m in layers]
