@@ -96,6 +96,8 @@ def test_data_root_from_env_and_override(tmp_path, monkeypatch):
     (["mode3d=cube"], "mode3d"),
     (["eval_classes2d=[5]"], "outside"),
     (["norms={mean: 0.5}"], "norms"),
+    (["precise_bn=-1"], "key 'precise_bn'"),
+    (["encoder_lr_scale=0"], "key 'encoder_lr_scale'"),
 ])
 def test_bad_values_are_clear_errors(override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
