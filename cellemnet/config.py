@@ -20,6 +20,7 @@ import yaml
 
 from cellemnet.errors import ConfigError
 from cellemnet.io import atomic_write_text
+from cellemnet.shipped import find_config
 
 REQUIRED = object()  # sentinel: the key has no default and must be given
 
@@ -228,7 +229,10 @@ def load_config(
 
     The one loader of every command's config (evaluation, pretraining, the probe): `BASE:` inheritance, duplicate
     keys refused, unknown override keys with a "did you mean", types and checks from the schema. `source` names
-    the config in errors (default: the file, or "config")."""
+    the config in errors (default: the file, or "config"). A path that does not exist may name a shipped config
+    (`mocov2_small.yaml`: cellemnet.shipped.find_config)."""
+    if path is not None:
+        path = find_config(path)
     config = read_yaml(path) if path is not None else {}
     if not isinstance(overrides, Mapping):
         overrides = parse_overrides(overrides)

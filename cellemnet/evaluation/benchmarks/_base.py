@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from cellemnet.evaluation.setup.download import RemoteFile
+from cellemnet.shipped import shipped_dir
 
-# The tracked benchmark configs (evaluation/benchmark_configs/{name}.yaml, all with `BASE: base.yaml`).
-CONFIG_DIR = Path(__file__).resolve().parents[3] / "evaluation" / "benchmark_configs"
+# The tracked benchmark configs (evaluation/benchmark_configs/{name}.yaml, all with `BASE: base.yaml`), from a
+# checkout or an installed wheel.
+CONFIG_DIR = shipped_dir("benchmark_configs")
 TEST_DIMS = ("2d", "3d", "mixed")
 # What a dataset's converter is given as its first argument (see Dataset.convert).
 READS = ("archive", "downloads", "data_root")
