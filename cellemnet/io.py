@@ -147,10 +147,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 @contextlib.contextmanager
-def _atomic_dir(path: Path) -> Iterator[Path]:
-    """Like atomic_path for a directory store (Zarr): build it beside `path`, then swap it in."""
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Like atomic_path for a folder (a Zarr store, a model package): build it beside `path`, then swap it in."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700 folders; outputs get the usual permissions
     try:
         yield tmp
         if path.exists():
@@ -957,7 +959,7 @@ def _write_zarr(store: Path, key: str | None, array: np.ndarray, spacing: Spacin
     if key:  # adds/replaces one array inside a (possibly existing) store
         create(store, key)
     else:
-        with _atomic_dir(store) as tmp:
+        with atomic_dir(store) as tmp:
             create(tmp, None)
 
 
@@ -971,7 +973,7 @@ def write_ome_zarr(path: PathLike, array: np.ndarray, spacing: Sequence[float] =
     if array.ndim != 3:
         raise InputError(f"{store}: write_ome_zarr needs a 3D (z, y, x) array, got shape {array.shape}")
     spacing = [float(s) for s in spacing]
-    with _atomic_dir(store) as tmp:
+    with atomic_dir(store) as tmp:
         group = zarr.open_group(str(tmp), mode="w", zarr_format=2)
         level = group.create_array("0", shape=array.shape, dtype=array.dtype, chunks=_slice_chunks(array.shape))
         level[...] = array
