@@ -111,6 +111,32 @@ class Tracker:
 
         mlflow.log_artifact(str(path), artifact_path=artifact_path, run_id=self.run_id)
 
+    def log_model(self, model, input_example, output_example, name: str = "model") -> str | None:
+        """`mlflow.pytorch.log_model` of an eager torch module (CPU), with the signature of (input_example ->
+        output_example), numpy arrays; the MLflow UI lists it under the run's models. Saved as "pt2"
+        (torch.export: a graph, no pickle). Returns the model URI (None when tracking is off)."""
+        if not self.active:
+            return None
+        import logging
+
+        import mlflow
+        import torch
+        from mlflow.models import infer_signature
+
+        export_log = logging.getLogger("torch._export")  # torch.export notes each dimension it specialises
+        level = export_log.level
+        export_log.setLevel(logging.ERROR)
+        try:
+            info = mlflow.pytorch.log_model(
+                model, name=name, signature=infer_signature(input_example, output_example),
+                input_example=input_example, serialization_format="pt2",
+                # given, so that MLflow does not infer them by loading the model in a subprocess (seconds)
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            )
+        finally:
+            export_log.setLevel(level)
+        return info.model_uri
+
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         if not self.active:
             return

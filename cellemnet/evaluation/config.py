@@ -80,6 +80,8 @@ SCHEMA: dict[str, Field] = {
     "data_dir": Field(str, None, nullable=True, help="holds train/{images,masks} and optionally valid/"),
     "model_dir": Field(str, "models/", help="where checkpoints are written"),
     "logging": Field(bool, True, help="track the run with MLflow"),
+    "log_model": Field(bool, True, help="new: at the end, log the model to the run (mlflow.pytorch.log_model, with "
+                       "its signature) so the MLflow UI lists it"),
     "tracking_dir": Field(str, None, nullable=True, help="new: local MLflow store (MLFLOW_TRACKING_URI wins)"),
     "num_save_checkpoints": Field(int, 1, check=_non_negative, help="evenly spaced checkpoints; 0 = never save"),
     "resume": Field(str, "", help="'' = start fresh, 'auto' = this run's resume state in model_dir (a fresh "

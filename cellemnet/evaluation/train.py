@@ -60,8 +60,8 @@ from cellemnet.runtime import (
 )
 from cellemnet.tracking import start_run
 
-__all__ = ["checkpoint_name", "finetune", "load_training_checkpoint", "make_loss", "make_optimizer", "make_scheduler",
-           "print_points", "save_points", "validate"]
+__all__ = ["checkpoint_name", "finetune", "load_training_checkpoint", "log_model", "make_loss", "make_optimizer",
+           "make_scheduler", "print_points", "save_points", "validate"]
 
 
 def save_points(total: int, n: int) -> set[int]:
@@ -391,6 +391,28 @@ def _start_tracking(config: dict[str, Any], ctx: engine.Context, config_path: st
     return tracker
 
 
+MODEL_EXAMPLE_SIZE = 64  # the logged model's input example: one synthetic EM image of this side
+
+
+def log_model(tracker, model: nn.Module, weights: EncoderWeights, num_classes: int) -> str | None:
+    """Log the trained U-Net to its MLflow run (a CPU copy in eval mode), with the signature of a normalised
+    synthetic EM image -> logits; returns the model URI."""
+    import copy
+
+    import numpy as np
+
+    from cellemnet.synthetic import make_image
+
+    cpu_model = copy.deepcopy(model.module if hasattr(model, "module") else model).float().cpu().eval()
+    cpu_model = cpu_model.to(memory_format=torch.contiguous_format)
+    image = make_image((MODEL_EXAMPLE_SIZE, MODEL_EXAMPLE_SIZE), seed=0)[0]
+    predictor = Predictor(cpu_model, weights.norms, weights.in_channels, num_classes, torch.device("cpu"), amp=False)
+    example = predictor._prepare(image[None])  # the normalisation inference applies
+    with torch.inference_mode():
+        output = cpu_model(example)
+    return tracker.log_model(cpu_model, example.numpy(), output.numpy().astype(np.float32))
+
+
 def _finetune(config: dict[str, Any], ctx: engine.Context, config_path: str | None, progress: bool) -> dict[str, Any]:
     dist = ctx.info
     model_dir = Path(config["model_dir"])
@@ -419,6 +441,8 @@ def _finetune(config: dict[str, Any], ctx: engine.Context, config_path: str | No
         loop = engine.run_loop(task, ctx, start_step=start, total_steps=total, seed=config["seed"],
                                checkpoint_iters=config["checkpoint_iters"],
                                desc=f"fine-tune {config['experiment_name']}", progress=progress)
+        if config["log_model"] and tracker.active and not loop.interrupted:
+            log_model(tracker, model, weights, config["num_classes"])
         status = "KILLED" if loop.interrupted else "FINISHED"
     finally:
         tracker.end(status)

@@ -21,14 +21,15 @@ def tiny_benchmark(outdir: Path, size: int = 64, n_train: int = 2, n_test: int =
 
 
 def tiny_config(path: Path, data_dir: Path, **overrides) -> Path:
-    """A config for fast CPU runs: random init, 64-px crops, batch 2, two iterations."""
+    """A config for fast CPU runs: random init, 64-px crops, batch 2, two iterations; no logged model (log_model
+    costs 5-10 s a run; test_eval_finetune's shared run turns it on and checks it)."""
     cfg = yaml.safe_load(EXAMPLE.read_text())
     cfg.update({
         "data_dir": str(data_dir), "test_dir2d": str(data_dir / "test2d"), "test_dir3d": str(data_dir / "test3d"),
         "iters": 2, "num_prints": 1, "bsz": 2, "jobs": 0, "model_dir": str(path.parent / "models"),
         "augmentations": [{"aug": "RandomResizedCrop", "height": 64, "width": 64, "scale": [0.5, 1.0]},
                           {"aug": "HorizontalFlip"}],
-        "tracking_dir": str(path.parent / "mlflow_store"),
+        "tracking_dir": str(path.parent / "mlflow_store"), "log_model": False,
     })
     cfg.update(overrides)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -18,10 +18,10 @@ from cellemnet.tracking import read_runs
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """Train once (2 iterations, checkpoints at 1 and 2) and share the result."""
+    """Train once (2 iterations, checkpoints at 1 and 2, the model logged to MLflow) and share the result."""
     base = tmp_path_factory.mktemp("ft")
     data = tiny_benchmark(base / "bench")
-    cfg_path = tiny_config(base / "cfg.yaml", data, iters=2, num_save_checkpoints=2, num_prints=2)
+    cfg_path = tiny_config(base / "cfg.yaml", data, iters=2, num_save_checkpoints=2, num_prints=2, log_model=True)
     cfg = load_eval_config(cfg_path, stage="train")
     out = finetune(cfg, config_path=str(cfg_path), progress=False)
     return base, cfg_path, cfg, out
@@ -50,6 +50,32 @@ def test_training_metrics_tracked_over_time(trained):
     assert [m.step for m in history] == [1, 2]
     logged = {k.split(".", 1)[1] for k in runs.columns if k.startswith("metrics.")}
     assert {"valid_mito_IoU", "train_mito_IoU"} <= logged
+
+
+def test_the_run_lists_the_model_with_its_signature(trained):
+    """log_model (default true): the run's logged model "model", its signature, and the trained weights in it."""
+    import mlflow
+
+    from cellemnet.evaluation.model import build_unet_for_inference
+    from cellemnet.evaluation.predict import Predictor
+
+    base, _, cfg, out = trained
+    runs = read_runs("example", tracking_dir=base / "mlflow_store")  # also points mlflow at that store
+    experiment_id = runs[runs.run_id == out["run_id"]].iloc[0]["experiment_id"]
+    models = [m for m in mlflow.search_logged_models(experiment_ids=[experiment_id], output_format="list")
+              if m.source_run_id == out["run_id"]]
+    assert [m.name for m in models] == ["model"]
+    info = mlflow.models.get_model_info(models[0].model_uri)
+    assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"][1:] == (1, 64, 64)
+    assert info.signature.outputs.to_dict()[0]["tensor-spec"]["shape"][1:] == (1, 64, 64)
+    logged = mlflow.pytorch.load_model(models[0].model_uri)
+    ckpt = torch.load(out["checkpoint"], map_location="cpu", weights_only=True)
+    unet = build_unet_for_inference(1, 1, cfg["encoder"])
+    unet.load_state_dict(ckpt["state_dict"])
+    predictor = Predictor(unet, ckpt["norms"], 1, 1, torch.device("cpu"), amp=False)
+    x = predictor._prepare(np.full((1, 64, 64), 120, np.uint8))
+    with torch.inference_mode():
+        assert torch.allclose(logged(x), unet.eval()(x), atol=1e-4)
 
 
 def test_resume_continues_from_the_saved_step(trained, capsys):
