@@ -13,19 +13,21 @@ import sys
 
 from cellemnet.errors import cli_main
 from cellemnet.evaluation.config import load_eval_config
+from cellemnet.shipped import find_config
 
 
 @cli_main
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", help="benchmark YAML (e.g. evaluation/benchmark_configs/lucchi_pp.yaml)")
+    parser.add_argument("config", help="benchmark YAML (e.g. evaluation/benchmark_configs/lucchi_pp.yaml, or a "
+                                       "shipped config by name: lucchi_pp.yaml)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of config keys")
     args = parser.parse_args(argv)
 
     config = load_eval_config(args.config, args.overrides, stage="train")
     from cellemnet.evaluation.train import finetune  # lazy: imports torch; --help stays fast
 
-    out = finetune(config, config_path=args.config)
+    out = finetune(config, config_path=str(find_config(args.config)))  # a shipped config's name is a file here
     if out["checkpoint"]:
         print(f"checkpoint: {out['checkpoint']}")
     return 143 if out["interrupted"] else 0  # stopped by SIGTERM: 128 + 15, as an unhandled SIGTERM would
