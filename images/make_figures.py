@@ -89,9 +89,10 @@ def _top(box, frac: float = 0.5) -> tuple[float, float]:
 # --------------------------------------------------------------------------------------------------------------
 @figure("pipeline")
 def draw_pipeline(out_dir: Path) -> Path:
-    """The three stages (curation -> pretraining -> evaluation) and the files passed between them."""
-    fig, ax = plt.subplots(figsize=(17, 6.2))
-    ax.set_xlim(0, 17)
+    """The three stages (curation -> pretraining -> evaluation), the files passed between them, and the exported
+    model package."""
+    fig, ax = plt.subplots(figsize=(19.7, 6.2))
+    ax.set_xlim(0, 19.7)
     ax.set_ylim(0, 6.2)
     ax.axis("off")
 
@@ -115,8 +116,11 @@ def draw_pipeline(out_dir: Path) -> Path:
         "fine-tune a U-Net", "2D and 3D inference", "IoU on benchmarks", "random init vs", "  pretrained"],
         subtitle="evaluation/")
 
+    package = _box(ax, 17.35, file_y - 0.25, 2.3, file_h + 0.5, FILE_COLOUR, "model package",
+                   ["bioimage.io rdf.yaml", "PyTorch, TorchScript,", "  ONNX weights", "export_model.py"],
+                   title_size=11)
     for a, b in ((raw, curation), (curation, store), (store, pretraining), (pretraining, encoder),
-                 (encoder, evaluation)):
+                 (encoder, evaluation), (evaluation, package)):
         _arrow(ax, _right(a), _left(b))
 
     published = _box(ax, 11.7, 0.88, 2.65, 1.3, "white", "published weights",
@@ -128,7 +132,7 @@ def draw_pipeline(out_dir: Path) -> Path:
     tracking = FancyBboxPatch((2.9, 0.12), 14.0, 0.55, boxstyle="round,pad=0.02,rounding_size=0.12",
                               facecolor="#f7f7fb", edgecolor=EDGE, linewidth=1.2, linestyle="--")
     ax.add_patch(tracking)
-    ax.text(9.9, 0.395, "MLflow tracking: configs (YAML), losses, IoU per benchmark, checkpoints, reports",
+    ax.text(9.9, 0.395, "MLflow tracking: configs (YAML), losses, IoU per benchmark, logged models, reports",
             ha="center", va="center", fontsize=10.5)
     _arrow(ax, _bottom(pretraining, 0.5), (10.35, 0.69), dashed=True)
     _arrow(ax, _bottom(evaluation, 0.1), (14.7, 0.69), dashed=True)
