@@ -26,8 +26,6 @@ def main(argv=None) -> int:
     parser.add_argument("--author", action="append", help="author name (repeat for several; default CellEMNet)")
     parser.add_argument("--no-test", action="store_true", help="skip bioimageio.core's model test (faster)")
     args = parser.parse_args(argv)
-    import warnings
-
     from cellemnet.evaluation.package import describe_export, export_package  # lazy: imports torch
 
     test_image = None
@@ -37,10 +35,8 @@ def main(argv=None) -> int:
         from cellemnet.evaluation.data import read_gray8
 
         test_image = read_gray8(Path(args.test_image))
-    with warnings.catch_warnings():  # torch.jit's deprecation notes: TorchScript is one of the formats asked for
-        warnings.simplefilter("ignore", FutureWarning)
-        result = export_package(args.checkpoint, args.outdir, test_image=test_image, name=args.name,
-                                authors=args.author, validate=not args.no_test, zip_path=args.zip)
+    result = export_package(args.checkpoint, args.outdir, test_image=test_image, name=args.name, authors=args.author,
+                            validate=not args.no_test, zip_path=args.zip)
     print(describe_export(result))
     return 0
 

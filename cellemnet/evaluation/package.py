@@ -28,6 +28,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -167,7 +168,9 @@ def check_formats(model, paths: Mapping[str, Path], inputs: list) -> dict[str, f
     import onnxruntime
     import torch
 
-    scripted = torch.jit.load(str(paths["torchscript"]), map_location="cpu")
+    with warnings.catch_warnings():  # torch.jit's deprecation note: TorchScript is one of the formats asked for
+        warnings.simplefilter("ignore", FutureWarning)
+        scripted = torch.jit.load(str(paths["torchscript"]), map_location="cpu")
     session = onnxruntime.InferenceSession(str(paths["onnx"]), providers=["CPUExecutionProvider"])
     worst = {"torchscript": 0.0, "onnx": 0.0}
     with torch.inference_mode():
@@ -189,13 +192,16 @@ def write_weights(model, example, folder: Path) -> dict[str, Path]:
 
     paths = {fmt: folder / FILES[fmt] for fmt in ("weights", "torchscript", "onnx")}
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, paths["weights"])
-    with torch.inference_mode():
-        traced = torch.jit.trace(model, example, check_trace=False)  # checked below, at two sizes
-    traced.save(str(paths["torchscript"]))
     dynamic = {0: "batch", 2: "y", 3: "x"}
-    torch.onnx.export(model, (example,), str(paths["onnx"]), dynamo=False, opset_version=ONNX_OPSET,
-                      input_names=[INPUT_ID], output_names=[OUTPUT_ID],
-                      dynamic_axes={INPUT_ID: dynamic, OUTPUT_ID: dynamic})
+    with warnings.catch_warnings():  # the deprecation notes of the two exporters chosen on purpose (module doc)
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        with torch.inference_mode():
+            traced = torch.jit.trace(model, example, check_trace=False)  # checked below, at two sizes
+        traced.save(str(paths["torchscript"]))
+        torch.onnx.export(model, (example,), str(paths["onnx"]), dynamo=False, opset_version=ONNX_OPSET,
+                          input_names=[INPUT_ID], output_names=[OUTPUT_ID],
+                          dynamic_axes={INPUT_ID: dynamic, OUTPUT_ID: dynamic})
     return paths
 
 

@@ -129,3 +129,32 @@ def test_not_a_package_is_one_line_error(tmp_path, exported):
     with pytest.raises(InputError, match="at least 64x64"):
         package.valid_test_image(np.zeros((40, 200), np.uint8))
     assert package.valid_test_image(np.zeros((130, 100), np.uint8)).shape == (128, 96)
+
+
+def test_three_classes_and_three_channels_export_softmax_and_per_channel_norms(tmp_path):
+    """A hand-made checkpoint (random ResNet-18 U-Net, 3 input channels as ImageNet encoders have, 3 classes):
+    softmax postprocessing and per-channel normalisation pass the model test, and the package predicts as the
+    checkpoint."""
+    from cellemnet.evaluation.model import build_unet_for_inference
+
+    torch.manual_seed(0)
+    unet = build_unet_for_inference(3, 3, "resnet18")
+    norms = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    checkpoint = tmp_path / "three.pth"
+    torch.save({"state_dict": unet.state_dict(), "scheduler": {}, "norms": norms, "num_classes": 3,
+                "in_channels": 3, "encoder": "resnet18", "pretraining": "imagenet_supervised", "step": 1,
+                "config": {"experiment_name": "organelles", "class_names": ["background", "mito", "er"],
+                           "threshold2d": 0.5, "data_dir": "organelles/"}}, checkpoint)
+    result = package.export_package(checkpoint, tmp_path / "pkg", test_image=make_image((100, 140), seed=4)[0])
+    assert result["validated"] and max(result["differences"].values()) <= 1e-4
+    rdf = yaml.safe_load((tmp_path / "pkg" / "rdf.yaml").read_text())
+    (raw,), (out,) = rdf["inputs"], rdf["outputs"]
+    normalise = next(p for p in raw["preprocessing"] if p["id"] == "fixed_zero_mean_unit_variance")
+    assert normalise["kwargs"] == {"mean": norms["mean"], "std": norms["std"], "axis": "channel"}
+    assert [p["id"] for p in out["postprocessing"]][:1] == ["softmax"]  # the spec appends an ensure_dtype
+    assert out["axes"][1]["channel_names"] == ["background", "mito", "er"]
+    assert np.load(tmp_path / "pkg" / "test_input.npy").shape == (1, 3, 96, 128)  # cropped to 64 + n * 32
+    from_pkg, meta = package.predictor_from_package(tmp_path / "pkg", device="cpu")
+    from_ckpt, _ = package.predictor_from_checkpoint(checkpoint, device="cpu")
+    assert meta["num_classes"] == 3 and meta["norms"] == norms
+    np.testing.assert_array_equal(from_pkg.predict_image(IMAGE), from_ckpt.predict_image(IMAGE))
