@@ -357,7 +357,9 @@ def test_package(source, weight_format: str | None = None):
     InputError with its failures."""
     from bioimageio.core import test_model
 
-    summary = test_model(source, weight_format=weight_format, devices=["cpu"])
+    with warnings.catch_warnings():  # torch.jit's deprecation note, as bioimageio.core loads the TorchScript weights
+        warnings.simplefilter("ignore", FutureWarning)
+        summary = test_model(source, weight_format=weight_format, devices=["cpu"])
     if summary.status != "passed":
         failed = [d.name + (f": {d.errors[0].msg}" if d.errors else "") for d in summary.details
                   if d.status == "failed"]
