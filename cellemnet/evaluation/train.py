@@ -15,6 +15,7 @@ Logged metrics also go to `{model_dir}/{experiment}-{pretraining}_ft_{layer}_met
 """
 from __future__ import annotations
 
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -442,7 +443,11 @@ def _finetune(config: dict[str, Any], ctx: engine.Context, config_path: str | No
                                checkpoint_iters=config["checkpoint_iters"],
                                desc=f"fine-tune {config['experiment_name']}", progress=progress)
         if config["log_model"] and tracker.active and not loop.interrupted:
-            log_model(tracker, model, weights, config["num_classes"])
+            try:
+                log_model(tracker, model, weights, config["num_classes"])
+            except Exception as exc:  # the run's checkpoints and metrics are saved: a tracking extra must not fail it
+                print(f"WARNING: the model was not logged to MLflow ({exc.__class__.__name__}: "
+                      f"{' '.join(str(exc).split())[:200]}); log_model=false skips it", file=sys.stderr, flush=True)
         status = "KILLED" if loop.interrupted else "FINISHED"
     finally:
         tracker.end(status)

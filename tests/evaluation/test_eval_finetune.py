@@ -78,6 +78,22 @@ def test_the_run_lists_the_model_with_its_signature(trained):
         assert torch.allclose(logged(x), unet.eval()(x), atol=1e-4)
 
 
+def test_a_model_that_cannot_be_logged_leaves_the_run_finished(tmp_path, monkeypatch, capsys):
+    from cellemnet.tracking import Tracker
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("torch.export cannot trace this")
+
+    monkeypatch.setattr(Tracker, "log_model", refuse)
+    cfg = tiny_config(tmp_path / "cfg.yaml", tiny_benchmark(tmp_path / "bench"), iters=1, encoder="resnet18",
+                      precise_bn=0, log_model=True)
+    out = finetune(load_eval_config(cfg, stage="train"), progress=False)
+    assert "WARNING: the model was not logged to MLflow (RuntimeError: torch.export cannot trace this)" in \
+        capsys.readouterr().err
+    runs = read_runs("example", tracking_dir=tmp_path / "mlflow_store")
+    assert runs[runs.run_id == out["run_id"]].iloc[0]["status"] == "FINISHED" and out["checkpoint"]
+
+
 def test_resume_continues_from_the_saved_step(trained, capsys):
     base, cfg_path, _, _ = trained
     first = base / "models" / "example-random_init_ft_all_epoch1_of_2.pth"
