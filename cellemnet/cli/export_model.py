@@ -17,7 +17,7 @@ from cellemnet.errors import cli_main
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="fine-tuning checkpoint written by evaluation/finetune.py")
-    parser.add_argument("outdir", help="package folder to write (replaced whole when it exists)")
+    parser.add_argument("outdir", help="package folder to write (new, empty, or an earlier package: replaced whole)")
     parser.add_argument("--zip", metavar="FILE", help="also write the package as one .zip (for bioimage.io uploads)")
     parser.add_argument("--test-image", metavar="IMAGE",
                         help="2D image for the test tensors and the cover (default: a synthetic EM image); "

@@ -92,10 +92,17 @@ def predictor_from_checkpoint(path: str | os.PathLike, device="auto", amp: bool 
     return _build_predictor(ckpt["state_dict"], meta, in_channels, device, amp, str(path)), meta
 
 
+RDF_NAMES = ("rdf.yaml", "bioimageio.yaml")  # what bioimage.io tools call the description file
+
+
+def _rdf_in(folder: Path) -> Path | None:
+    return next((folder / n for n in RDF_NAMES if (folder / n).is_file()), None)
+
+
 def is_package(path: str | os.PathLike) -> bool:
-    """A bioimage.io package: a folder holding rdf.yaml, that file itself, or a .zip."""
+    """A bioimage.io package: a folder holding rdf.yaml (or bioimageio.yaml), that file itself, or a .zip."""
     p = Path(path)
-    return (p.is_dir() and (p / "rdf.yaml").is_file()) or p.name.endswith("rdf.yaml") or \
+    return (p.is_dir() and _rdf_in(p) is not None) or p.name.endswith(RDF_NAMES) or \
         (p.is_file() and p.suffix == ".zip")
 
 
@@ -104,7 +111,7 @@ def load_package_description(path: str | os.PathLike):
     from bioimageio.spec import InvalidDescr, load_model_description
 
     p = Path(path)
-    source = p / "rdf.yaml" if p.is_dir() else p
+    source = (_rdf_in(p) or p / RDF_NAMES[0]) if p.is_dir() else p
     if not source.exists():
         raise InputError(f"{path}: no bioimage.io package here (no rdf.yaml)")
     try:
@@ -370,7 +377,8 @@ def test_package(source, weight_format: str | None = None):
 def export_package(checkpoint: str | os.PathLike, outdir: str | os.PathLike, *, test_image: np.ndarray | None = None,
                    name: str | None = None, authors: list[str] | None = None, validate: bool = True,
                    zip_path: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Write the bioimage.io package of a fine-tuning checkpoint into `outdir` (replaced whole, atomically).
+    """Write the bioimage.io package of a fine-tuning checkpoint into `outdir` (replaced whole, atomically; an
+    existing outdir must be empty or an earlier package).
 
     test_image: a 2D uint8 image for the test tensors and the cover (default: a synthetic EM image); it is cropped
     to an accepted size. validate: run bioimageio.core's model test before the package is moved into place.
@@ -383,6 +391,9 @@ def export_package(checkpoint: str | os.PathLike, outdir: str | os.PathLike, *, 
 
     outdir = Path(outdir)
     ckpt = load_training_checkpoint(checkpoint)
+    if outdir.exists() and not (outdir.is_dir() and (_rdf_in(outdir) or not any(outdir.iterdir()))):
+        # the folder is replaced whole: only an earlier package (or an empty folder) may be
+        raise InputError(f"{outdir}: exists and is not a model package; give a new or empty folder")
     check_writable(outdir.parent, "model package")
     predictor, meta = predictor_from_checkpoint(checkpoint, device="cpu", amp=False)
     model = predictor.model.eval()

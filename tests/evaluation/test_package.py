@@ -126,6 +126,12 @@ def test_not_a_package_is_one_line_error(tmp_path, exported):
     with pytest.raises(InputError, match="fine-tuning checkpoint"):
         package.export_package(folder / "weights.pt", tmp_path / "out", validate=False)
     assert not (tmp_path / "out").exists()
+    mine = tmp_path / "my_data"
+    (mine / "keep.txt").parent.mkdir()
+    (mine / "keep.txt").write_text("not a package")
+    with pytest.raises(InputError, match="exists and is not a model package"):
+        package.export_package(checkpoint, mine, validate=False)  # never replaced whole
+    assert (mine / "keep.txt").read_text() == "not a package"
     with pytest.raises(InputError, match="at least 64x64"):
         package.valid_test_image(np.zeros((40, 200), np.uint8))
     assert package.valid_test_image(np.zeros((130, 100), np.uint8)).shape == (128, 96)
