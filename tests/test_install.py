@@ -1,6 +1,7 @@
 """The project installed as a wheel, outside the checkout: every console command answers --help, and a tiny pipeline
-(patchify -> pretrain 1 step -> export the encoder -> fine-tune 2 steps -> inference, and predict once it exists)
-runs from a folder that is not the checkout, with the configs found in the installed package by name.
+(patchify -> pretrain 1 step -> export the encoder -> fine-tune 2 steps -> inference -> export the model, whose
+package predicts as the checkpoint) runs from a folder that is not the checkout, with the configs found in the
+installed package by name. (The `predict` command joins this run where it is merged; until then --help only.)
 
 The fresh venv gets the wheel (built here with `pip wheel --no-deps`, installed with `--no-deps`, not editable) and
 sees the third-party packages of the venv running this test through a `.pth` file that holds that venv's
@@ -116,5 +117,14 @@ def test_tiny_pipeline_runs_from_a_folder_outside_the_checkout(installed, tmp_pa
     assert f"checkpoint: {checkpoint.relative_to(work)}" in out
     out = run("cellemnet-inference2d", "example.yaml", str(checkpoint), *fine_tune)
     assert out.strip().splitlines()[-1].startswith("Test_Set_IoU: ")
+    # the bioimage.io package of the checkpoint predicts as the checkpoint, with the installed library
+    run("cellemnet-export-model", str(checkpoint), "package", "--no-test")
+    check = ("import sys, numpy as np; from cellemnet.evaluation.package import predictor_from_checkpoint, "
+             "predictor_from_package; from cellemnet.evaluation.data import read_gray8; from pathlib import Path; "
+             "image = read_gray8(next(Path('bench/test2d/images').iterdir())); "
+             "a = predictor_from_package('package', 'cpu')[0].predict_image(image); "
+             "b = predictor_from_checkpoint(sys.argv[1], 'cpu')[0].predict_image(image); "
+             "assert np.array_equal(a, b) and a.shape[1:] == image.shape; print('equal')")
+    assert run("python", "-c", check, str(checkpoint)).strip() == "equal"
     if module_exists(console_scripts()["cellemnet-predict"]):
-        run("cellemnet-predict", "--help")  # its end-to-end run is wired where the command is merged
+        run("cellemnet-predict", "--help")  # its end-to-end run on the package is wired where it is merged
