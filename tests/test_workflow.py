@@ -51,8 +51,8 @@ def make_inputs(folder: Path) -> dict:
 
 def snakemake(root: Path, workdir: Path, settings: dict, *extra, timeout=300):
     (workdir / "wf.yaml").write_text(yaml.safe_dump(settings))
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(root / "workflow" / "Snakefile"), "--configfile", "wf.yaml",
-           *extra]
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(root / "workflow" / "Snakefile"), *extra, "--configfile",
+           "wf.yaml"]  # last: --configfile takes several values
     result = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout)
     return result, result.stdout + result.stderr
 
@@ -173,7 +173,8 @@ def test_whole_pipeline_runs_then_does_nothing_then_redoes_only_a_deleted_shard(
     assert [j["output"] for j in listed if j["rule"] == "patchify_volume"] == [
         "out/shards/3d/fibsem_iso01/fibsem_iso01.h5"]
     assert all("/mine/" in j["output"] for j in listed if j["rule"] in ("eval_finetune", "eval_score"))
-    rerun, out = snakemake(root, tmp_path, inputs, "--cores", "2", timeout=600)
+    rerun, out = snakemake(root, tmp_path, inputs, "curation", "--cores", "2")  # the rest was planned above
     assert rerun.returncode == 0, out[-3000:]
+    assert job_counts(out) == {"patchify_volume": 1, "dedupe": 1, "filter": 1, "curation": 1}
     assert "(1 new)" in (o / "logs" / "dedupe.log").read_text()  # only the re-cut shard compared with the rest
     assert (o / "shards" / "3d" / "fibsem_iso01" / "fibsem_iso01.h5").is_file()
