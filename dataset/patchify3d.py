@@ -9,7 +9,9 @@ Patch names: ``{volume}-LOC-{axis}_{slice}_{y0}-{y1}_{x0}-{x1}``. Re-running ski
 
 A volume too big for one job (VOLDIR is then that one volume): `--z-range START:STOP` hashes only those slices
 into OUTDIR/<volume>.zSTART-STOP.tiles (one job per range), and `--merge PART ...` de-duplicates the union of the
-parts and writes OUTDIR/<volume>.h5: the same shard as one job.
+parts and writes OUTDIR/<volume>.h5: the same shard as one job. To split the cutting too, `--merge PART ...
+--z-range START:STOP` cuts one range's kept patches (one job per range) and `--merge PART ... --cuts CUT ...`
+writes the shard from them.
 """
 from __future__ import annotations
 
@@ -39,11 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--processes", type=int, default=1, help="volumes processed in parallel (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the de-duplication walk order (default 0)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    split = p.add_mutually_exclusive_group()
-    split.add_argument("--z-range", metavar="START:STOP", default=None,
-                       help="one volume: hash only slices START..STOP-1 into OUTDIR/<volume>.zSTART-STOP.tiles")
-    split.add_argument("--merge", metavar="PART", nargs="+", default=None,
-                       help="one volume: merge the .tiles parts of all its z ranges into OUTDIR/<volume>.h5")
+    p.add_argument("--z-range", metavar="START:STOP", default=None,
+                   help="one volume: hash only slices START..STOP-1 into OUTDIR/<volume>.zSTART-STOP.tiles; with "
+                        "--merge: cut only that range's kept patches into OUTDIR/<volume>.zSTART-STOP.patches")
+    p.add_argument("--merge", metavar="PART", nargs="+", default=None,
+                   help="one volume: de-duplicate the .tiles parts of all its z ranges and write OUTDIR/<volume>.h5")
+    p.add_argument("--cuts", metavar="CUT", nargs="+", default=None,
+                   help="with --merge: take the kept patches from these .patches files instead of the volume")
     return p
 
 
@@ -65,8 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     if not volumes:
         print(f"patchify3d: no volumes in {args.voldir}", file=sys.stderr)
         return 1
-    if args.z_range is not None or args.merge is not None:
-        print(run_split_step(volumes, args.outdir, settings, args.z_range, args.merge, progress=not args.quiet))
+    if args.z_range is not None or args.merge is not None or args.cuts is not None:
+        print(run_split_step(volumes, args.outdir, settings, args.z_range, args.merge, args.cuts,
+                             progress=not args.quiet))
         return 0
     results = run_sources(volumes, args.outdir, settings, args.processes, progress=not args.quiet)
     text, code = summarize(results, "patchify3d", args.outdir, time.perf_counter() - started)

@@ -93,7 +93,8 @@ def test_slurm_profile_dry_run_asks_for_gpus_on_pretraining_finetuning_and_infer
     by_rule = {}
     for job in listed:
         by_rule.setdefault(job["rule"], []).append(job)
-    assert set(by_rule) >= {"patchify_group", "patchify_volume", "hash_part", "merge_parts", "dedupe", "filter",
+    assert set(by_rule) >= {"patchify_group", "patchify_volume", "hash_part", "cut_part", "merge_parts", "dedupe",
+                            "filter",
                             "pretrain", "export", "eval_finetune", "eval_score", "eval_report"}
     (pretrain,) = by_rule["pretrain"]
     assert pretrain["resources"]["gpu"] == "4" and pretrain["resources"]["slurm_partition"] == "gpu"
@@ -101,7 +102,8 @@ def test_slurm_profile_dry_run_asks_for_gpus_on_pretraining_finetuning_and_infer
     for rule in ("eval_finetune", "eval_score"):
         assert len(by_rule[rule]) == 2  # two arms
         assert all(j["resources"]["gpu"] == "1" and j["resources"]["slurm_partition"] == "gpu" for j in by_rule[rule])
-    cpu_rules = ("patchify_group", "patchify_volume", "hash_part", "merge_parts", "dedupe", "filter", "export")
+    cpu_rules = ("patchify_group", "patchify_volume", "hash_part", "cut_part", "merge_parts", "dedupe", "filter",
+                 "export")
     assert all(j["resources"].get("gpu", "0") == "0" for r in cpu_rules for j in by_rule[r])
     assert all(j["resources"]["runtime"] and j["resources"]["mem_mb"] for j in listed if j["rule"] != "all")
 
@@ -110,11 +112,13 @@ def test_local_dry_run_splits_the_big_volume_and_trains_without_torchrun(tmp_pat
     result, out = snakemake(root, tmp_path, inputs, "--profile", str(root / "workflow" / "profiles" / "local"),
                             "--dry-run", "--printshellcmds")
     assert result.returncode == 0, out[-3000:]
-    assert job_counts(out) == {"patchify_group": 2, "patchify_volume": 2, "hash_part": 3, "merge_parts": 1,
+    assert job_counts(out) == {"patchify_group": 2, "patchify_volume": 2, "hash_part": 3, "cut_part": 3,
+                               "merge_parts": 1,
                                "dedupe": 1, "filter": 1, "pretrain": 1, "export": 1, "eval_finetune": 2,
                                "eval_score": 2, "eval_report": 1, "all": 1}
     for start, stop in ((0, 32), (32, 64), (64, 70)):  # band edges of crop_size 32 (patchify.z_ranges)
         assert f"out/parts/big_raw/big_raw.z{start}-{stop}.tiles" in out and f"--z-range {start}:{stop}" in out
+        assert f"out/parts/big_raw/big_raw.z{start}-{stop}.patches" in out
     (pretrain,) = [j for j in jobs(out) if j["rule"] == "pretrain"]
     assert "torch.distributed.run" not in pretrain["shell"] and pretrain["resources"]["gpu"] == "1"
     assert "--only tem_project0" in out  # one job per 2D group
@@ -147,7 +151,7 @@ def test_whole_pipeline_runs_then_does_nothing_then_redoes_only_a_deleted_shard(
     assert shards == ["2d/sem_inverted_project1/sem_inverted_project1.h5", "2d/tem_project0/tem_project0.h5",
                       "3d/big_raw/big_raw.h5", "3d/fibsem_iso01/fibsem_iso01.h5",
                       "3d/sstem_aniso00/sstem_aniso00.h5"]
-    assert not list((o / "parts").rglob("*.tiles"))  # temporary: removed once merged
+    assert not list((o / "parts").rglob("*.tiles")) + list((o / "parts").rglob("*.patches"))  # temporary
     with open(o / "curated" / "filter_manifest.csv", newline="") as fh:
         kept = [r for r in csv.DictReader(fh) if r["decision"] == "keep"]
     assert len(kept) > 100

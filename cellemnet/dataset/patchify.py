@@ -399,16 +399,23 @@ def _volume_metadata(reader, source: Source, s: PatchSettings, axes, skipped, li
     }
 
 
+def _tile_names(source: Source, tiles: _Tiles, indices: Iterable[int]) -> list[str]:
+    return [format_name(source.name, *map(int, tiles.boxes[i]), axis=int(tiles.item[i]),
+                        slice_index=int(tiles.slice[i])) for i in indices]
+
+
+def _deduplicated(source: Source, tiles: _Tiles, s: PatchSettings):
+    """The greedy de-duplication of a volume's tiles (in storage order): (clusters, kept indices sorted)."""
+    dedup = greedy_clusters(tiles.hashes, s.max_distance, order=walk_order(len(tiles), s.seed))
+    return dedup, np.sort(dedup.exemplars)
+
+
 def _write_volume_shard(reader, source: Source, shard: Path, s: PatchSettings, tiles: _Tiles, metadata: dict,
                         limits) -> int:
     """De-duplicate a volume's tiles (in storage order) and write the shard; returns the number kept."""
     tiles = tiles.sorted()
-    dedup = greedy_clusters(tiles.hashes, s.max_distance, order=walk_order(len(tiles), s.seed))
-    keep = np.sort(dedup.exemplars)
-    names = [
-        format_name(source.name, *map(int, tiles.boxes[i]), axis=int(tiles.item[i]), slice_index=int(tiles.slice[i]))
-        for i in range(len(tiles))
-    ]
+    dedup, keep = _deduplicated(source, tiles, s)
+    names = _tile_names(source, tiles, range(len(tiles)))
     _write(shard, names, [source.path] * len(tiles), tiles, dedup.exemplar_of, keep,
            _cut_volume(reader, tiles, keep, limits), metadata)
     return len(keep)
@@ -436,6 +443,7 @@ def patchify_volume(source: Source, shard: Path, s: PatchSettings, progress: boo
 # The within-volume de-duplication must see every hash of the volume in the single job's order, so the parts only
 # hash (cheap to keep: location + 8 bytes per tile) and the merge walks their union exactly as one job would.
 PART_SUFFIX = ".tiles"
+CUT_SUFFIX = ".patches"  # shard format, but not a shard of the corpus (dedupe and classify list *.h5 only)
 PART_FORMAT = "cellemnet-tile-hashes"
 
 
@@ -507,49 +515,124 @@ def _read_part(path: Path) -> tuple[dict, _Tiles]:
     return metadata, tiles
 
 
-def merge_volume_parts(source: Source, parts: Sequence[str | os.PathLike], shard: str | os.PathLike,
-                       s: PatchSettings, progress: bool = False) -> SourceResult:
-    """The shard of a volume from the tile hashes of its z ranges: the same shard as one patchify_volume job
-    (same walk, same exemplars, same pixels). The ranges must cover the volume once, made with these settings."""
-    started = time.perf_counter()
-    shard = Path(shard)
-    result = SourceResult(source.path, str(shard), "done")
+def _merged_tiles(reader, source: Source, parts: Sequence[str | os.PathLike], s: PatchSettings):
+    """The union of a volume's tile-hash parts, checked (same volume and settings, the ranges covering the volume
+    once): (shard metadata, skipped axes, intensity limits, tiles in storage order)."""
     read = sorted(((Path(p),) + _read_part(Path(p)) for p in parts), key=lambda r: r[1]["z_range"])
     if not read:
         raise ConfigError(f"{source.path}: no tile-hash parts to merge")
+    axes, skipped, limits = _volume_plan(reader, source, s)
+    metadata = _volume_metadata(reader, source, s, axes, skipped, limits)
+    expected_stop = 0
+    for path, meta, _ in read:
+        if meta["shard_metadata"] != metadata:
+            raise InputError(f"{path}: made from another volume or with other settings than {source.path}")
+        start, stop = meta["z_range"]
+        if start != expected_stop:
+            raise InputError(f"{path}: z ranges do not follow each other (slices {expected_stop}:{start} "
+                             f"are missing or doubled)")
+        expected_stop = stop
+    if expected_stop != reader.shape[0]:
+        raise InputError(f"{source.path}: the parts end at slice {expected_stop}, the volume has {reader.shape[0]}")
+    return metadata, skipped, limits, _Tiles.concat([t for _, _, t in read]).sorted()
+
+
+def _in_z_range(tiles: _Tiles, z_range: tuple[int, int]) -> np.ndarray:
+    """Which tiles a z range cuts: xy tiles of its slices, xz/yz tiles of the bands that start in it (the rule
+    of the hash pass, so the ranges' cuts never overlap and together hold every tile)."""
+    z = np.where(tiles.item == 0, tiles.slice, tiles.boxes[:, 0])
+    return (z >= z_range[0]) & (z < z_range[1])
+
+
+def _patches_from_cuts(cuts: Sequence[str | os.PathLike], names: list[str], keep: np.ndarray,
+                       where: str) -> Iterator[np.ndarray]:
+    """The kept patches, in shard order, from the files the cut jobs wrote (each kept patch in exactly one)."""
+    readers = [store.ShardReader(c) for c in cuts]
+    try:
+        found: dict[str, tuple[int, int]] = {}
+        for k, reader in enumerate(readers):
+            for i, name in enumerate(reader.names):
+                if name in found:
+                    raise InputError(f"{cuts[k]}: patch {name} is also in {cuts[found[name][0]]} (overlapping ranges)")
+                found[name] = (k, i)
+        wanted = [names[i] for i in keep.tolist()]
+        missing = [n for n in wanted if n not in found]
+        if missing or len(found) != len(wanted):
+            raise InputError(f"{where}: the cut parts hold {len(found)} patches, the de-duplication kept "
+                             f"{len(wanted)}" + (f" (missing {missing[0]})" if missing else "") +
+                             "; cut every z range from the same tile-hash parts")
+        for name in wanted:
+            k, i = found[name]
+            yield readers[k].read(i)
+    finally:
+        for reader in readers:
+            reader.close()
+
+
+def merge_volume_parts(source: Source, parts: Sequence[str | os.PathLike], shard: str | os.PathLike,
+                       s: PatchSettings, progress: bool = False,
+                       cuts: Sequence[str | os.PathLike] | None = None) -> SourceResult:
+    """The shard of a volume from the tile hashes of its z ranges: the same shard as one patchify_volume job
+    (same walk, same exemplars, same pixels). The ranges must cover the volume once, made with these settings.
+    The patches are cut from the volume here, or taken from the files of `cut_volume_range` jobs (`cuts`)."""
+    started = time.perf_counter()
+    shard = Path(shard)
+    result = SourceResult(source.path, str(shard), "done")
     with open_volume(source.path) as reader:
-        axes, skipped, limits = _volume_plan(reader, source, s)
-        metadata = _volume_metadata(reader, source, s, axes, skipped, limits)
-        expected_stop = 0
-        for path, meta, _ in read:
-            if meta["shard_metadata"] != metadata:
-                raise InputError(f"{path}: made from another volume or with other settings than {source.path}")
-            start, stop = meta["z_range"]
-            if start != expected_stop:
-                raise InputError(f"{path}: z ranges do not follow each other (slices {expected_stop}:{start} "
-                                 f"are missing or doubled)")
-            expected_stop = stop
-        if expected_stop != reader.shape[0]:
-            raise InputError(f"{source.path}: the parts end at slice {expected_stop}, the volume has "
-                             f"{reader.shape[0]}")
+        metadata, skipped, limits, tiles = _merged_tiles(reader, source, parts, s)
         result.notes += [f"axis {a} skipped: {why}" for a, why in sorted(skipped.items())]
-        tiles = _Tiles.concat([t for _, _, t in read])
-        result.n_kept = _write_volume_shard(reader, source, shard, s, tiles, metadata, limits)
+        if cuts is None:
+            result.n_kept = _write_volume_shard(reader, source, shard, s, tiles, metadata, limits)
+        else:
+            dedup, keep = _deduplicated(source, tiles, s)
+            names = _tile_names(source, tiles, range(len(tiles)))
+            _write(shard, names, [source.path] * len(tiles), tiles, dedup.exemplar_of, keep,
+                   _patches_from_cuts(list(cuts), names, keep, str(shard)), metadata)
+            result.n_kept = len(keep)
     result.n_cut = len(tiles)
     result.seconds = time.perf_counter() - started
     return result
 
 
+def cut_file(out_dir: str | os.PathLike, source_name: str, z_range: tuple[int, int]) -> Path:
+    """Where one z range's kept patches are written: OUTDIR/{volume}.z{start}-{stop}.patches."""
+    return Path(out_dir) / f"{source_name}.z{z_range[0]}-{z_range[1]}{CUT_SUFFIX}"
+
+
+def cut_volume_range(source: Source, parts: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
+                     s: PatchSettings, z_range: tuple[int, int]) -> tuple[Path, int]:
+    """Cut the exemplars one z range holds (the de-duplication of all parts, repeated here: it is cheap and
+    deterministic) into its cut file (shard format, no manifest). Returns the path and the number cut."""
+    with open_volume(source.path) as reader:
+        metadata, _, limits, tiles = _merged_tiles(reader, source, parts, s)
+        _, keep = _deduplicated(source, tiles, s)
+        mine = keep[_in_z_range(tiles, z_range)[keep]]
+        path = cut_file(check_writable(out_dir, "cut patches"), source.name, z_range)
+        store.write_shard(path, _tile_names(source, tiles, mine.tolist()), _cut_volume(reader, tiles, mine, limits),
+                          tiles.hashes[mine], {**metadata, "z_range": list(z_range)}, shapes=_shapes(tiles, mine))
+    return path, len(mine)
+
+
 def run_split_step(volumes: Sequence[Source], out_dir: str | os.PathLike, s: PatchSettings, z_range: str | None,
-                   merge: Sequence[str] | None, progress: bool = True) -> str:
-    """patchify3d.py --z-range / --merge on the one volume given: hash a z range, or merge the parts into the
-    volume's shard (skipped when it is complete). Returns the line to print."""
+                   merge: Sequence[str] | None, cuts: Sequence[str] | None = None, progress: bool = True) -> str:
+    """patchify3d.py on the one volume given, split into jobs. Returns the line to print.
+
+    --z-range: hash that range into a part; --merge PARTS: de-duplicate the parts and write the volume's shard
+    (skipped when it is complete); --merge PARTS --z-range: cut only that range's exemplars into a cut file;
+    --merge PARTS --cuts CUTS: write the shard from the cut files instead of reading the volume again."""
     if len(volumes) != 1:
         raise ConfigError(f"--z-range and --merge take one volume, not a folder of {len(volumes)}")
     source = volumes[0]
-    if z_range is not None:
+    if cuts and z_range is not None:
+        raise ConfigError("--cuts assembles the shard of the whole volume: give it without --z-range")
+    if cuts and not merge:
+        raise ConfigError("--cuts needs --merge PART ... (the tile hashes the cuts were made from)")
+    if z_range is not None and not merge:
         path = hash_volume_part(source, out_dir, s, parse_z_range(z_range), progress)
         return f"patchify3d: tile hashes of {source.name} z {z_range} in {path}"
+    if z_range is not None:
+        path, n = cut_volume_range(source, merge, out_dir, s, parse_z_range(z_range))
+        return f"patchify3d: {n} kept patches of {source.name} z {z_range} in {path}"
     shard = shard_file(check_writable(out_dir, "patch shards"), source)
     if store.is_complete_shard(shard):
         mismatch = settings_mismatch(shard, s, KIND_VOLUME)
@@ -557,7 +640,7 @@ def run_split_step(volumes: Sequence[Source], out_dir: str | os.PathLike, s: Pat
             raise ConfigError(f"{shard}: made with other settings: {mismatch}; delete it or choose another output "
                               f"folder")
         return f"patchify3d: {shard} is complete (skipped)"
-    result = merge_volume_parts(source, merge, shard, s, progress)
+    result = merge_volume_parts(source, merge, shard, s, progress, cuts=cuts)
     store.rebuild_folder_manifest(shard.parent)
     return (f"patchify3d: {source.name}: {len(merge)} parts merged, {result.n_cut} patches cut, {result.n_kept} kept; "
             f"{shard}; {result.seconds:.1f} s")

@@ -7,7 +7,7 @@ import pytest
 from curation_scripts import load_script
 
 from cellemnet.dataset import store
-from cellemnet.dataset.patchify import find_volumes, parse_z_range, part_file, z_ranges
+from cellemnet.dataset.patchify import cut_file, find_volumes, parse_z_range, part_file, z_ranges
 from cellemnet.errors import CellEMNetError
 from cellemnet.io import to_uint8, write_volume
 
@@ -33,13 +33,21 @@ def _shard(path):
             manifest.names, manifest.duplicate_of)
 
 
-def _split_run(volume, out, ranges, extra=()):
+def _split_run(volume, out, ranges, split_cut=False):
+    """Hash each z range as its own job, then merge (and with split_cut, cut each range as its own job too)."""
     parts = []
     for start, stop in ranges:
-        assert P3.main([str(volume), str(out / "parts"), "-cs", "32", "-q", "--z-range", f"{start}:{stop}",
-                        *extra]) == 0
+        assert P3.main([str(volume), str(out / "parts"), "-cs", "32", "-q", "--z-range", f"{start}:{stop}"]) == 0
         parts.append(str(part_file(out / "parts", "vol", (start, stop))))
-    assert P3.main([str(volume), str(out), "-cs", "32", "-q", *extra, "--merge", *parts[::-1]]) == 0
+    cuts = []
+    if split_cut:
+        for start, stop in ranges:
+            assert P3.main([str(volume), str(out / "cuts"), "-cs", "32", "-q", "--merge", *parts,
+                            "--z-range", f"{start}:{stop}"]) == 0
+            cuts.append(str(cut_file(out / "cuts", "vol", (start, stop))))
+        assert store.list_shards(out / "cuts") == []  # cut files are not shards of the corpus
+    assert P3.main([str(volume), str(out), "-cs", "32", "-q", "--merge", *parts[::-1],
+                    *(["--cuts", *cuts[::-1]] if cuts else [])]) == 0
     return out / "vol.h5"
 
 
@@ -62,6 +70,8 @@ def test_k_z_ranges_give_exactly_the_kept_patches_of_one_job(tmp_path, suffix):
     ranges = {"k1": [(0, 40)], "k2_bands": three, "k3_anywhere": [(0, 7), (7, 31), (31, 40)]}
     for label, cut in ranges.items():
         assert _shard(_split_run(volume, tmp_path / label, cut)) == single, label
+    # the cutting split too: each range cuts its own exemplars, the merge only copies them
+    assert _shard(_split_run(volume, tmp_path / "k3_cut", ranges["k3_anywhere"], split_cut=True)) == single
 
 
 def test_z_ranges_cover_the_volume_on_band_edges():
@@ -83,6 +93,11 @@ def test_merge_refuses_missing_ranges_and_other_settings(tmp_path, capsys):
     assert P3.main([str(volume), str(tmp_path / "o"), "-cs", "32", "-d", "3", "-q", "--merge", first, second]) == 2
     assert "other settings" in capsys.readouterr().err
     assert not (tmp_path / "o" / "vol.h5").exists()
+    assert P3.main([str(volume), str(tmp_path / "c"), "-cs", "32", "-q", "--merge", first, second,
+                    "--z-range", "0:20"]) == 0
+    assert P3.main([str(volume), str(tmp_path / "o"), "-cs", "32", "-q", "--merge", first, second, "--cuts",
+                    str(cut_file(tmp_path / "c", "vol", (0, 20)))]) == 2  # the range 20:40 was not cut
+    assert "the cut parts hold" in capsys.readouterr().err and not (tmp_path / "o" / "vol.h5").exists()
     assert P3.main([str(volume), str(tmp_path / "p"), "-cs", "32", "-q", "--z-range", "30:50"]) == 2
     assert "has only 40 slices" in capsys.readouterr().err
     with pytest.raises(CellEMNetError, match="START:STOP"):
