@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--processes", type=int, default=1, help="groups processed in parallel (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the de-duplication walk order (default 0)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--only", metavar="GROUP", nargs="+", default=None,
+                   help="process only these groups (one job per group in a workflow)")
     return p
 
 
@@ -37,12 +39,15 @@ def main(argv: list[str] | None = None) -> int:
         PatchSettings,
         find_image_groups,
         run_sources,
+        select_sources,
         summarize,
     )
 
     settings = PatchSettings(args.crop_size, args.hash_size, args.max_distance, args.seed)
     started = time.perf_counter()
     groups = find_image_groups(args.imdir, exclude=args.outdir)
+    if args.only:
+        groups = select_sources(groups, args.only, args.imdir)
     if not groups:
         print(f"patchify2d: no images or subfolders in {args.imdir}", file=sys.stderr)
         return 1

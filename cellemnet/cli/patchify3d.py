@@ -6,6 +6,12 @@ requested axes (0 = xy, 1 = xz, 2 = yz); volumes whose z spacing differs from th
 25 %, and videos or files with 'video' in the name, are cut on xy only; cross sections shorter than half the
 crop size are skipped. The volume is hashed in one streaming pass and only exemplars are cut and stored.
 Patch names: ``{volume}-LOC-{axis}_{slice}_{y0}-{y1}_{x0}-{x1}``. Re-running skips complete shards.
+
+A volume too big for one job (VOLDIR is then that one volume): `--z-range START:STOP` hashes only those slices
+into OUTDIR/<volume>.zSTART-STOP.tiles (one job per range), and `--merge PART ...` de-duplicates the union of the
+parts and writes OUTDIR/<volume>.h5: the same shard as one job. To split the cutting too, `--merge PART ...
+--z-range START:STOP` cuts one range's kept patches (one job per range) and `--merge PART ... --cuts CUT ...`
+writes the shard from them.
 """
 from __future__ import annotations
 
@@ -32,6 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--processes", type=int, default=1, help="volumes processed in parallel (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the de-duplication walk order (default 0)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--z-range", metavar="START:STOP", default=None,
+                   help="one volume: hash only slices START..STOP-1 into OUTDIR/<volume>.zSTART-STOP.tiles; with "
+                        "--merge: cut only that range's kept patches into OUTDIR/<volume>.zSTART-STOP.patches")
+    p.add_argument("--merge", metavar="PART", nargs="+", default=None,
+                   help="one volume: de-duplicate the .tiles parts of all its z ranges and write OUTDIR/<volume>.h5")
+    p.add_argument("--cuts", metavar="CUT", nargs="+", default=None,
+                   help="with --merge: take the kept patches from these .patches files instead of the volume")
     return p
 
 
@@ -42,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         PatchSettings,
         find_volumes,
         run_sources,
+        run_split_step,
         summarize,
     )
 
@@ -52,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     if not volumes:
         print(f"patchify3d: no volumes in {args.voldir}", file=sys.stderr)
         return 1
+    if args.z_range is not None or args.merge is not None or args.cuts is not None:
+        print(run_split_step(volumes, args.outdir, settings, args.z_range, args.merge, args.cuts,
+                             progress=not args.quiet))
+        return 0
     results = run_sources(volumes, args.outdir, settings, args.processes, progress=not args.quiet)
     text, code = summarize(results, "patchify3d", args.outdir, time.perf_counter() - started)
     print(text)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import errno
+import json
 import multiprocessing
 import os
 import time
@@ -35,6 +36,7 @@ from cellemnet.dataset.tiling import grid_boxes, grid_edges, usable_axes
 from cellemnet.errors import ConfigError, InputError
 from cellemnet.io import (
     IMAGE_SUFFIXES,
+    atomic_path,
     check_writable,
     intensity_limits,
     is_image_file,
@@ -289,23 +291,33 @@ def _hash_cross(block: np.ndarray, axis: int, a: int, lo: int, hi: int, s: Patch
     return _Tiles(np.full(len(hashes), axis), np.repeat(chosen, len(cols)), np.tile(boxes, (len(chosen), 1)), hashes)
 
 
-def _hash_volume(reader, axes: list[int], s: PatchSettings, limits, progress: Callable[[int], None]) -> _Tiles:
+def _hash_volume(reader, axes: list[int], s: PatchSettings, limits, progress: Callable[[int], None],
+                 z_range: tuple[int, int] | None = None) -> _Tiles:
+    """Every tile's location and hash. With ``z_range`` (start, stop): only the xy slices start..stop-1 and the
+    xz/yz bands that start in that range, so the parts of a split volume hash every tile exactly once."""
     depth, height, width = reader.shape
+    z_lo, z_hi = z_range if z_range is not None else (0, depth)
     cs = s.crop_size
     cross = [a for a in axes if a in (1, 2)]
     parts: list[_Tiles] = []
     boxes0 = grid_boxes(height, width, cs)
     for lo, hi, with_cross in _volume_bands(depth, cs, bool(cross), 0 in axes):
-        h = hi - lo
+        with_cross = with_cross and z_lo <= lo < z_hi  # a band belongs to the part its first slice is in
+        xy_lo, xy_hi = max(lo, z_lo), min(hi, z_hi)
+        if not with_cross and xy_lo >= xy_hi:
+            continue
+        read_lo, read_hi = (lo, hi) if with_cross else (xy_lo, xy_hi)
+        h = read_hi - read_lo
         band_fits = h * height * width <= _BAND_BUDGET
-        slab = _read_uint8(reader, lo, hi, limits) if band_fits else None
-        if 0 in axes:
-            for z0 in range(lo, hi, hi - lo if band_fits else _SLICES_PER_READ):
-                z1 = min(hi, z0 + (hi - lo if band_fits else _SLICES_PER_READ))
+        slab = _read_uint8(reader, read_lo, read_hi, limits) if band_fits else None
+        if 0 in axes and xy_lo < xy_hi:
+            step = xy_hi - xy_lo if band_fits else _SLICES_PER_READ
+            for z0 in range(xy_lo, xy_hi, step):
+                z1 = min(xy_hi, z0 + step)
                 z = np.arange(z0, z1)
                 chosen = z[z % s.slice_step == 0]
                 if len(chosen):
-                    part = slab[z0 - lo : z1 - lo] if band_fits else _read_uint8(reader, z0, z1, limits)
+                    part = slab[z0 - read_lo : z1 - read_lo] if band_fits else _read_uint8(reader, z0, z1, limits)
                     parts.append(_hash_xy(part, z0, chosen, boxes0, s))
         if with_cross:
             for axis in cross:
@@ -322,7 +334,7 @@ def _hash_volume(reader, axes: list[int], s: PatchSettings, limits, progress: Ca
                         parts.append(tiles)
                     del block
         del slab
-        progress(h)
+        progress(max(0, xy_hi - xy_lo))
     return _Tiles.concat(parts)
 
 
@@ -360,45 +372,294 @@ def _shapes(tiles: _Tiles, keep: np.ndarray) -> np.ndarray:
     return np.stack([boxes[:, 1] - boxes[:, 0], boxes[:, 3] - boxes[:, 2]], axis=1).astype(np.int32)
 
 
+def _volume_plan(reader, source: Source, s: PatchSettings) -> tuple[list[int], dict[int, str], tuple[float, float]]:
+    """The axes cut, the axes skipped (and why) and the intensity limits of a volume: what every job of a volume,
+    whole or split, must agree on."""
+    axes, skipped = usable_axes(reader.shape, reader.spacing, source.name, s.axes, s.crop_size)
+    if reader.path.lower().endswith((".mp4", ".avi")) and any(a != 0 for a in axes):
+        skipped.update({a: "video: cut on xy only" for a in axes if a != 0})
+        axes = [a for a in axes if a == 0]
+    if not axes:
+        raise InputError(f"{source.path}: nothing to cut from a {reader.shape} volume ({'; '.join(skipped.values())})")
+    limits = intensity_limits(reader) if reader.dtype != np.uint8 else (0.0, 255.0)
+    return axes, skipped, limits
+
+
+def _volume_metadata(reader, source: Source, s: PatchSettings, axes, skipped, limits) -> dict:
+    return {
+        "kind": KIND_VOLUME,
+        "source": source.path,
+        "shape": list(reader.shape),
+        "spacing": list(reader.spacing),
+        "dtype": str(reader.dtype),
+        "intensity_limits": [float(limits[0]), float(limits[1])],
+        "cut_axes": axes,
+        "skipped_axes": {str(a): why for a, why in skipped.items()},
+        **s.metadata(KIND_VOLUME),
+    }
+
+
+def _tile_names(source: Source, tiles: _Tiles, indices: Iterable[int]) -> list[str]:
+    return [format_name(source.name, *map(int, tiles.boxes[i]), axis=int(tiles.item[i]),
+                        slice_index=int(tiles.slice[i])) for i in indices]
+
+
+def _deduplicated(source: Source, tiles: _Tiles, s: PatchSettings):
+    """The greedy de-duplication of a volume's tiles (in storage order): (clusters, kept indices sorted)."""
+    dedup = greedy_clusters(tiles.hashes, s.max_distance, order=walk_order(len(tiles), s.seed))
+    return dedup, np.sort(dedup.exemplars)
+
+
+def _write_volume_shard(reader, source: Source, shard: Path, s: PatchSettings, tiles: _Tiles, metadata: dict,
+                        limits) -> int:
+    """De-duplicate a volume's tiles (in storage order) and write the shard; returns the number kept."""
+    tiles = tiles.sorted()
+    dedup, keep = _deduplicated(source, tiles, s)
+    names = _tile_names(source, tiles, range(len(tiles)))
+    _write(shard, names, [source.path] * len(tiles), tiles, dedup.exemplar_of, keep,
+           _cut_volume(reader, tiles, keep, limits), metadata)
+    return len(keep)
+
+
 def patchify_volume(source: Source, shard: Path, s: PatchSettings, progress: bool = False) -> SourceResult:
     started = time.perf_counter()
     result = SourceResult(source.path, str(shard), "done")
     with open_volume(source.path) as reader:
-        shape = reader.shape
-        axes, skipped = usable_axes(shape, reader.spacing, source.name, s.axes, s.crop_size)
-        if reader.path.lower().endswith((".mp4", ".avi")) and any(a != 0 for a in axes):
-            skipped.update({a: "video: cut on xy only" for a in axes if a != 0})
-            axes = [a for a in axes if a == 0]
+        axes, skipped, limits = _volume_plan(reader, source, s)
         result.notes += [f"axis {a} skipped: {why}" for a, why in sorted(skipped.items())]
-        if not axes:
-            raise InputError(f"{source.path}: nothing to cut from a {shape} volume ({'; '.join(skipped.values())})")
-        limits = intensity_limits(reader) if reader.dtype != np.uint8 else (0.0, 255.0)
-        bar = _bar(shape[0], f"hash {source.name}", progress, unit="slice")
-        tiles = _hash_volume(reader, axes, s, limits, bar.update).sorted()
+        bar = _bar(reader.shape[0], f"hash {source.name}", progress, unit="slice")
+        tiles = _hash_volume(reader, axes, s, limits, bar.update)
         bar.close()
-        dedup = greedy_clusters(tiles.hashes, s.max_distance, order=walk_order(len(tiles), s.seed))
-        keep = np.sort(dedup.exemplars)
-        metadata = {
-            "kind": KIND_VOLUME,
-            "source": source.path,
-            "shape": list(shape),
-            "spacing": list(reader.spacing),
-            "dtype": str(reader.dtype),
-            "intensity_limits": [float(limits[0]), float(limits[1])],
-            "cut_axes": axes,
-            "skipped_axes": {str(a): why for a, why in skipped.items()},
-            **s.metadata(KIND_VOLUME),
-        }
-        names = [
-            format_name(source.name, *map(int, tiles.boxes[i]), axis=int(tiles.item[i]),
-                        slice_index=int(tiles.slice[i]))
-            for i in range(len(tiles))
-        ]
-        _write(shard, names, [source.path] * len(tiles), tiles, dedup.exemplar_of, keep,
-               _cut_volume(reader, tiles, keep, limits), metadata)
-    result.n_cut, result.n_kept = len(tiles), len(keep)
+        metadata = _volume_metadata(reader, source, s, axes, skipped, limits)
+        result.n_kept = _write_volume_shard(reader, source, shard, s, tiles, metadata, limits)
+    result.n_cut = len(tiles)
     result.seconds = time.perf_counter() - started
     return result
+
+
+# --------------------------------------------------------------------------------------------------------------
+# A volume too big for one job: hash z ranges as separate jobs, then de-duplicate and cut in one merge job
+# --------------------------------------------------------------------------------------------------------------
+# The within-volume de-duplication must see every hash of the volume in the single job's order, so the parts only
+# hash (cheap to keep: location + 8 bytes per tile) and the merge walks their union exactly as one job would.
+PART_SUFFIX = ".tiles"
+CUT_SUFFIX = ".patches"  # shard format, but not a shard of the corpus (dedupe and classify list *.h5 only)
+PART_FORMAT = "cellemnet-tile-hashes"
+
+
+def z_ranges(depth: int, crop_size: int, parts: int) -> list[tuple[int, int]]:
+    """`parts` contiguous z ranges covering 0..depth, cut at multiples of crop_size (the xz/yz band edges) so
+    each part reads its own bands; fewer ranges when the volume has fewer bands than parts."""
+    if parts < 1:
+        raise ConfigError(f"a volume must be split into at least 1 part, got {parts}")
+    n_bands = max(1, -(-depth // crop_size))
+    k = min(parts, n_bands)
+    cuts = [round(i * n_bands / k) * crop_size for i in range(k)] + [depth]
+    return [(int(a), int(min(b, depth))) for a, b in zip(cuts[:-1], cuts[1:])]
+
+
+def parse_z_range(text: str) -> tuple[int, int]:
+    """'START:STOP' -> (start, stop), half-open slice indices."""
+    start, sep, stop = str(text).partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        z = (int(start), int(stop))
+    except ValueError:
+        raise ConfigError(f"--z-range must be START:STOP (two integers), got {text!r}") from None
+    if not 0 <= z[0] < z[1]:
+        raise ConfigError(f"--z-range {text}: need 0 <= START < STOP")
+    return z
+
+
+def part_file(out_dir: str | os.PathLike, source_name: str, z_range: tuple[int, int]) -> Path:
+    """Where the tile hashes of one z range of a volume are written: OUTDIR/{volume}.z{start}-{stop}.tiles."""
+    return Path(out_dir) / f"{source_name}.z{z_range[0]}-{z_range[1]}{PART_SUFFIX}"
+
+
+def hash_volume_part(source: Source, out_dir: str | os.PathLike, s: PatchSettings, z_range: tuple[int, int],
+                     progress: bool = False) -> Path:
+    """Hash the tiles of one z range of a volume into its part file (atomic); returns the path."""
+    import h5py
+
+    with open_volume(source.path) as reader:
+        depth = reader.shape[0]
+        if z_range[1] > depth:
+            raise ConfigError(f"--z-range {z_range[0]}:{z_range[1]}: {source.path} has only {depth} slices")
+        axes, skipped, limits = _volume_plan(reader, source, s)
+        bar = _bar(z_range[1] - z_range[0], f"hash {source.name} z {z_range[0]}:{z_range[1]}", progress, unit="slice")
+        tiles = _hash_volume(reader, axes, s, limits, bar.update, z_range=z_range)
+        bar.close()
+        metadata = {"z_range": list(z_range), "shard_metadata": _volume_metadata(reader, source, s, axes, skipped,
+                                                                                 limits)}
+    path = part_file(check_writable(out_dir, "tile hashes"), source.name, z_range)
+    with atomic_path(path, suffix=PART_SUFFIX) as tmp, h5py.File(tmp, "w") as f:
+        for key in ("item", "slice", "boxes", "hashes"):
+            f.create_dataset(key, data=getattr(tiles, key), track_times=False)
+        f.attrs["format"] = PART_FORMAT
+        f.attrs["metadata"] = json.dumps(metadata, sort_keys=True)
+    return path
+
+
+def _read_part(path: Path) -> tuple[dict, _Tiles]:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("format") != PART_FORMAT:
+                raise InputError(f"{path}: not a tile-hash part (written by patchify3d.py --z-range)")
+            metadata = json.loads(f.attrs["metadata"])
+            tiles = _Tiles(*(np.asarray(f[key]) for key in ("item", "slice", "boxes", "hashes")))
+    except (OSError, KeyError, ValueError) as exc:
+        raise InputError(f"{path}: unreadable tile-hash part ({' '.join(str(exc).split())})") from None
+    return metadata, tiles
+
+
+def _merged_tiles(reader, source: Source, parts: Sequence[str | os.PathLike], s: PatchSettings):
+    """The union of a volume's tile-hash parts, checked (same volume and settings, the ranges covering the volume
+    once): (shard metadata, skipped axes, intensity limits, tiles in storage order)."""
+    read = sorted(((Path(p),) + _read_part(Path(p)) for p in parts), key=lambda r: r[1]["z_range"])
+    if not read:
+        raise ConfigError(f"{source.path}: no tile-hash parts to merge")
+    axes, skipped, limits = _volume_plan(reader, source, s)
+    metadata = _volume_metadata(reader, source, s, axes, skipped, limits)
+    expected_stop = 0
+    for path, meta, _ in read:
+        if meta["shard_metadata"] != metadata:
+            raise InputError(f"{path}: made from another volume or with other settings than {source.path}")
+        start, stop = meta["z_range"]
+        if start != expected_stop:
+            raise InputError(f"{path}: z ranges do not follow each other (slices {expected_stop}:{start} "
+                             f"are missing or doubled)")
+        expected_stop = stop
+    if expected_stop != reader.shape[0]:
+        raise InputError(f"{source.path}: the parts end at slice {expected_stop}, the volume has {reader.shape[0]}")
+    return metadata, skipped, limits, _Tiles.concat([t for _, _, t in read]).sorted()
+
+
+def _in_z_range(tiles: _Tiles, z_range: tuple[int, int]) -> np.ndarray:
+    """Which tiles a z range cuts: xy tiles of its slices, xz/yz tiles of the bands that start in it (the rule
+    of the hash pass, so the ranges' cuts never overlap and together hold every tile)."""
+    z = np.where(tiles.item == 0, tiles.slice, tiles.boxes[:, 0])
+    return (z >= z_range[0]) & (z < z_range[1])
+
+
+def _patches_from_cuts(cuts: Sequence[str | os.PathLike], names: list[str], keep: np.ndarray,
+                       where: str) -> Iterator[np.ndarray]:
+    """The kept patches, in shard order, from the files the cut jobs wrote (each kept patch in exactly one)."""
+    readers = [store.ShardReader(c) for c in cuts]
+    try:
+        found: dict[str, tuple[int, int]] = {}
+        for k, reader in enumerate(readers):
+            for i, name in enumerate(reader.names):
+                if name in found:
+                    raise InputError(f"{cuts[k]}: patch {name} is also in {cuts[found[name][0]]} (overlapping ranges)")
+                found[name] = (k, i)
+        wanted = [names[i] for i in keep.tolist()]
+        missing = [n for n in wanted if n not in found]
+        if missing or len(found) != len(wanted):
+            raise InputError(f"{where}: the cut parts hold {len(found)} patches, the de-duplication kept "
+                             f"{len(wanted)}" + (f" (missing {missing[0]})" if missing else "") +
+                             "; cut every z range from the same tile-hash parts")
+        for name in wanted:
+            k, i = found[name]
+            yield readers[k].read(i)
+    finally:
+        for reader in readers:
+            reader.close()
+
+
+def merge_volume_parts(source: Source, parts: Sequence[str | os.PathLike], shard: str | os.PathLike,
+                       s: PatchSettings, progress: bool = False,
+                       cuts: Sequence[str | os.PathLike] | None = None) -> SourceResult:
+    """The shard of a volume from the tile hashes of its z ranges: the same shard as one patchify_volume job
+    (same walk, same exemplars, same pixels). The ranges must cover the volume once, made with these settings.
+    The patches are cut from the volume here, or taken from the files of `cut_volume_range` jobs (`cuts`)."""
+    started = time.perf_counter()
+    shard = Path(shard)
+    result = SourceResult(source.path, str(shard), "done")
+    with open_volume(source.path) as reader:
+        metadata, skipped, limits, tiles = _merged_tiles(reader, source, parts, s)
+        result.notes += [f"axis {a} skipped: {why}" for a, why in sorted(skipped.items())]
+        if cuts is None:
+            result.n_kept = _write_volume_shard(reader, source, shard, s, tiles, metadata, limits)
+        else:
+            dedup, keep = _deduplicated(source, tiles, s)
+            names = _tile_names(source, tiles, range(len(tiles)))
+            _write(shard, names, [source.path] * len(tiles), tiles, dedup.exemplar_of, keep,
+                   _patches_from_cuts(list(cuts), names, keep, str(shard)), metadata)
+            result.n_kept = len(keep)
+    result.n_cut = len(tiles)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def cut_file(out_dir: str | os.PathLike, source_name: str, z_range: tuple[int, int]) -> Path:
+    """Where one z range's kept patches are written: OUTDIR/{volume}.z{start}-{stop}.patches."""
+    return Path(out_dir) / f"{source_name}.z{z_range[0]}-{z_range[1]}{CUT_SUFFIX}"
+
+
+def cut_volume_range(source: Source, parts: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
+                     s: PatchSettings, z_range: tuple[int, int]) -> tuple[Path, int]:
+    """Cut the exemplars one z range holds (the de-duplication of all parts, repeated here: it is cheap and
+    deterministic) into its cut file (shard format, no manifest). Returns the path and the number cut."""
+    with open_volume(source.path) as reader:
+        metadata, _, limits, tiles = _merged_tiles(reader, source, parts, s)
+        _, keep = _deduplicated(source, tiles, s)
+        mine = keep[_in_z_range(tiles, z_range)[keep]]
+        path = cut_file(check_writable(out_dir, "cut patches"), source.name, z_range)
+        store.write_shard(path, _tile_names(source, tiles, mine.tolist()), _cut_volume(reader, tiles, mine, limits),
+                          tiles.hashes[mine], {**metadata, "z_range": list(z_range)}, shapes=_shapes(tiles, mine))
+    return path, len(mine)
+
+
+def run_split_step(volumes: Sequence[Source], out_dir: str | os.PathLike, s: PatchSettings, z_range: str | None,
+                   merge: Sequence[str] | None, cuts: Sequence[str] | None = None, progress: bool = True) -> str:
+    """patchify3d.py on the one volume given, split into jobs. Returns the line to print.
+
+    --z-range: hash that range into a part; --merge PARTS: de-duplicate the parts and write the volume's shard
+    (skipped when it is complete); --merge PARTS --z-range: cut only that range's exemplars into a cut file;
+    --merge PARTS --cuts CUTS: write the shard from the cut files instead of reading the volume again."""
+    if len(volumes) != 1:
+        raise ConfigError(f"--z-range and --merge take one volume, not a folder of {len(volumes)}")
+    source = volumes[0]
+    if cuts and z_range is not None:
+        raise ConfigError("--cuts assembles the shard of the whole volume: give it without --z-range")
+    if cuts and not merge:
+        raise ConfigError("--cuts needs --merge PART ... (the tile hashes the cuts were made from)")
+    if z_range is not None and not merge:
+        path = hash_volume_part(source, out_dir, s, parse_z_range(z_range), progress)
+        return f"patchify3d: tile hashes of {source.name} z {z_range} in {path}"
+    if z_range is not None:
+        path, n = cut_volume_range(source, merge, out_dir, s, parse_z_range(z_range))
+        return f"patchify3d: {n} kept patches of {source.name} z {z_range} in {path}"
+    shard = shard_file(check_writable(out_dir, "patch shards"), source)
+    if store.is_complete_shard(shard):
+        mismatch = settings_mismatch(shard, s, KIND_VOLUME)
+        if mismatch:
+            raise ConfigError(f"{shard}: made with other settings: {mismatch}; delete it or choose another output "
+                              f"folder")
+        return f"patchify3d: {shard} is complete (skipped)"
+    result = merge_volume_parts(source, merge, shard, s, progress, cuts=cuts)
+    store.rebuild_folder_manifest(shard.parent)
+    return (f"patchify3d: {source.name}: {len(merge)} parts merged, {result.n_cut} patches cut, {result.n_kept} kept; "
+            f"{shard}; {result.seconds:.1f} s")
+
+
+def shard_file(out_dir: str | os.PathLike, source: Source) -> Path:
+    """The shard a source is written to: OUTDIR/{source name}.h5."""
+    return Path(out_dir) / f"{source.name}{store.SHARD_SUFFIX}"
+
+
+def select_sources(sources: Sequence[Source], names: Sequence[str], where: str | os.PathLike) -> list[Source]:
+    """The sources named (in the order found); ConfigError naming one that is not in `where`."""
+    by_name = {s.name: s for s in sources}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise ConfigError(f"--only {missing[0]}: no such source in {where} (found: "
+                          f"{', '.join(sorted(by_name)) or 'none'})")
+    wanted = set(names)
+    return [s for s in sources if s.name in wanted]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -496,7 +757,7 @@ def settings_mismatch(shard: Path, s: PatchSettings, kind: str) -> str | None:
 
 
 def _process(source: Source, out_dir: str, s: PatchSettings, progress: bool) -> SourceResult:
-    shard = Path(out_dir) / f"{source.name}{store.SHARD_SUFFIX}"
+    shard = shard_file(out_dir, source)
     try:
         if source.kind == KIND_VOLUME:
             return patchify_volume(source, shard, s, progress)
@@ -543,7 +804,7 @@ def run_sources(
     todo: list[Source] = []
     seen: dict[str, str] = {}
     for source in sources:
-        shard = out / f"{source.name}{store.SHARD_SUFFIX}"
+        shard = shard_file(out, source)
         if source.name in seen:
             results.append(SourceResult(source.path, str(shard), "failed", errors=[
                 f"{source.path}: same source name '{source.name}' as {seen[source.name]}; rename one"]))

@@ -103,6 +103,16 @@ def test_patchify2d_groups_names_manifest_and_dedup(tmp_path, capsys):
         assert int(h) == dhash(patch, 64) == dhash_reference(patch, 64)
 
 
+def test_patchify2d_only_cuts_the_named_groups_and_names_an_unknown_one(tmp_path, capsys):
+    imdir = _make_groups(tmp_path)
+    assert P2.main([str(imdir), str(tmp_path / "b"), "-cs", "64", "-q", "--only", "projB"]) == 0
+    assert [p.name for p in store.list_shards(tmp_path / "b")] == ["projB.h5"]
+    assert P2.main([str(imdir), str(tmp_path / "c"), "-q", "--only", "projC"]) == 2
+    err = capsys.readouterr().err
+    assert "--only projC: no such source in" in err and "(found: projA, projB)" in err
+    assert not (tmp_path / "c").exists() or not store.list_shards(tmp_path / "c")
+
+
 def test_patchify2d_bad_image_is_named_and_others_finish(tmp_path, capsys):
     imdir = _make_groups(tmp_path)
     (imdir / "projA" / "broken.png").write_bytes(b"\x89PNG garbage")
