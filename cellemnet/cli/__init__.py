@@ -1,0 +1,1 @@
+"""Console commands: each module's main(argv) is one stage script (installed as cellemnet-<name>)."""
