@@ -89,9 +89,9 @@ def _top(box, frac: float = 0.5) -> tuple[float, float]:
 # --------------------------------------------------------------------------------------------------------------
 @figure("pipeline")
 def draw_pipeline(out_dir: Path) -> Path:
-    """The three stages (curation -> pretraining -> evaluation) and the files passed between them."""
-    fig, ax = plt.subplots(figsize=(17, 6.2))
-    ax.set_xlim(0, 17)
+    """The three stages (curation -> pretraining -> evaluation), predict, and the files passed between them."""
+    fig, ax = plt.subplots(figsize=(20.4, 6.2))
+    ax.set_xlim(0, 20.4)
     ax.set_ylim(0, 6.2)
     ax.axis("off")
 
@@ -115,9 +115,14 @@ def draw_pipeline(out_dir: Path) -> Path:
         "fine-tune a U-Net", "2D and 3D inference", "IoU on benchmarks", "random init vs", "  pretrained"],
         subtitle="evaluation/")
 
+    predict = _box(ax, 17.6, stage_y, 2.7, stage_h, STAGE_COLOURS["evaluation"], "4  Predict", [
+        "your images, volumes", "  of any size", "block-wise, resumes", "OME-Zarr / TIFF /", "  NRRD / MRC out"],
+        subtitle="evaluation/predict.py")
+
     for a, b in ((raw, curation), (curation, store), (store, pretraining), (pretraining, encoder),
-                 (encoder, evaluation)):
+                 (encoder, evaluation), (evaluation, predict)):
         _arrow(ax, _right(a), _left(b))
+    ax.text(17.25, stage_y + stage_h / 2 + 0.08, "U-Net", ha="center", va="bottom", fontsize=8.5, color="#555555")
 
     published = _box(ax, 11.7, 0.88, 2.65, 1.3, "white", "published weights",
                      ["CEM500K / CEM1.5M", "(local .pth files)"], dashed=True, title_size=10.5)
@@ -125,6 +130,9 @@ def draw_pipeline(out_dir: Path) -> Path:
     benchmarks = _box(ax, 14.8, 0.88, 2.1, 1.3, "white", "benchmarks",
                       ["images + masks", "2D tif, 3D nrrd"], dashed=True, title_size=10.5)
     _arrow(ax, _top(benchmarks, 0.5), _bottom(evaluation, 0.571), dashed=True)
+    own = _box(ax, 17.85, 0.88, 2.2, 1.3, "white", "your EM data",
+               ["no masks needed", "h5 zarr tif mrc ..."], dashed=True, title_size=10.5)
+    _arrow(ax, _top(own, 0.5), _bottom(predict, 0.5), dashed=True)
     tracking = FancyBboxPatch((2.9, 0.12), 14.0, 0.55, boxstyle="round,pad=0.02,rounding_size=0.12",
                               facecolor="#f7f7fb", edgecolor=EDGE, linewidth=1.2, linestyle="--")
     ax.add_patch(tracking)
