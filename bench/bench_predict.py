@@ -10,8 +10,9 @@ memory: writes a uint8 Zarr volume chunk by chunk (default 512 x 2048 x 2048 = 2
   runs the same settings to completion on a small volume, and prints both result.json memory figures: peak RSS
   above the loaded model, which depends on the block size and not on the volume size.
 
-    python bench/bench_predict.py agreement [--iters 300] [--shape 112 192 192] [--block 64 96 96]
-    python bench/bench_predict.py memory [--shape 512 2048 2048] [--max-blocks 2] [--mode stack]
+    python bench/bench_predict.py [all]   # both parts, as in bench/RESULTS.md
+    python bench/bench_predict.py agreement [--iters 150] [--shape 112 192 192] [--block 64 96 96]
+    python bench/bench_predict.py memory [--shape 512 2048 2048] [--max-blocks 2] [--mode stack] [--model PTH]
 """
 from __future__ import annotations
 
@@ -33,8 +34,10 @@ import numpy as np  # noqa: E402
 from cellemnet.synthetic import make_benchmark, make_volume  # noqa: E402
 
 
-def train_model(out: Path, iters: int) -> Path:
+def train_model(out: Path, iters: int, given: str | None = None) -> Path:
     """A ResNet-18 U-Net fine-tuned from random init on the synthetic benchmark (the example config)."""
+    if given:
+        return Path(given)
     model_dir = out / "models"
     found = sorted(model_dir.glob("*.pth")) if model_dir.is_dir() else []
     if found:
@@ -54,7 +57,7 @@ def agreement(args) -> None:
     from cellemnet.io import open_volume, write_volume
 
     out = Path(args.out)
-    model = train_model(out, args.iters)
+    model = train_model(out, args.iters, args.model)
     predictor, metadata = load_model(model, "cpu")
     volume, _ = make_volume(tuple(args.shape), seed=11)
     write_volume(out / "volume.zarr", volume)
@@ -108,7 +111,7 @@ def run_predict(model: Path, volume: Path, output: Path, settings: list[str]) ->
 
 def memory(args) -> None:
     out = Path(args.out)
-    model = train_model(out, args.iters)
+    model = train_model(out, args.iters, args.model)
     big = out / f"big_{'x'.join(map(str, args.shape))}.zarr"
     write_big_volume(big, tuple(args.shape))
     small = out / "small.zarr"
@@ -128,20 +131,22 @@ def memory(args) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=("agreement", "memory"))
+    parser.add_argument("part", nargs="?", default="all", choices=("agreement", "memory", "all"))
+    parser.add_argument("--model", default=None, help="a fine-tuning checkpoint to use instead of training one")
     parser.add_argument("--out", default="bench_out/predict")
-    parser.add_argument("--iters", type=int, default=300)
+    parser.add_argument("--iters", type=int, default=150)
     parser.add_argument("--shape", type=int, nargs=3, default=None)
     parser.add_argument("--small-shape", type=int, nargs=3, default=[64, 512, 1024])
     parser.add_argument("--block", type=int, nargs=3, default=[64, 96, 96])
     parser.add_argument("--max-blocks", type=int, default=2)
     parser.add_argument("--mode", default="stack", choices=("stack", "orthoplane"))
     args = parser.parse_args()
-    if args.part == "agreement":
-        args.shape = args.shape or [112, 192, 192]
+    shape = args.shape
+    if args.part in ("agreement", "all"):
+        args.shape = shape or [112, 192, 192]
         agreement(args)
-    else:
-        args.shape = args.shape or [512, 2048, 2048]
+    if args.part in ("memory", "all"):
+        args.shape = shape or [512, 2048, 2048]
         memory(args)
     return 0
 

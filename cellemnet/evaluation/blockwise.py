@@ -30,6 +30,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from cellemnet.errors import InputError
+from cellemnet.evaluation.data import read_gray8
 from cellemnet.io import (
     IMAGE_SUFFIXES,
     MRC_SUFFIXES,
@@ -40,7 +41,6 @@ from cellemnet.io import (
     file_suffix,
     intensity_limits,
     open_volume,
-    read_image,
     split_container_path,
     to_uint8,
     write_image,
@@ -387,10 +387,14 @@ def predict_volume_file(predictor, metadata: Mapping[str, Any], input_path: str,
                              f"{predictor.num_classes} classes")
         if mode == "stack":  # xy slices need no context from other slices
             halo = (0, *halo[1:])
+        if output_format(output) == "file" and kind == "probabilities" and predictor.num_classes > 1:
+            raise InputError(f"{output}: several classes' probabilities need an OME-Zarr output (.ome.zarr), or "
+                             "output=labels")
         blocks = plan_blocks(shape, block, halo)
         store_kind = "labels" if kind == "instances" else kind
         settings = {"input": str(Path(split_container_path(input_path)[0]).resolve()), "address": input_path,
-                    "shape": list(shape), "model": metadata["source"], "mode": mode, "axes": list(axes),
+                    "shape": list(shape), "model": metadata["source"], "model_stamp": _file_stamp(metadata["source"]),
+                    "mode": mode, "axes": list(axes),
                     "output": store_kind, "threshold": threshold, "block": list(block), "halo": list(halo),
                     "limits": list(limits)}
         out_shape = output_shape(shape, predictor.num_classes, store_kind)
@@ -423,6 +427,15 @@ def predict_volume_file(predictor, metadata: Mapping[str, Any], input_path: str,
     return run, info
 
 
+def _file_stamp(path: str) -> list:
+    """Size and modification time of a model file (a retrained model under the same name is not resumed)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return []
+    return [st.st_size, st.st_mtime_ns]
+
+
 def _finish(group, work: Path, output: Path, kind: str, spacing, unit: str | None, progress: bool) -> None:
     """Turn a work store whose blocks are all done into the output, which appears in one rename."""
     labels = kind != "probabilities"
@@ -441,9 +454,6 @@ def _finish(group, work: Path, output: Path, kind: str, spacing, unit: str | Non
     data = np.asarray(group["0"][...])
     if kind == "instances":
         data = instance_labels(data)
-    if data.ndim == 4:
-        raise InputError(f"{output}: several classes' probabilities need an OME-Zarr output (.ome.zarr), or "
-                         "output=labels")
     write_volume(output, data, spacing=spacing)
     shutil.rmtree(work)
 
@@ -470,7 +480,7 @@ def image_files(folder: Path) -> list[Path]:
 def predict_image_file(predictor, metadata: Mapping[str, Any], image_path: Path, output: Path, *, kind: str,
                        tile: int, overlap: int, batch: int) -> dict:
     """Predict one 2D image in blended tiles and write it (a TIFF; several classes' probabilities as (C, H, W))."""
-    image = to_uint8(read_image(image_path), name=str(image_path))
+    image = read_gray8(image_path)  # as the evaluation stage reads test images
     probs = predictor.predict_image(image, tile_size=tile, overlap=overlap, batch=batch)
     if kind == "instances":
         if predictor.num_classes != 1:
