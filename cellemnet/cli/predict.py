@@ -87,6 +87,8 @@ def main(argv=None) -> int:
                          progress=opts["progress"])
     finally:
         cleanup_distributed()
+    if record["rank"] != 0:  # under torchrun rank 0 reports for every process
+        return 0
     memory = record["memory_mb"]
     state = "written" if record["complete"] else "not finished (run again to continue)"
     print(f"{record['output']}: {state} in {record['seconds']:.1f} s; peak memory {memory['peak']:.0f} MB "

@@ -407,16 +407,19 @@ def predict_volume_file(predictor, metadata: Mapping[str, Any], input_path: str,
         if rank != 0:
             group, array = _open_work(work, settings, out_shape, chunks, "uint8", create=False)
         mine = rank_blocks(blocks, rank, world)
+        done_at_start = len(_done(work))
         started = time.time()
         run.predicted, run.skipped = predict_blocks(
             predictor, reader, array, work, mine, limits=limits, mode=mode, axes=axes, kind=store_kind,
-            threshold=threshold, batch=batch, max_blocks=max_blocks, progress=progress)
-        run.seconds_predicting = time.time() - started
+            threshold=threshold, batch=batch, max_blocks=max_blocks, progress=progress and rank == 0)
         run.blocks, run.planes, run.notes, run.halo = len(blocks), tuple(axes), tuple(notes), tuple(halo)
         info = {"path": input_path, "shape": list(shape), "dtype": str(reader.dtype), "spacing": list(reader.spacing),
                 "intensity_limits": list(limits), "lazy": reader.lazy}
         spacing = reader.spacing
     _barrier()  # every rank's blocks are written
+    run.seconds_predicting = time.time() - started
+    if world > 1:  # rank 0 reports the blocks of every process
+        run.skipped, run.predicted = done_at_start, len(_done(work)) - done_at_start
     if rank != 0:
         return run, info
     if len(_done(work) & {b.name for b in blocks}) < len(blocks):
@@ -548,7 +551,7 @@ def predict(model: str | os.PathLike, input_path: str | os.PathLike, output: str
         predictor, metadata = loaded
     rss_model = rss_mb()
     fmt = output_format(output)
-    record: dict[str, Any] = {"version": 1, "kind": "predict", "model": dict(_plain(metadata)),
+    record: dict[str, Any] = {"version": 1, "kind": "predict", "rank": rank, "model": dict(_plain(metadata)),
                               "output_kind": kind, "device": str(predictor.device), "amp": bool(predictor.amp)}
     if _is_2d_input(input_path):
         folder = output if fmt == "folder" else None

@@ -212,3 +212,22 @@ def test_bad_model_input_or_settings_are_one_line_errors(tmp_path, capsys, check
     assert "o.png" in _error_line(capsys, str(checkpoint), str(volume), str(tmp_path / "o.png"))
     assert "'mode'" in _error_line(capsys, str(checkpoint), str(volume), "o.ome.zarr", "mode=xz")
     assert "'block'" in _error_line(capsys, str(checkpoint), str(volume), "o.ome.zarr", "block=[0,64,64]")
+
+
+@pytest.mark.slow
+def test_torchrun_splits_blocks_and_gives_the_single_process_output(tmp_path, checkpoint):
+    volume, _ = make_volume((4, 128, 64), seed=9)
+    write_volume(tmp_path / "v.zarr", volume)
+    settings = ["mode=stack", "block=[1,64,64]", "halo=[0,16,16]", "progress=false", "device=cpu"]
+    single = _run_script(str(checkpoint), str(tmp_path / "v.zarr"), str(tmp_path / "one.ome.zarr"), *settings)
+    assert single.wait(timeout=300) == 0, single.stderr.read()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(SCRIPT)]
+    done = subprocess.run([*torchrun, str(checkpoint), str(tmp_path / "v.zarr"), str(tmp_path / "two.ome.zarr"),
+                           *settings], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["how"]["processes"] == 2 and result["blocks"]["predicted"] == 8 and result["complete"]
+    assert done.stdout.count("written in") == 1  # rank 0 reports for both processes
+    with open_volume(tmp_path / "one.ome.zarr") as a, open_volume(tmp_path / "two.ome.zarr") as b:
+        np.testing.assert_array_equal(a.read(), b.read())
