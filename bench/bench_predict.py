@@ -6,13 +6,14 @@ agreement: fine-tunes a ResNet-18 U-Net on the synthetic benchmark (evaluation/f
   the default halo). Prints the Dice of the thresholded masks (the block-wise one from its uint8 probabilities),
   the mean absolute difference of the probabilities (x255) and the two times side by side.
 memory: writes a uint8 Zarr volume chunk by chunk (default 512 x 2048 x 2048 = 2 GiB; never held in memory),
-  runs `evaluation/predict.py` on it in a fresh process (--max-blocks blocks, the rest left for a re-run), then
-  runs the same settings to completion on a small volume, and prints both result.json memory figures: peak RSS
-  above the loaded model, which depends on the block size and not on the volume size.
+  runs `evaluation/predict.py` on it in a fresh process with the default block, halo and batch (--max-blocks
+  blocks: the 6th is the first with a full halo on every side; the rest is left for a re-run), then runs the same
+  settings to completion (pyramid included) on a 64 x 1280 x 1280 volume (100 MiB, 9 blocks, one interior), and
+  prints both result.json memory figures: peak RSS above the loaded model, set by the block, not the volume.
 
     python bench/bench_predict.py [all]   # both parts, as in bench/RESULTS.md
     python bench/bench_predict.py agreement [--iters 150] [--shape 112 192 192] [--block 64 96 96]
-    python bench/bench_predict.py memory [--shape 512 2048 2048] [--max-blocks 2] [--mode stack] [--model PTH]
+    python bench/bench_predict.py memory [--shape 512 2048 2048] [--max-blocks 6] [--mode stack] [--model PTH]
 """
 from __future__ import annotations
 
@@ -133,9 +134,9 @@ def main() -> int:
     parser.add_argument("--out", default=None, help="work folder, kept (default: a temporary one)")
     parser.add_argument("--iters", type=int, default=150)
     parser.add_argument("--shape", type=int, nargs=3, default=None)
-    parser.add_argument("--small-shape", type=int, nargs=3, default=[64, 512, 1024])
+    parser.add_argument("--small-shape", type=int, nargs=3, default=[64, 1280, 1280])
     parser.add_argument("--block", type=int, nargs=3, default=[64, 96, 96])
-    parser.add_argument("--max-blocks", type=int, default=2)
+    parser.add_argument("--max-blocks", type=int, default=6)
     parser.add_argument("--mode", default="stack", choices=("stack", "orthoplane"))
     args = parser.parse_args()
     if args.out is None:

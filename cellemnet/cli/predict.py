@@ -17,7 +17,7 @@ Keys (key=value):
                       or instances (connected components of a binary model's labels)
   block=[64,512,512]  core block (z, y, x) predicted at a time; halo=[16,64,64] context read around it
                       (stack mode reads no z halo)
-  tile=512 overlap=64 2D tiles and their blended overlap; batch=4 slices per forward pass
+  tile=512 overlap=64 2D tiles and their blended overlap; batch=2 slices per forward pass
   device=auto amp=true  the GPU (with mixed precision) when present
   max_blocks=0        stop after this many new blocks (0: all); run again to continue
   progress=true       progress bar (blocks/s and ETA)

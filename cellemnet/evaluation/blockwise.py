@@ -50,7 +50,7 @@ from cellemnet.io import (
 OUTPUT_KINDS = ("probabilities", "labels", "instances")
 DEFAULT_BLOCK = (64, 512, 512)  # 16 MiB of uint8 input; its probabilities (float32) are 64 MiB a class
 DEFAULT_HALO = (16, 64, 64)
-DEFAULT_BATCH = 4  # slices of up to 640 x 640 per forward pass
+DEFAULT_BATCH = 2  # slices of up to 640 x 640 per forward pass: ~300 MB of ResNet-18 U-Net activations each (CPU)
 WORK_SUFFIX = ".part"
 DONE_FOLDER = "done"
 SETTINGS_ATTR = "cellemnet_predict"
