@@ -135,8 +135,8 @@ def plane_axes(shape: Sequence[int], mode: str) -> tuple[list[int], list[str]]:
     axes, notes = [0], []
     for axis, name, side in ((1, "xz", (d, w)), (2, "yz", (d, h))):
         if min(side) < MIN_PLANE_SIDE:
-            notes.append(f"orthoplane: {name} planes left out: their {side[0]}x{side[1]} slices are thinner than "
-                         f"{MIN_PLANE_SIDE} pixels (averaging xy with the rest)")
+            notes.append(f"orthoplane: {name} planes left out of the average: their {side[0]}x{side[1]} slices are "
+                         f"thinner than {MIN_PLANE_SIDE} pixels")
         else:
             axes.append(axis)
     return axes, notes
