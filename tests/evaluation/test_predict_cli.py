@@ -134,7 +134,7 @@ def test_blockwise_orthoplane_equals_inference3d(tmp_path, checkpoint, monkeypat
     assert 0.2 < reference.mean() < 0.8 and dice(labels > 0, reference > 0) >= 0.99
 
 
-def test_thin_plane_orientations_are_left_out_with_a_note(capsys):
+def test_thin_plane_orientations_are_left_out_with_a_note(capsys, tmp_path):
     class Pointwise(torch.nn.Module):
         def forward(self, x):
             return 4.0 * x[:, :1] - 1.0
@@ -148,6 +148,12 @@ def test_thin_plane_orientations_are_left_out_with_a_note(capsys):
     axes, notes = predict_module.plane_axes((200, 150, 120), "orthoplane")
     assert axes == [0, 1, 2] and notes == []
     assert predict_module.plane_axes((120, 100, 300), "orthoplane")[0] == [0, 1]  # xz 120x300 kept, yz 120x100 not
+
+    from cellemnet.evaluation.infer import evaluate_3d  # inference3d.py's core says so too
+
+    write_volume(tmp_path / "t" / "images" / "v.nrrd", volume)
+    evaluate_3d(p, tmp_path / "t", tmp_path / "out", mode="orthoplane", progress=False, save_overlays=0)
+    assert "xz planes left out" in capsys.readouterr().out
 
 
 def _run_script(*args: str) -> subprocess.Popen:
