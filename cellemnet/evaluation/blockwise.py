@@ -541,6 +541,7 @@ def predict(model: str | os.PathLike, input_path: str | os.PathLike, output: str
     input_path, output = os.fspath(input_path), Path(output)
     if not Path(split_container_path(input_path)[0]).exists():
         raise InputError(f"{split_container_path(input_path)[0]}: input not found")
+    fmt = output_format(output)  # a bad OUTPUT is refused before the model is loaded
     rank, world = _torchrun_rank()
     if loaded is None:
         if world > 1:
@@ -550,7 +551,6 @@ def predict(model: str | os.PathLike, input_path: str | os.PathLike, output: str
     else:
         predictor, metadata = loaded
     rss_model = rss_mb()
-    fmt = output_format(output)
     record: dict[str, Any] = {"version": 1, "kind": "predict", "rank": rank, "model": dict(_plain(metadata)),
                               "output_kind": kind, "device": str(predictor.device), "amp": bool(predictor.amp)}
     if _is_2d_input(input_path):
