@@ -267,6 +267,7 @@ def predict_blocks(predictor, reader, array, work: Path, blocks: Sequence[Block]
     bar = tqdm(total=len(todo), desc=f"predict {mode}", unit="block", disable=not progress, dynamic_ncols=True)
     for block in todo:
         volume = to_uint8(reader[block.outer], limits=limits, name=reader.path)
+        volume = np.require(volume, requirements="W")  # memory-mapped / SimpleITK views are read-only: torch warns
         probs = predictor.predict_volume(volume, mode=mode, batch=batch, axes=axes)
         core = (slice(None),) + block.core_in_outer()
         array[channel + block.core] = block_output(probs[core], kind, threshold)
