@@ -106,6 +106,13 @@ def test_volume_becomes_ome_zarr_and_nrrd_with_voxel_size(tmp_path, loaded):
         assert reader.spacing == (30.0, 4.0, 4.0)
         np.testing.assert_array_equal(reader.read(), ome)  # same blocks whatever the input or output format
 
+    predict("unused", tmp_path / "v.zarr", tmp_path / "labels.ome.zarr", kind="labels", **kwargs)
+    predict("unused", tmp_path / "v.zarr", tmp_path / "instances.ome.zarr", kind="instances", **kwargs)
+    with open_volume(tmp_path / "labels.ome.zarr") as a, open_volume(tmp_path / "instances.ome.zarr") as b:
+        labels, instances = a.read(), b.read()
+    assert set(np.unique(labels)) <= {0, 1} and instances.dtype == np.uint32
+    np.testing.assert_array_equal(instances > 0, labels > 0)  # components cover exactly the foreground
+
 
 def test_blockwise_orthoplane_equals_inference3d(tmp_path, checkpoint, monkeypatch):
     """Several blocks (split along z, y and x) whose halos reach the whole volume: block-wise orthoplane gives
