@@ -89,10 +89,10 @@ def _top(box, frac: float = 0.5) -> tuple[float, float]:
 # --------------------------------------------------------------------------------------------------------------
 @figure("pipeline")
 def draw_pipeline(out_dir: Path) -> Path:
-    """The three stages (curation -> pretraining -> evaluation), the files passed between them, and the exported
-    model package."""
-    fig, ax = plt.subplots(figsize=(19.7, 6.2))
-    ax.set_xlim(0, 19.7)
+    """The three stages (curation -> pretraining -> evaluation), the files passed between them, the exported model
+    package and predict."""
+    fig, ax = plt.subplots(figsize=(23.0, 6.2))
+    ax.set_xlim(0, 23.0)
     ax.set_ylim(0, 6.2)
     ax.axis("off")
 
@@ -119,8 +119,12 @@ def draw_pipeline(out_dir: Path) -> Path:
     package = _box(ax, 17.35, file_y - 0.25, 2.3, file_h + 0.5, FILE_COLOUR, "model package",
                    ["bioimage.io rdf.yaml", "PyTorch, TorchScript,", "  ONNX weights", "export_model.py"],
                    title_size=11)
+    predict = _box(ax, 20.1, stage_y, 2.7, stage_h, STAGE_COLOURS["evaluation"], "4  Predict", [
+        "your images, volumes", "  of any size", "block-wise, resumes", "OME-Zarr / TIFF /", "  NRRD / MRC out"],
+        subtitle="evaluation/predict.py")
+
     for a, b in ((raw, curation), (curation, store), (store, pretraining), (pretraining, encoder),
-                 (encoder, evaluation), (evaluation, package)):
+                 (encoder, evaluation), (evaluation, package), (package, predict)):
         _arrow(ax, _right(a), _left(b))
 
     published = _box(ax, 11.7, 0.88, 2.65, 1.3, "white", "published weights",
@@ -129,6 +133,9 @@ def draw_pipeline(out_dir: Path) -> Path:
     benchmarks = _box(ax, 14.8, 0.88, 2.1, 1.3, "white", "benchmarks",
                       ["images + masks", "2D tif, 3D nrrd"], dashed=True, title_size=10.5)
     _arrow(ax, _top(benchmarks, 0.5), _bottom(evaluation, 0.571), dashed=True)
+    own = _box(ax, 20.35, 0.88, 2.2, 1.3, "white", "your EM data",
+               ["no masks needed", "h5 zarr tif mrc ..."], dashed=True, title_size=10.5)
+    _arrow(ax, _top(own, 0.5), _bottom(predict, 0.5), dashed=True)
     tracking = FancyBboxPatch((2.9, 0.12), 14.0, 0.55, boxstyle="round,pad=0.02,rounding_size=0.12",
                               facecolor="#f7f7fb", edgecolor=EDGE, linewidth=1.2, linestyle="--")
     ax.add_patch(tracking)

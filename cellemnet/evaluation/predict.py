@@ -4,17 +4,24 @@
 * 2D images larger than a tile size are predicted in overlapping tiles, blended with a smooth weight window,
   so memory stays bounded; images that fit are predicted whole (tiling then gives the same result).
 * 3D: `stack` predicts the xy slices; `orthoplane` also predicts the xz and yz slices and averages the three
-  float probabilities. Slices go through the network in batches.
+  float probabilities. Slices go through the network in batches. A plane orientation whose slices would be
+  thinner than MIN_PLANE_SIDE (xz and yz of a 5-slice stack) is left out with a printed note (`plane_axes`).
 """
 from __future__ import annotations
+
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cellemnet.constants import DEFAULT_CROP_SIZE
 from cellemnet.runtime import autocast
 
 DIVISOR = 32  # the U-Net halves the size five times
+# Curation's rule for thin cross sections (dataset.tiling.usable_axes): a slice shorter than half the crop size
+# is a sliver; its predictions (mostly padding and border) would drag the orthoplane average down.
+MIN_PLANE_SIDE = DEFAULT_CROP_SIZE // 2
 
 
 class Predictor:
@@ -86,9 +93,15 @@ class Predictor:
 
     # ------------------------------------------------------------------ 3D
     def predict_volume(self, volume: np.ndarray, mode: str = "stack", batch: int = 16, progress: bool = False,
-                       desc: str = "") -> np.ndarray:
-        """(D, H, W) uint8 -> (C, D, H, W) float32 mean probability over the planes of `mode`."""
-        axes = (0,) if mode == "stack" else (0, 1, 2)
+                       desc: str = "", axes: Sequence[int] | None = None) -> np.ndarray:
+        """(D, H, W) uint8 -> (C, D, H, W) float32 mean probability over the planes of `mode`.
+
+        axes: the slice axes to average (default: plane_axes of this volume, printing a note for each left out;
+        the block-wise predictor passes those of the whole volume)."""
+        if axes is None:
+            axes, notes = plane_axes(volume.shape, mode)
+            for note in notes:
+                print(f"note: {note}")
         acc = np.zeros((self.num_classes, *volume.shape), np.float32)
         total = sum(volume.shape[a] for a in axes)
         bar = None
@@ -109,6 +122,24 @@ class Predictor:
             bar.close()
         acc /= len(axes)
         return acc
+
+
+def plane_axes(shape: Sequence[int], mode: str) -> tuple[list[int], list[str]]:
+    """The slice axes `mode` predicts a (D, H, W) volume on (0: xy, 1: xz, 2: yz), and a note for each plane
+    orientation left out because its slices would be thinner than MIN_PLANE_SIDE (xy is always kept)."""
+    if mode not in ("stack", "orthoplane"):
+        raise ValueError(f"mode must be 'stack' or 'orthoplane', got {mode!r}")
+    if mode == "stack":
+        return [0], []
+    d, h, w = (int(n) for n in shape)
+    axes, notes = [0], []
+    for axis, name, side in ((1, "xz", (d, w)), (2, "yz", (d, h))):
+        if min(side) < MIN_PLANE_SIDE:
+            notes.append(f"orthoplane: {name} planes left out of the average: their {side[0]}x{side[1]} slices are "
+                         f"thinner than {MIN_PLANE_SIDE} pixels")
+        else:
+            axes.append(axis)
+    return axes, notes
 
 
 def pad_to_divisor(x: torch.Tensor) -> torch.Tensor:
