@@ -62,37 +62,30 @@ FILE_OUTPUT_SUFFIXES = TIFF_SUFFIXES + SITK_SUFFIXES + MRC_SUFFIXES
 # ---------------------------------------------------------------------------------------------- model
 def load_model(path: str | os.PathLike, device: str = "auto", amp: bool = True):
     """(Predictor, metadata) from a fine-tuning checkpoint or an exported package (a folder or .zip holding
-    rdf.yaml). Metadata: threshold, thresholds ({"2d", "3d"} where known), num_classes, norms, encoder, source."""
+    rdf.yaml), through the one loader of each (cellemnet.evaluation.package). Metadata: threshold, thresholds
+    ({"2d", "3d"}), num_classes, norms, encoder, source."""
+    from cellemnet.evaluation.package import predictor_from_checkpoint, predictor_from_package
+
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: model not found")
     if path.is_dir() or path.suffix.lower() == ".zip":
         if not _holds_rdf(path):
             raise InputError(f"{path}: not a model: a folder or .zip must hold rdf.yaml (an exported package)")
-        try:
-            from cellemnet.evaluation.package import predictor_from_package
-        except ImportError:
-            raise InputError(f"{path}: is an exported package, but this installation cannot read packages "
-                             "(cellemnet.evaluation.package is missing)") from None
         return predictor_from_package(path, device, amp)
-    from cellemnet.evaluation.infer import load_predictor  # lazy: imports torch
-
-    predictor, ckpt = load_predictor(path, {"device": device, "amp": amp})
-    config = ckpt.get("config") or {}
-    thresholds = {"2d": float(config.get("threshold2d", 0.5)), "3d": float(config.get("threshold3d", 0.5))}
-    metadata = {"threshold": thresholds["3d"], "thresholds": thresholds, "num_classes": predictor.num_classes,
-                "norms": ckpt["norms"], "encoder": ckpt.get("encoder"), "source": str(path.resolve())}
-    return predictor, metadata
+    return predictor_from_checkpoint(path.resolve(), device, amp)
 
 
 def _holds_rdf(path: Path) -> bool:
+    from cellemnet.evaluation.package import RDF_NAMES
+
     if path.is_dir():
-        return (path / "rdf.yaml").is_file()
+        return any((path / name).is_file() for name in RDF_NAMES)
     import zipfile
 
     try:
         with zipfile.ZipFile(path) as archive:
-            return any(Path(n).name == "rdf.yaml" for n in archive.namelist())
+            return any(Path(n).name in RDF_NAMES for n in archive.namelist())
     except zipfile.BadZipFile:
         raise InputError(f"{path}: not a readable .zip file") from None
 

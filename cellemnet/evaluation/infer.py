@@ -48,24 +48,13 @@ class TestResult:
 
 # ---------------------------------------------------------------------------------------------- model loading
 def load_predictor(state_path: str | Path, config: Mapping[str, Any]):
-    """A Predictor from a fine-tuning checkpoint: class count, channels and norms come from the checkpoint."""
-    from cellemnet.evaluation.model import build_unet_for_inference  # lazy: imports torch
-    from cellemnet.evaluation.predict import Predictor  # lazy: imports torch
+    """A Predictor from a fine-tuning checkpoint (class count, channels and norms come from the checkpoint; the
+    one builder is cellemnet.evaluation.package's), and the checkpoint."""
+    from cellemnet.evaluation.package import predictor_from_loaded_checkpoint
     from cellemnet.evaluation.train import load_training_checkpoint  # lazy: imports torch
-    from cellemnet.runtime import select_device  # lazy: imports torch
 
     ckpt = load_training_checkpoint(state_path)
-    state = ckpt["state_dict"]
-    num_classes = int(ckpt.get("num_classes", state["segmentation_head.0.bias"].shape[0]))
-    in_channels = int(ckpt.get("in_channels", state["encoder.conv1.weight"].shape[1]))
-    encoder = checkpoint_encoder(ckpt, state_path)
-    model = build_unet_for_inference(num_classes, in_channels, encoder)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise InputError(f"{state_path}: weights do not fit a {encoder} U-Net ({str(exc).splitlines()[0]})") from None
-    device = select_device(config["device"])
-    predictor = Predictor(model, ckpt["norms"], in_channels, num_classes, device, amp=config["amp"])
+    predictor, _ = predictor_from_loaded_checkpoint(ckpt, state_path, config["device"], amp=config["amp"])
     return predictor, ckpt
 
 

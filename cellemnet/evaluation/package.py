@@ -21,7 +21,8 @@ The package is validated with `bioimageio.core.test_model` (every weight format,
 into place (`cellemnet.io.atomic_dir`).
 
 `predictor_from_package(path)` and `predictor_from_checkpoint(path)` give the same pair, (Predictor, metadata),
-metadata = {threshold, num_classes, norms, encoder, source}: a checkpoint and its package predict the same.
+metadata = {threshold, thresholds ({"2d", "3d"}), num_classes, norms, encoder, source}: a checkpoint and its
+package predict the same.
 """
 from __future__ import annotations
 
@@ -67,14 +68,16 @@ def _build_predictor(state: Mapping[str, Any], meta: Mapping[str, Any], in_chann
 
 
 def checkpoint_metadata(ckpt: Mapping[str, Any], source: str | os.PathLike) -> dict[str, Any]:
-    """The metadata of a fine-tuning checkpoint: {threshold, num_classes, norms, encoder, source}."""
+    """The metadata of a fine-tuning checkpoint: {threshold, thresholds, num_classes, norms, encoder, source}."""
     from cellemnet.encoder import Norms
     from cellemnet.evaluation.infer import checkpoint_encoder
 
     state = ckpt["state_dict"]
     config = ckpt.get("config") or {}
+    threshold2d = float(config.get("threshold2d", 0.5))
     return {
-        "threshold": float(config.get("threshold2d", 0.5)),
+        "threshold": threshold2d,
+        "thresholds": {"2d": threshold2d, "3d": float(config.get("threshold3d", threshold2d))},
         "num_classes": int(ckpt.get("num_classes", state["segmentation_head.0.bias"].shape[0])),
         "norms": Norms.parse(ckpt["norms"]).as_dict(),
         "encoder": checkpoint_encoder(ckpt, source),
@@ -86,7 +89,13 @@ def predictor_from_checkpoint(path: str | os.PathLike, device="auto", amp: bool 
     """(Predictor, metadata) from a fine-tuning checkpoint (what evaluation/finetune.py writes)."""
     from cellemnet.evaluation.train import load_training_checkpoint  # lazy: imports torch
 
-    ckpt = load_training_checkpoint(path)
+    return predictor_from_loaded_checkpoint(load_training_checkpoint(path), path, device, amp)
+
+
+def predictor_from_loaded_checkpoint(ckpt: Mapping[str, Any], path: str | os.PathLike, device="auto",
+                                     amp: bool = True):
+    """(Predictor, metadata) from a fine-tuning checkpoint already read (the inference scripts need its other keys
+    too); `path` names it in messages and metadata."""
     meta = checkpoint_metadata(ckpt, path)
     in_channels = int(ckpt.get("in_channels", ckpt["state_dict"]["encoder.conv1.weight"].shape[1]))
     return _build_predictor(ckpt["state_dict"], meta, in_channels, device, amp, str(path)), meta
@@ -142,7 +151,10 @@ def predictor_from_package(path: str | os.PathLike, device="auto", amp: bool = T
 
     descr = load_package_description(path)
     config = package_config(descr, path)
-    meta = {"threshold": float(config["threshold2d"]), "num_classes": int(config["num_classes"]),
+    threshold2d = float(config["threshold2d"])
+    meta = {"threshold": threshold2d, "thresholds": {"2d": threshold2d,
+                                                     "3d": float(config.get("threshold3d", threshold2d))},
+            "num_classes": int(config["num_classes"]),
             "norms": {"mean": list(config["norms"]["mean"]), "std": list(config["norms"]["std"])},
             "encoder": str(config["encoder"]), "source": str(path)}
     data = get_reader(descr.weights.pytorch_state_dict.source).read()

@@ -81,11 +81,32 @@ def test_predict_on_the_package_equals_predict_on_the_checkpoint(exported, check
     assert package.is_package(source) and not package.is_package(checkpoint)
     meta_ckpt, image_probs, volume_probs = checkpoint_prediction
     from_pkg, meta_pkg = package.predictor_from_package(source, device="cpu")
-    assert set(meta_pkg) == {"threshold", "num_classes", "norms", "encoder", "source"}
+    assert set(meta_pkg) == {"threshold", "thresholds", "num_classes", "norms", "encoder", "source"}
     assert {**meta_pkg, "source": None} == {**meta_ckpt, "source": None}
     assert meta_pkg["threshold"] == 0.4 and meta_pkg["encoder"] == "resnet18" and meta_pkg["source"] == str(source)
     np.testing.assert_array_equal(from_pkg.predict_image(IMAGE), image_probs)
     np.testing.assert_array_equal(from_pkg.predict_volume(VOLUME, "orthoplane"), volume_probs)
+
+
+@pytest.mark.parametrize("output", ["probabilities", "labels"])
+def test_the_predict_command_gives_the_same_output_for_the_package_and_the_checkpoint(exported, tmp_path, output):
+    """evaluation/predict.py MODEL INPUT OUTPUT with MODEL the checkpoint, then its package: identical files
+    (the threshold of labels comes from the model in both)."""
+    from cellemnet.cli.predict import main
+    from cellemnet.io import open_volume, write_volume
+
+    checkpoint, folder, _ = exported
+    volume = tmp_path / "v.h5"
+    write_volume(f"{volume}:/raw", make_volume((6, 72, 80), seed=4)[0])
+    outs = {}
+    for name, model in (("checkpoint", checkpoint), ("package", folder)):
+        out = tmp_path / f"{name}.ome.zarr"
+        assert main([str(model), f"{volume}:/raw", str(out), f"output={output}", "mode=stack", "device=cpu", "progress=false"]) == 0
+        with open_volume(out) as reader:
+            outs[name] = np.asarray(reader[:])
+    assert outs["checkpoint"].shape == (6, 72, 80)
+    assert outs["checkpoint"].any()
+    np.testing.assert_array_equal(outs["package"], outs["checkpoint"])
 
 
 def test_rdf_holds_the_normalisation_threshold_and_provenance(exported):

@@ -217,7 +217,6 @@ def test_bad_model_input_or_settings_are_one_line_errors(tmp_path, capsys, check
     assert "rdf.yaml" in _error_line(capsys, str(tmp_path / "empty"), str(volume), "o.ome.zarr")
     (tmp_path / "pkg").mkdir()
     (tmp_path / "pkg" / "rdf.yaml").write_text("type: model\n")
-    monkeypatch.setitem(sys.modules, "cellemnet.evaluation.package", None)  # an installation without packages
     assert "pkg" in _error_line(capsys, str(tmp_path / "pkg"), str(volume), "o.ome.zarr")
     assert "missing.h5" in _error_line(capsys, str(checkpoint), str(tmp_path / "missing.h5"), "o.ome.zarr")
     assert "v.h5" in _error_line(capsys, str(checkpoint), f"{volume}:/nokey", "o.ome.zarr")
