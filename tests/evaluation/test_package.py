@@ -101,7 +101,8 @@ def test_the_predict_command_gives_the_same_output_for_the_package_and_the_check
     outs = {}
     for name, model in (("checkpoint", checkpoint), ("package", folder)):
         out = tmp_path / f"{name}.ome.zarr"
-        assert main([str(model), f"{volume}:/raw", str(out), f"output={output}", "mode=stack", "device=cpu", "progress=false"]) == 0
+        args = [f"output={output}", "mode=stack", "device=cpu", "progress=false"]
+        assert main([str(model), f"{volume}:/raw", str(out), *args]) == 0
         with open_volume(out) as reader:
             outs[name] = np.asarray(reader[:])
     assert outs["checkpoint"].shape == (6, 72, 80)
