@@ -85,13 +85,17 @@ class DistInfo:
         return self.rank == 0
 
 
+def torchrun_rank() -> tuple[int, int]:
+    """(rank, world size) from torchrun's environment; (0, 1) for a plain `python script.py`."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def init_distributed(device_preference: str = "auto") -> tuple[DistInfo, torch.device]:
     """Initialise torch.distributed from torchrun's env:// variables when present.
 
     NCCL on GPUs, gloo on the CPU. A plain `python script.py` run gets world_size 1 and no process group.
     """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+    rank, world_size = torchrun_rank()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     info = DistInfo(rank=rank, local_rank=local_rank, world_size=world_size)
     device = select_device(device_preference)

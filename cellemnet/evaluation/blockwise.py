@@ -42,6 +42,7 @@ from cellemnet.io import (
     intensity_limits,
     open_volume,
     split_container_path,
+    swap_in,
     to_uint8,
     write_image,
     write_volume,
@@ -62,32 +63,18 @@ FILE_OUTPUT_SUFFIXES = TIFF_SUFFIXES + SITK_SUFFIXES + MRC_SUFFIXES
 # ---------------------------------------------------------------------------------------------- model
 def load_model(path: str | os.PathLike, device: str = "auto", amp: bool = True):
     """(Predictor, metadata) from a fine-tuning checkpoint or an exported package (a folder or .zip holding
-    rdf.yaml), through the one loader of each (cellemnet.evaluation.package). Metadata: threshold, thresholds
-    ({"2d", "3d"}), num_classes, norms, encoder, source."""
-    from cellemnet.evaluation.package import predictor_from_checkpoint, predictor_from_package
+    rdf.yaml, or that rdf.yaml), through the one loader of each (cellemnet.evaluation.package). Metadata:
+    threshold, thresholds ({"2d", "3d"}), num_classes, norms, encoder, source."""
+    from cellemnet.evaluation.package import is_package, predictor_from_checkpoint, predictor_from_package
 
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: model not found")
-    if path.is_dir() or path.suffix.lower() == ".zip":
-        if not _holds_rdf(path):
-            raise InputError(f"{path}: not a model: a folder or .zip must hold rdf.yaml (an exported package)")
+    if is_package(path):
         return predictor_from_package(path, device, amp)
-    return predictor_from_checkpoint(path.resolve(), device, amp)
-
-
-def _holds_rdf(path: Path) -> bool:
-    from cellemnet.evaluation.package import RDF_NAMES
-
     if path.is_dir():
-        return any((path / name).is_file() for name in RDF_NAMES)
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return any(Path(n).name in RDF_NAMES for n in archive.namelist())
-    except zipfile.BadZipFile:
-        raise InputError(f"{path}: not a readable .zip file") from None
+        raise InputError(f"{path}: not a model: a folder must hold rdf.yaml (an exported package)")
+    return predictor_from_checkpoint(path.resolve(), device, amp)
 
 
 def model_threshold(metadata: Mapping[str, Any], dims: str) -> float:
@@ -350,17 +337,6 @@ def input_unit(input_path: str) -> str | None:
     return units[-1] if units and units[-1] else None
 
 
-def _swap_in(tmp: Path, output: Path) -> None:
-    """Replace `output` (a folder or file, if any) by `tmp` with renames only."""
-    if output.exists():
-        old = output.with_name(f".{output.name}.old-{os.getpid()}")
-        os.replace(output, old)
-        os.replace(tmp, output)
-        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
-    else:
-        os.replace(tmp, output)
-
-
 def predict_volume_file(predictor, metadata: Mapping[str, Any], input_path: str, output: Path, *, mode: str,
                         kind: str, block: Sequence[int], halo: Sequence[int], batch: int, max_blocks: int = 0,
                         rank: int = 0, world: int = 1, progress: bool = True) -> tuple[VolumeRun, dict]:
@@ -446,7 +422,7 @@ def _finish(group, work: Path, output: Path, kind: str, spacing, unit: str | Non
             group.attrs["image-label"] = {"version": "0.4"}
         shutil.rmtree(work / DONE_FOLDER)
         del group.attrs[SETTINGS_ATTR]
-        _swap_in(work, output)
+        swap_in(work, output)
         return
     data = np.asarray(group["0"][...])
     if kind == "instances":
@@ -527,7 +503,7 @@ def predict(model: str | os.PathLike, input_path: str | os.PathLike, output: str
     kind: probabilities (uint8 0-255), labels (the model's threshold) or instances (binary models).
     `loaded`: an already loaded (Predictor, metadata) pair (benchmarks measure memory above it).
     """
-    from cellemnet.runtime import init_distributed  # lazy: imports torch
+    from cellemnet.runtime import init_distributed, torchrun_rank  # lazy: imports torch
 
     started = time.time()
     if kind not in OUTPUT_KINDS:
@@ -536,7 +512,7 @@ def predict(model: str | os.PathLike, input_path: str | os.PathLike, output: str
     if not Path(split_container_path(input_path)[0]).exists():
         raise InputError(f"{split_container_path(input_path)[0]}: input not found")
     fmt = output_format(output)  # a bad OUTPUT is refused before the model is loaded
-    rank, world = _torchrun_rank()
+    rank, world = torchrun_rank()
     if loaded is None:
         if world > 1:
             _, dev = init_distributed(device)
@@ -593,6 +569,3 @@ def _plain(metadata: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
     for key, value in metadata.items():
         yield key, json.loads(json.dumps(value, default=str))
 
-
-def _torchrun_rank() -> tuple[int, int]:
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))

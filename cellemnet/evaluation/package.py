@@ -348,9 +348,8 @@ def model_description(folder: Path, meta: Mapping[str, Any], in_channels: int, c
     )
     config = {CONFIG_KEY: {
         "num_classes": meta["num_classes"], "class_names": class_names, "in_channels": in_channels,
-        "encoder": meta["encoder"], "norms": norms, "threshold2d": meta["threshold"],
-        "threshold3d": record.get("threshold3d", meta["threshold"]), **{k: v for k, v in record.items()
-                                                                          if k != "threshold3d"},
+        "encoder": meta["encoder"], "norms": norms, "threshold2d": meta["thresholds"]["2d"],
+        "threshold3d": meta["thresholds"]["3d"], **record,
     }}
     return spec.ModelDescr(
         name=name,
@@ -407,14 +406,13 @@ def export_package(checkpoint: str | os.PathLike, outdir: str | os.PathLike, *, 
         # the folder is replaced whole: only an earlier package (or an empty folder) may be
         raise InputError(f"{outdir}: exists and is not a model package; give a new or empty folder")
     check_writable(outdir.parent, "model package")
-    predictor, meta = predictor_from_checkpoint(checkpoint, device="cpu", amp=False)
+    predictor, meta = predictor_from_loaded_checkpoint(ckpt, checkpoint, device="cpu", amp=False)
     model = predictor.model.eval()
     config = ckpt.get("config") or {}
     class_names = [str(c) for c in config.get("class_names") or [f"class{i}" for i in range(meta["num_classes"])]]
     if len(class_names) != meta["num_classes"]:
         class_names = [f"class{i}" for i in range(meta["num_classes"])]
     record = provenance(ckpt, checkpoint)
-    record["threshold3d"] = float(config.get("threshold3d", meta["threshold"]))
     name = name or f"CellEMNet {meta['encoder']} U-Net {record['benchmark'] or 'EM'}"
     name = "".join(c if c.isalnum() or c in "_+- ()" else "-" for c in name)
     image = valid_test_image(test_image if test_image is not None else make_image(TEST_SHAPE, seed=0)[0])

@@ -207,7 +207,7 @@ def _error_line(capsys, *argv: str) -> str:
     return err
 
 
-def test_bad_model_input_or_settings_are_one_line_errors(tmp_path, capsys, checkpoint, monkeypatch):
+def test_bad_model_input_or_settings_are_one_line_errors(tmp_path, capsys, checkpoint):
     volume = tmp_path / "v.h5"
     write_volume(f"{volume}:/raw", np.zeros((4, 32, 32), np.uint8))
     assert str(tmp_path / "nope.pth") in _error_line(capsys, str(tmp_path / "nope.pth"), str(volume), "o.ome.zarr")
@@ -217,6 +217,8 @@ def test_bad_model_input_or_settings_are_one_line_errors(tmp_path, capsys, check
     assert "rdf.yaml" in _error_line(capsys, str(tmp_path / "empty"), str(volume), "o.ome.zarr")
     (tmp_path / "pkg").mkdir()
     (tmp_path / "pkg" / "rdf.yaml").write_text("type: model\n")
+    (tmp_path / "junk.zip").write_bytes(b"not a zip")
+    assert "junk.zip" in _error_line(capsys, str(tmp_path / "junk.zip"), str(volume), "o.ome.zarr")
     assert "pkg" in _error_line(capsys, str(tmp_path / "pkg"), str(volume), "o.ome.zarr")
     assert "missing.h5" in _error_line(capsys, str(checkpoint), str(tmp_path / "missing.h5"), "o.ome.zarr")
     assert "v.h5" in _error_line(capsys, str(checkpoint), f"{volume}:/nokey", "o.ome.zarr")
