@@ -37,6 +37,8 @@ from cellemnet.constants import DEFAULT_MAX_HAMMING
 _MAX_BLOCK_BITS = 16
 _PROBE_COST = 40.0  # one bucket lookup (a likely cache miss) relative to comparing with one bucket entry
 _BUFFER_ENTRIES = 1 << 20  # neighbour pair slots per thread and chunk (8 MiB per thread)
+_GATHER = 2048  # queries gathered per bucket before they are compared (48 KiB per thread: stays in L2)
+_COPY = 8  # query slots copied per group without a branch
 
 
 @intrinsic
@@ -108,7 +110,7 @@ def _mask_tables(plan: BlockPlan) -> tuple[np.ndarray, np.ndarray]:
     for bits, radius in zip(plan.bits, plan.radii):
         if not plan.brute_force and radius >= 0:
             by_weight = sorted(range(1 << bits), key=lambda v: v.bit_count())
-            masks.extend(v for v in by_weight if v.bit_count() <= radius)
+            masks.extend(sorted(v for v in by_weight if v.bit_count() <= radius))
         starts.append(len(masks))
     return np.array(masks, dtype=np.int64), np.array(starts, dtype=np.int64)
 
@@ -128,7 +130,7 @@ def _found_in_earlier_block(x, b, radii, bits, shifts):
 
 
 @numba.njit(cache=True)
-def _build_block(active, hashes, shift_bits, n_bits, off, base, entry_ids, entry_hashes):
+def _build_block(active, hashes, rank, shift_bits, n_bits, off, base, entry_ranks, entry_hashes):
     """Counting sort of the active hashes by one block's value into entries base.. of the shared arrays."""
     n = active.shape[0]
     nb = np.int64(1) << n_bits
@@ -147,17 +149,18 @@ def _build_block(active, hashes, shift_bits, n_bits, off, base, entry_ids, entry
         key = np.int64((h >> shift) & mask)
         slot = base + fill[key]
         fill[key] += 1
-        entry_ids[slot] = item
+        entry_ranks[slot] = rank[item]
         entry_hashes[slot] = h
 
 
 @numba.njit(cache=True, parallel=True)
-def _build_index(active, hashes, shifts, bits, radii, bucket_base, entry_base, offsets, entry_ids, entry_hashes):
+def _build_index(active, hashes, rank, shifts, bits, radii, bucket_base, entry_base, offsets, entry_ranks,
+                 entry_hashes):
     """Counting-sort the active hashes into one bucket array per indexed block (blocks in parallel)."""
     for b in prange(shifts.shape[0]):
         if radii[b] >= 0:
-            _build_block(active, hashes, shifts[b], bits[b], offsets[bucket_base[b] :], entry_base[b], entry_ids,
-                         entry_hashes)
+            _build_block(active, hashes, rank, shifts[b], bits[b], offsets[bucket_base[b] :], entry_base[b],
+                         entry_ranks, entry_hashes)
 
 
 @numba.njit(cache=True)
@@ -179,8 +182,8 @@ def _sort_queries_by_block(queries, hashes, shifts, bits, radii):
 
 @numba.njit(cache=True)
 def _probe_block(
-    b, qi, q, hashes, rank, removed, max_distance, shifts, bits, radii, masks, mask_starts, bucket_base, entry_base,
-    offsets, entry_ids, entry_hashes, out_q, out_r, fill, cap,
+    b, qi, q, hashes, rank, order, max_distance, shifts, bits, radii, masks, mask_starts, bucket_base, entry_base,
+    offsets, entry_ranks, entry_hashes, out_q, out_r, fill, cap,
 ):
     """Append (qi, r) for each standing hash r after q in walk order, within max_distance, found through block b.
 
@@ -200,15 +203,14 @@ def _probe_block(
         for e in range(lo, hi):
             x = h ^ entry_hashes[e]
             if _popcount(x) <= max_distance:
-                r = entry_ids[e]
-                if rank[r] <= rq or removed[r]:
-                    continue
                 if _found_in_earlier_block(x, b, radii, bits, shifts):
+                    continue
+                if entry_ranks[e] <= rq:
                     continue
                 if fill >= cap:
                     return -1
                 out_q[fill] = qi
-                out_r[fill] = r
+                out_r[fill] = order[entry_ranks[e]]
                 fill += 1
     return fill
 
@@ -232,8 +234,8 @@ def _probe_brute(qi, q, hashes, rank, removed, max_distance, active, out_q, out_
 
 @numba.njit(cache=True, parallel=True)
 def _search_chunk(
-    queries, sorted_by_block, n_threads, hashes, rank, removed, max_distance, brute, active,
-    shifts, bits, radii, masks, mask_starts, bucket_base, entry_base, offsets, entry_ids, entry_hashes,
+    queries, sorted_by_block, n_threads, hashes, rank, removed, order, max_distance, brute, active,
+    shifts, bits, radii, masks, mask_starts, bucket_base, entry_base, offsets, entry_ranks, entry_hashes,
     out_q, out_r, fills,
 ):
     """All (query, later standing neighbour) pairs of a chunk; thread t writes to out_q[t], out_r[t].
@@ -260,8 +262,8 @@ def _search_chunk(
                 for i in range(lo, hi):
                     qi = sorted_by_block[b, i]
                     fill = _probe_block(
-                        b, qi, queries[qi], hashes, rank, removed, max_distance, shifts, bits, radii, masks,
-                        mask_starts, bucket_base, entry_base, offsets, entry_ids, entry_hashes, out_q[t], out_r[t],
+                        b, qi, queries[qi], hashes, rank, order, max_distance, shifts, bits, radii, masks,
+                        mask_starts, bucket_base, entry_base, offsets, entry_ranks, entry_hashes, out_q[t], out_r[t],
                         fill, cap,
                     )
                     if fill < 0:
@@ -272,13 +274,14 @@ def _search_chunk(
 
 
 @numba.njit(cache=True)
-def _group_queries(queries, hashes, shifts, bits, radii, max_buckets):
+def _group_queries(queries, hashes, rank, shifts, bits, radii, max_buckets):
     """Per indexed block, the chunk's queries grouped by block value: offsets, hashes and chunk positions."""
     k = queries.shape[0]
     n_blocks = shifts.shape[0]
     qoffs = np.zeros((n_blocks, max_buckets + 1), dtype=np.int64)
-    qhashes = np.empty((n_blocks, k), dtype=np.uint64)
+    qhashes = np.zeros((n_blocks, k + _COPY), dtype=np.uint64)  # padding read by the unconditional copy
     qpos = np.empty((n_blocks, k), dtype=np.int64)
+    qranks = np.empty((n_blocks, k), dtype=np.int64)
     for b in range(n_blocks):
         if radii[b] < 0:
             continue
@@ -296,17 +299,70 @@ def _group_queries(queries, hashes, shifts, bits, radii, max_buckets):
             v = np.int64((h >> shift) & mask)
             qhashes[b, fill[v]] = h
             qpos[b, fill[v]] = i
+            qranks[b, fill[v]] = rank[queries[i]]
             fill[v] += 1
-    return qoffs, qhashes, qpos
+    return qoffs, qhashes, qpos, qranks
+
+
+@numba.njit(cache=True)
+def _flush_gathered(
+    n_gathered, gathered_h, gathered_i, nearest, elo, ehi, b, order, max_distance, shifts, bits,
+    radii, entry_ranks, entry_hashes, qpos, qrank, out_q, out_r, fill, cap,
+):
+    """Compare the gathered queries with the bucket's entries elo..ehi; append the pairs within max_distance.
+
+    The first pass only keeps each query's nearest distance, in a loop over the gathered queries that the
+    compiler vectorises (hundreds of queries against a few dozen entries); hits are rare, so the exact pass
+    that reports pairs runs for a few queries only.
+    """
+    for i in range(n_gathered):
+        nearest[i] = 64
+    e = elo
+    while e + 4 <= ehi:
+        h0 = entry_hashes[e]
+        h1 = entry_hashes[e + 1]
+        h2 = entry_hashes[e + 2]
+        h3 = entry_hashes[e + 3]
+        for i in range(n_gathered):
+            q = gathered_h[i]
+            nearest[i] = min(min(nearest[i], min(_popcount(q ^ h0), _popcount(q ^ h1))),
+                             min(_popcount(q ^ h2), _popcount(q ^ h3)))
+        e += 4
+    while e < ehi:
+        he = entry_hashes[e]
+        for i in range(n_gathered):
+            nearest[i] = min(nearest[i], _popcount(gathered_h[i] ^ he))
+        e += 1
+    for i in range(n_gathered):
+        if nearest[i] > max_distance:
+            continue
+        hq = gathered_h[i]
+        gi = gathered_i[i]
+        rq = qrank[gi]
+        for e in range(elo, ehi):
+            x = hq ^ entry_hashes[e]
+            if _popcount(x) > max_distance:
+                continue
+            if _found_in_earlier_block(x, b, radii, bits, shifts):
+                continue
+            if entry_ranks[e] <= rq:
+                continue
+            if fill >= cap:
+                return -1
+            out_q[fill] = qpos[gi]
+            out_r[fill] = order[entry_ranks[e]]
+            fill += 1
+    return fill
 
 
 @numba.njit(cache=True)
 def _scan_bucket_block(
-    b, t, n_threads, queries, hashes, rank, removed, max_distance, shifts, bits, radii, masks, mask_starts,
-    bucket_base, entry_base, offsets, entry_ids, entry_hashes, qoffs, qhashes, qpos, out_q, out_r, fill, cap,
+    b, t, n_threads, order, max_distance, shifts, bits, radii, masks, mask_starts,
+    bucket_base, entry_base, offsets, entry_ranks, entry_hashes, qoffs, qhashes, qpos, qranks, out_q, out_r, fill, cap,
+    gathered_h, gathered_i, nearest,
 ):
-    """Thread t's share of block b's buckets: each bucket is read once and compared with every query group
-    whose block value is within the block's radius."""
+    """Thread t's share of block b's buckets: each bucket is read once and compared with the queries of every
+    group whose block value is within the block's radius, gathered into one contiguous buffer first."""
     nb = np.int64(1) << bits[b]
     lo_bucket = nb * t // n_threads
     hi_bucket = nb * (t + 1) // n_threads
@@ -314,59 +370,79 @@ def _scan_bucket_block(
     ebase = entry_base[b]
     qoff = qoffs[b]
     qh = qhashes[b]
-    qp = qpos[b]
+    gcap = gathered_h.shape[0] - _COPY  # the buffers have _COPY slots of slack for the unconditional copy
     for bucket in range(lo_bucket, hi_bucket):
         elo = ebase + offsets[obase + bucket]
         ehi = ebase + offsets[obase + bucket + 1]
         if elo == ehi:
             continue
-        entries = entry_hashes[elo:ehi]
+        n_gathered = 0
         for j in range(mask_starts[b], mask_starts[b + 1]):
             g = bucket ^ masks[j]
-            for gi in range(qoff[g], qoff[g + 1]):
-                hq = qh[gi]
-                hits = 0
-                for e in range(entries.shape[0]):
-                    hits += _popcount(hq ^ entries[e]) <= max_distance
-                if hits == 0:
-                    continue
-                qi = qp[gi]
-                q = queries[qi]
-                rq = rank[q]
-                for e in range(entries.shape[0]):
-                    x = hq ^ entries[e]
-                    if _popcount(x) > max_distance:
-                        continue
-                    r = entry_ids[elo + e]
-                    if rank[r] <= rq or removed[r]:
-                        continue
-                    if _found_in_earlier_block(x, b, radii, bits, shifts):
-                        continue
-                    if fill >= cap:
+            glo = qoff[g]
+            count = qoff[g + 1] - glo
+            if n_gathered + count > gcap:  # rare: compare what is gathered, then go on
+                if n_gathered:
+                    fill = _flush_gathered(
+                        n_gathered, gathered_h, gathered_i, nearest, elo, ehi, b, order,
+                        max_distance, shifts, bits, radii, entry_ranks, entry_hashes, qpos[b], qranks[b], out_q, out_r,
+                        fill, cap,
+                    )
+                    if fill < 0:
                         return -1
-                    out_q[fill] = qi
-                    out_r[fill] = r
-                    fill += 1
+                    n_gathered = 0
+                while count > gcap:  # a group bigger than the buffer (many equal block values)
+                    for c in range(gcap):
+                        gathered_h[c] = qh[glo + c]
+                        gathered_i[c] = glo + c
+                    fill = _flush_gathered(
+                        gcap, gathered_h, gathered_i, nearest, elo, ehi, b, order,
+                        max_distance, shifts, bits, radii, entry_ranks, entry_hashes, qpos[b], qranks[b], out_q, out_r,
+                        fill, cap,
+                    )
+                    if fill < 0:
+                        return -1
+                    glo += gcap
+                    count -= gcap
+            # copy _COPY slots whatever the group's size (no branch to mispredict on the usual small groups);
+            # qhashes has _COPY slots of padding, and slots past the group are overwritten or never read
+            for c in range(_COPY):
+                gathered_h[n_gathered + c] = qh[glo + c]
+                gathered_i[n_gathered + c] = glo + c
+            for c in range(_COPY, count):
+                gathered_h[n_gathered + c] = qh[glo + c]
+                gathered_i[n_gathered + c] = glo + c
+            n_gathered += count
+        if n_gathered:
+            fill = _flush_gathered(
+                n_gathered, gathered_h, gathered_i, nearest, elo, ehi, b, order, max_distance,
+                shifts, bits, radii, entry_ranks, entry_hashes, qpos[b], qranks[b], out_q, out_r, fill, cap,
+            )
+            if fill < 0:
+                return -1
     return fill
 
 
 @numba.njit(cache=True, parallel=True)
 def _search_chunk_by_bucket(
-    queries, n_threads, hashes, rank, removed, max_distance, shifts, bits, radii, masks, mask_starts, bucket_base,
-    entry_base, offsets, entry_ids, entry_hashes, qoffs, qhashes, qpos, out_q, out_r, fills,
+    queries, n_threads, order, max_distance, shifts, bits, radii, masks, mask_starts, bucket_base,
+    entry_base, offsets, entry_ranks, entry_hashes, qoffs, qhashes, qpos, qranks, out_q, out_r, fills,
 ):
     """Same pairs as _search_chunk, bucket-major: for chunks with more queries than buckets, every bucket is
     loaded once per chunk instead of once per probing query (the lookups are batched and sorted by bucket)."""
     cap = out_q.shape[1]
     for t in prange(n_threads):
         fill = 0
+        gathered_h = np.empty(_GATHER + _COPY, dtype=np.uint64)
+        gathered_i = np.empty(_GATHER + _COPY, dtype=np.int64)
+        nearest = np.empty(_GATHER + _COPY, dtype=np.uint64)
         for b in range(shifts.shape[0]):
             if radii[b] < 0:
                 continue
             fill = _scan_bucket_block(
-                b, t, n_threads, queries, hashes, rank, removed, max_distance, shifts, bits, radii, masks,
-                mask_starts, bucket_base, entry_base, offsets, entry_ids, entry_hashes, qoffs, qhashes, qpos,
-                out_q[t], out_r[t], fill, cap,
+                b, t, n_threads, order, max_distance, shifts, bits, radii, masks,
+                mask_starts, bucket_base, entry_base, offsets, entry_ranks, entry_hashes, qoffs, qhashes, qpos, qranks,
+                out_q[t], out_r[t], fill, cap, gathered_h, gathered_i, nearest,
             )
             if fill < 0:
                 break
@@ -509,7 +585,7 @@ def greedy_clusters(
     query_buf = np.empty(k_max, dtype=np.int64)
 
     offsets = np.zeros(max(total_buckets, 1), dtype=np.int64)
-    entry_ids = np.empty(0, dtype=np.int32)
+    entry_ranks = np.empty(0, dtype=np.int32)
     entry_hashes = np.empty(0, dtype=np.uint64)
     entry_base = np.zeros(len(bits), dtype=np.int64)
     active = np.empty(0, dtype=np.int64)
@@ -529,30 +605,30 @@ def greedy_clusters(
             built_size = len(active)
             if not plan.brute_force:
                 n_indexed = sum(indexed)
-                entry_ids = np.empty(n_indexed * built_size, dtype=np.int32)
+                entry_ranks = np.empty(n_indexed * built_size, dtype=np.int32)
                 entry_hashes = np.empty(n_indexed * built_size, dtype=np.uint64)
                 c = 0
                 for b in range(len(bits)):
                     entry_base[b] = c * built_size
                     c += int(indexed[b])
-                _build_index(active, hashes, shifts, bits, radii, bucket_base, entry_base, offsets,
-                             entry_ids, entry_hashes)
+                _build_index(active, hashes, rank, shifts, bits, radii, bucket_base, entry_base, offsets,
+                             entry_ranks, entry_hashes)
         count = _next_queries(order, pos, removed, k, query_buf)
         queries = query_buf[:count]
         if not plan.brute_force and count * 8 >= max_buckets:
-            qoffs, qhashes, qpos = _group_queries(queries, hashes, shifts, bits, radii, max_buckets)
+            qoffs, qhashes, qpos, qranks = _group_queries(queries, hashes, rank, shifts, bits, radii, max_buckets)
             _search_chunk_by_bucket(
-                queries, n_threads, hashes, rank, removed, np.int64(max_distance), shifts, bits, radii, masks,
-                mask_starts, bucket_base, entry_base, offsets, entry_ids, entry_hashes, qoffs, qhashes, qpos,
-                out_q, out_r, fills,
+                queries, n_threads, order, np.int64(max_distance), shifts, bits, radii, masks,
+                mask_starts, bucket_base, entry_base, offsets, entry_ranks, entry_hashes, qoffs, qhashes, qpos,
+                qranks, out_q, out_r, fills,
             )
         else:
             sorted_by_block = no_sort if plan.brute_force else _sort_queries_by_block(queries, hashes, shifts, bits,
                                                                                        radii)
             _search_chunk(
-                queries, sorted_by_block, n_threads, hashes, rank, removed, np.int64(max_distance),
+                queries, sorted_by_block, n_threads, hashes, rank, removed, order, np.int64(max_distance),
                 plan.brute_force, active, shifts, bits, radii, masks, mask_starts, bucket_base, entry_base, offsets,
-                entry_ids, entry_hashes, out_q, out_r, fills,
+                entry_ranks, entry_hashes, out_q, out_r, fills,
             )
         if (fills < 0).any():  # neighbour lists overflowed: retry with fewer queries, or a bigger buffer
             if k > 1:
