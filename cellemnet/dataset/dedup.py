@@ -39,6 +39,10 @@ _PROBE_COST = 40.0  # one bucket lookup (a likely cache miss) relative to compar
 _BUFFER_ENTRIES = 1 << 20  # neighbour pair slots per thread and chunk (8 MiB per thread)
 _GATHER = 2048  # queries gathered per bucket before they are compared (48 KiB per thread: stays in L2)
 _COPY = 8  # query slots copied per group without a branch
+_BATCHED_PROBE_COST = 125.0  # one (bucket, mask) pair of a bucket-major chunk, in comparisons (measured)
+_STALE = 0.03  # share of stale index entries (behind the walk or removed) that triggers a compaction
+_NO_RANKS = np.empty(0, dtype=np.int32)
+_NO_HASHES = np.empty(0, dtype=np.uint64)
 
 
 @intrinsic
@@ -450,7 +454,7 @@ def _search_chunk_by_bucket(
 
 
 @numba.njit(cache=True)
-def _resolve_chunk(queries, out_q, out_r, fills, rank, removed, exemplar_of, exemplars, n_exemplars):
+def _resolve_chunk(queries, out_q, out_r, fills, rank, removed, removed_bits, exemplar_of, exemplars, n_exemplars):
     """Apply the greedy rule to the chunk's queries in walk order. Returns (exemplar count, hashes removed)."""
     k = queries.shape[0]
     starts = np.zeros(k + 1, dtype=np.int64)
@@ -478,6 +482,8 @@ def _resolve_chunk(queries, out_q, out_r, fills, rank, removed, exemplar_of, exe
             r = neighbours[e]
             if not removed[r]:
                 removed[r] = True
+                rr = rank[r]
+                removed_bits[rr >> 6] |= np.uint64(1) << np.uint64(rr & 63)
                 exemplar_of[r] = q
                 n_removed += 1
     return n_exemplars, n_removed
@@ -539,18 +545,116 @@ def _check_order(order, n: int) -> np.ndarray:
     return order
 
 
+@numba.njit(cache=True)
+def _compact_block(pos, removed_bits, n_bits, off, base, entry_ranks, entry_hashes):
+    """Drop one block's entries that are behind the walk (rank < pos) or removed, keeping bucket order."""
+    nb = np.int64(1) << n_bits
+    write = base
+    start = base
+    for bucket in range(nb):
+        end = base + off[bucket + 1]
+        off[bucket] = write - base
+        for e in range(start, end):
+            er = entry_ranks[e]
+            if er >= pos and not (removed_bits[er >> 6] >> np.uint64(er & 63)) & np.uint64(1):
+                entry_ranks[write] = er
+                entry_hashes[write] = entry_hashes[e]
+                write += 1
+        start = end
+    off[nb] = write - base
+
+
+@numba.njit(cache=True, parallel=True)
+def _compact_index(pos, removed_bits, bits, radii, bucket_base, entry_base, offsets, entry_ranks, entry_hashes):
+    for b in prange(bits.shape[0]):
+        if radii[b] >= 0:
+            _compact_block(pos, removed_bits, bits[b], offsets[bucket_base[b] :], entry_base[b], entry_ranks,
+                           entry_hashes)
+
+
+def _next_chunk_size(count: int, wasted: float, chunk_cost: float, query_cost: float) -> int:
+    """Chunk size with the least cost per useful query, (F / K + c) / (1 - a K).
+
+    F: the fixed cost of a bucket-major chunk; c: one query's comparisons; a K: the share of a chunk's queries
+    removed by earlier ones of the same chunk, estimated from the last chunk (it grows about linearly with K).
+    The minimum is at K = F / c * (sqrt(1 + c / (a F)) - 1); the size changes at most 8-fold per chunk.
+    """
+    a = max(wasted, 0.002) / count
+    best = chunk_cost / query_cost * (math.sqrt(1.0 + query_cost / (a * chunk_cost)) - 1.0)
+    return int(min(max(best, count / 8), count * 8))
+
+
+class _Index:
+    """The multi-index of the hashes still standing: one bucket array per indexed block of the plan.
+
+    Entries hold the hash and its walk rank, sorted by bucket and, within a bucket, by rank. Built once for a
+    plan; between builds it is compacted in place (a sequential pass) instead of being rebuilt.
+    """
+
+    def __init__(self, plan: BlockPlan):
+        self.plan = plan
+        self.masks, self.mask_starts = _mask_tables(plan)
+        self.shifts = np.array(plan.shifts, dtype=np.int64)
+        self.bits = np.array(plan.bits, dtype=np.int64)
+        self.radii = np.array(plan.radii, dtype=np.int64)
+        indexed = [not plan.brute_force and r >= 0 for r in plan.radii]
+        self.n_indexed = sum(indexed)
+        self.bucket_base = np.zeros(len(plan.bits), dtype=np.int64)
+        total = 0
+        for b, on in enumerate(indexed):
+            self.bucket_base[b] = total
+            total += (1 << plan.bits[b]) + 1 if on else 0
+        self.offsets = np.zeros(max(total, 1), dtype=np.int64)
+        self.entry_base = np.zeros(len(plan.bits), dtype=np.int64)
+        self.max_buckets = 1 << max(plan.bits) if not plan.brute_force else 0
+        # one bucket-major chunk reads every (bucket, mask) pair once, whatever its size (in comparisons)
+        self.batched_chunk_cost = _BATCHED_PROBE_COST * sum(
+            (1 << b) * _ball(b, r) for b, r in zip(plan.bits, plan.radii) if r >= 0 and not plan.brute_force)
+        self.pass_rate = sum(_ball(b, r) / 2.0**b for b, r in zip(plan.bits, plan.radii) if r >= 0)
+        self.size = -1  # hashes indexed (stale ones included); -1: not built
+        self.active = np.empty(0, dtype=np.int64)  # the brute-force plan scans these item ids instead
+
+    def candidates_per_query(self, n_standing: int) -> float:
+        return max(1.0, n_standing * self.pass_rate)
+
+    def build(self, active: np.ndarray, hashes: np.ndarray, rank: np.ndarray) -> None:
+        self.size = len(active)
+        if self.plan.brute_force:
+            self.active = active
+            return
+        self.entry_ranks = np.empty(self.n_indexed * self.size, dtype=np.int32)
+        self.entry_hashes = np.empty(self.n_indexed * self.size, dtype=np.uint64)
+        c = 0
+        for b, r in enumerate(self.plan.radii):
+            self.entry_base[b] = c * self.size
+            c += int(r >= 0)
+        _build_index(active, hashes, rank, self.shifts, self.bits, self.radii, self.bucket_base, self.entry_base,
+                     self.offsets, self.entry_ranks, self.entry_hashes)
+
+    def compact(self, pos: int, removed_bits: np.ndarray, n_standing: int) -> None:
+        _compact_index(np.int64(pos), removed_bits, self.bits, self.radii, self.bucket_base, self.entry_base,
+                       self.offsets, self.entry_ranks, self.entry_hashes)
+        self.size = n_standing
+
+
 def greedy_clusters(
     hashes, max_distance: int = DEFAULT_MAX_HAMMING, seed: int = 0, order=None, *, plan: BlockPlan | None = None,
     n_threads: int | None = None, buffer_entries: int | None = None,
 ) -> DedupResult:
-    """Greedy exemplar selection with the assignment of every removed hash to the exemplar that removed it."""
+    """Greedy exemplar selection with the assignment of every removed hash to the exemplar that removed it.
+
+    ``plan`` fixes the block split (tests, benchmarks); by default it follows the number of hashes standing,
+    so the index is rebuilt with fewer, narrower blocks once most hashes are gone.
+    """
     # Longer than 80 lines on purpose: the speculative chunk walk adapts its chunk size, index and neighbour buffers
-    # from one chunk to the next, and those dozen arrays live as locals across the loop (the hot parts are the
-    # numba kernels above); split into functions, each step would take and return all of them.
+    # from one chunk to the next, and those arrays live as locals across the loop (the hot parts are the numba
+    # kernels above); split into functions, each step would take and return all of them.
     hashes = np.ascontiguousarray(np.asarray(hashes, dtype=np.uint64).reshape(-1))
     n = hashes.shape[0]
     if max_distance < 0:
         raise ValueError(f"max_distance must be >= 0, got {max_distance}")
+    if n >= 2**31:
+        raise ValueError(f"{n} hashes: at most 2**31 - 1 per call (de-duplicate in parts, then across them)")
     order = walk_order(n, seed) if order is None else _check_order(order, n)
     exemplar_of = np.full(n, -1, dtype=np.int64)
     exemplars = np.empty(n, dtype=np.int64)
@@ -559,38 +663,20 @@ def greedy_clusters(
     rank = np.empty(n, dtype=np.int64)
     rank[order] = np.arange(n, dtype=np.int64)
     removed = np.zeros(n, dtype=np.bool_)
+    removed_bits = np.zeros((n + 63) // 64, dtype=np.uint64)  # removed[order[r]] by walk rank r, for compaction
 
-    plan = plan or plan_blocks(int(max_distance), n)
-    masks, mask_starts = _mask_tables(plan)
-    shifts = np.array(plan.shifts, dtype=np.int64)
-    bits = np.array(plan.bits, dtype=np.int64)
-    radii = np.array(plan.radii, dtype=np.int64)
-    indexed = [not plan.brute_force and r >= 0 for r in plan.radii]
-    bucket_base = np.zeros(len(bits), dtype=np.int64)
-    total_buckets = 0
-    for b in range(len(bits)):
-        bucket_base[b] = total_buckets
-        if indexed[b]:
-            total_buckets += (1 << int(bits[b])) + 1
+    fixed_plan = plan
+    index = _Index(plan or plan_blocks(int(max_distance), n))
     n_threads = max(1, min(n_threads or numba.get_num_threads(), numba.get_num_threads()))
-    max_buckets = 1 << max(plan.bits) if not plan.brute_force else 0
-
     if buffer_entries is None:  # small inputs need small buffers; they grow if a huge cluster needs it
         buffer_entries = min(_BUFFER_ENTRIES, max(1024, 8 * n))
     out_q = np.empty((n_threads, buffer_entries), dtype=np.int32)
     out_r = np.empty((n_threads, buffer_entries), dtype=np.int32)
     fills = np.zeros(n_threads, dtype=np.int64)
     k_max = n
-    k = min(4096, k_max)
+    k = min(max(4096, index.max_buckets), k_max)  # bucket-major from the first chunk
     query_buf = np.empty(k_max, dtype=np.int64)
-
-    offsets = np.zeros(max(total_buckets, 1), dtype=np.int64)
-    entry_ranks = np.empty(0, dtype=np.int32)
-    entry_hashes = np.empty(0, dtype=np.uint64)
-    entry_base = np.zeros(len(bits), dtype=np.int64)
-    active = np.empty(0, dtype=np.int64)
-    no_sort = np.empty((len(bits), 0), dtype=np.int64)
-    built_size = -1
+    no_sort = np.empty((len(index.plan.bits), 0), dtype=np.int64)
     pos = 0
     n_exemplars = 0
     n_removed = 0
@@ -599,36 +685,39 @@ def greedy_clusters(
             pos += 1
         if pos >= n:
             break
-        n_standing = n - n_exemplars - n_removed
-        if built_size < 0 or n_standing < 0.75 * built_size:
-            active = _standing_after(order, pos, removed)
-            built_size = len(active)
-            if not plan.brute_force:
-                n_indexed = sum(indexed)
-                entry_ranks = np.empty(n_indexed * built_size, dtype=np.int32)
-                entry_hashes = np.empty(n_indexed * built_size, dtype=np.uint64)
-                c = 0
-                for b in range(len(bits)):
-                    entry_base[b] = c * built_size
-                    c += int(indexed[b])
-                _build_index(active, hashes, rank, shifts, bits, radii, bucket_base, entry_base, offsets,
-                             entry_ranks, entry_hashes)
+        n_standing = n - n_exemplars - n_removed  # all at walk position >= pos
+        replan = None if fixed_plan else plan_blocks(int(max_distance), n_standing)
+        if index.size < 0 or (replan is not None and replan != index.plan and n_standing < 0.5 * index.size):
+            index = _Index(replan or index.plan)
+            index.build(_standing_after(order, pos, removed), hashes, rank)
+        elif index.plan.brute_force and n_standing < 0.75 * index.size:
+            index.build(_standing_after(order, pos, removed), hashes, rank)
+        elif not index.plan.brute_force and n_standing < (1 - _STALE) * index.size:
+            index.compact(pos, removed_bits, n_standing)
         count = _next_queries(order, pos, removed, k, query_buf)
         queries = query_buf[:count]
-        if not plan.brute_force and count * 8 >= max_buckets:
-            qoffs, qhashes, qpos, qranks = _group_queries(queries, hashes, rank, shifts, bits, radii, max_buckets)
+        ix = index
+        bucket_major = not ix.plan.brute_force and count * 8 >= ix.max_buckets
+        if bucket_major:
+            qoffs, qhashes, qpos, qranks = _group_queries(queries, hashes, rank, ix.shifts, ix.bits, ix.radii,
+                                                          ix.max_buckets)
             _search_chunk_by_bucket(
-                queries, n_threads, order, np.int64(max_distance), shifts, bits, radii, masks,
-                mask_starts, bucket_base, entry_base, offsets, entry_ranks, entry_hashes, qoffs, qhashes, qpos,
-                qranks, out_q, out_r, fills,
+                queries, n_threads, order, np.int64(max_distance), ix.shifts, ix.bits, ix.radii, ix.masks,
+                ix.mask_starts, ix.bucket_base, ix.entry_base, ix.offsets, ix.entry_ranks, ix.entry_hashes, qoffs,
+                qhashes, qpos, qranks, out_q, out_r, fills,
+            )
+        elif not ix.plan.brute_force:
+            sorted_by_block = _sort_queries_by_block(queries, hashes, ix.shifts, ix.bits, ix.radii)
+            _search_chunk(
+                queries, sorted_by_block, n_threads, hashes, rank, removed, order, np.int64(max_distance), False,
+                ix.active, ix.shifts, ix.bits, ix.radii, ix.masks, ix.mask_starts, ix.bucket_base, ix.entry_base,
+                ix.offsets, ix.entry_ranks, ix.entry_hashes, out_q, out_r, fills,
             )
         else:
-            sorted_by_block = no_sort if plan.brute_force else _sort_queries_by_block(queries, hashes, shifts, bits,
-                                                                                       radii)
             _search_chunk(
-                queries, sorted_by_block, n_threads, hashes, rank, removed, order, np.int64(max_distance),
-                plan.brute_force, active, shifts, bits, radii, masks, mask_starts, bucket_base, entry_base, offsets,
-                entry_ranks, entry_hashes, out_q, out_r, fills,
+                queries, no_sort, n_threads, hashes, rank, removed, order, np.int64(max_distance), True, ix.active,
+                ix.shifts, ix.bits, ix.radii, ix.masks, ix.mask_starts, ix.bucket_base, ix.entry_base, ix.offsets,
+                _NO_RANKS, _NO_HASHES, out_q, out_r, fills,
             )
         if (fills < 0).any():  # neighbour lists overflowed: retry with fewer queries, or a bigger buffer
             if k > 1:
@@ -639,16 +728,20 @@ def greedy_clusters(
             continue
         before = n_exemplars
         n_exemplars, newly_removed = _resolve_chunk(
-            queries, out_q, out_r, fills, rank, removed, exemplar_of, exemplars, n_exemplars
+            queries, out_q, out_r, fills, rank, removed, removed_bits, exemplar_of, exemplars, n_exemplars
         )
         n_removed += newly_removed
         pos = int(rank[queries[-1]]) + 1
-        # queries removed by an earlier query of their own chunk were wasted: keep that share small
+        # queries removed by an earlier query of their own chunk were wasted: the next chunk's size trades that
+        # waste against the fixed cost of a bucket-major chunk
         wasted = 1.0 - (n_exemplars - before) / count
-        if wasted < 0.05:
-            k = min(k_max, k * 2)
+        if bucket_major:
+            k = _next_chunk_size(count, wasted, ix.batched_chunk_cost, ix.candidates_per_query(n_standing))
+        elif wasted < 0.05:
+            k = k * 2
         elif wasted > 0.2:
-            k = max(256, k // 2)
+            k = k // 2
+        k = max(256, min(k_max, k))
     return DedupResult(exemplars[:n_exemplars].copy(), exemplar_of)
 
 

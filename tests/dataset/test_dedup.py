@@ -70,6 +70,61 @@ def test_every_search_strategy_equals_oracle(plan, n_threads):
     assert np.array_equal(result.exemplar_of, expected_of)
 
 
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_bucket_major_search_with_16_bit_blocks_equals_oracle(n_threads):
+    """20,000 queries in one chunk: the 4 x 16-bit plan searches bucket by bucket (its largest plan)."""
+    hashes = clustered(20000, 12)
+    order = walk_order(len(hashes), 2)
+    plan = BlockPlan((0, 16, 32, 48), (16, 16, 16, 16), (3, 2, 2, 2))
+    result = greedy_clusters(hashes, 12, order=order, plan=plan, n_threads=n_threads)
+    expected, expected_of = oracle(hashes, 12, order)
+    assert np.array_equal(result.exemplars, expected)
+    assert np.array_equal(result.exemplar_of, expected_of)
+
+
+def test_query_groups_larger_than_the_gather_buffer_equal_oracle():
+    """3,000 hashes share their first 13-bit block (one query group bigger than the 2,048-query buffer) but are
+    otherwise random, mixed with clusters."""
+    rng = np.random.default_rng(8)
+    shared = (rng.integers(0, 2**50, 3000, dtype=np.uint64) << np.uint64(13)) | np.uint64(0x1ABC)
+    hashes = np.concatenate([shared, clustered(3000, 8)])
+    order = walk_order(len(hashes), 3)
+    plan = BlockPlan((0, 13, 26, 39, 52), (13, 13, 13, 13, 12), (2, 2, 2, 1, 1))
+    result = greedy_clusters(hashes, 12, order=order, plan=plan)
+    expected, expected_of = oracle(hashes, 12, order)
+    assert np.array_equal(result.exemplars, expected)
+    assert np.array_equal(result.exemplar_of, expected_of)
+
+
+def test_default_plan_with_compaction_and_replanning_equals_oracle(monkeypatch):
+    """With the default plan the index is compacted as hashes go and rebuilt with narrower blocks when the
+    standing set shrinks (7 blocks of 9-10 bits at 40,000 hashes, then 13 blocks of 5 bits)."""
+    from cellemnet.dataset import dedup
+
+    calls = {"build": [], "compact": 0}
+    build, compact = dedup._Index.build, dedup._Index.compact
+
+    def counted_build(self, *args):
+        calls["build"].append(self.plan)
+        return build(self, *args)
+
+    def counted_compact(self, *args):
+        calls["compact"] += 1
+        return compact(self, *args)
+
+    monkeypatch.setattr(dedup._Index, "build", counted_build)
+    monkeypatch.setattr(dedup._Index, "compact", counted_compact)
+    hashes = clustered(40000, 21, n_centres=4000, max_flips=8)
+    order = walk_order(len(hashes), 6)
+    result = greedy_clusters(hashes, 12, order=order)
+    assert len(set(calls["build"])) >= 2 and calls["compact"] >= 1
+    expected, expected_of = oracle(hashes, 12, order)
+    assert len(expected) < 0.5 * len(hashes)  # enough is removed for the plan to change
+    assert plan_blocks(12, len(expected)) != plan_blocks(12, len(hashes))
+    assert np.array_equal(result.exemplars, expected)
+    assert np.array_equal(result.exemplar_of, expected_of)
+
+
 @pytest.mark.parametrize("max_distance", [0, 3, 6, 20])
 def test_other_distances_equal_oracle(max_distance):
     hashes = clustered(2000, max_distance, max_flips=14)
