@@ -39,10 +39,13 @@ _PROBE_COST = 40.0  # one bucket lookup (a likely cache miss) relative to compar
 _BUFFER_ENTRIES = 1 << 20  # neighbour pair slots per thread and chunk (8 MiB per thread)
 _GATHER = 2048  # queries gathered per bucket before they are compared (48 KiB per thread: stays in L2)
 _COPY = 8  # query slots copied per group without a branch
+_EXACT = 256  # entries whose exact distances to one query are computed at once
 _BATCHED_PROBE_COST = 125.0  # one (bucket, mask) pair of a bucket-major chunk, in comparisons (measured)
 _STALE = 0.03  # share of stale index entries (behind the walk or removed) that triggers a compaction
 _NO_RANKS = np.empty(0, dtype=np.int32)
-_NO_HASHES = np.empty(0, dtype=np.uint64)
+import os  # noqa
+_DEBUG = bool(os.environ.get('DDW'))  # noqa
+_NO_WORDS = np.empty((4, 0), dtype=np.uint16)
 
 
 @intrinsic
@@ -53,6 +56,32 @@ def _popcount(typingctx, value):
         return builder.ctpop(args[0])
 
     return sig, codegen
+
+
+@intrinsic
+def _popcount_int(typingctx, value):
+    """Population count in the argument's own integer type (so 16-bit words vectorise 32 to a register)."""
+    sig = value(value)
+
+    def codegen(context, builder, signature, args):
+        return builder.ctpop(args[0])
+
+    return sig, codegen
+
+
+@numba.njit(cache=True, inline="always")
+def _word_hash(words, e):
+    """The 64-bit hash stored as four 16-bit words in column e of a (4, n) array."""
+    return (np.uint64(words[0, e]) | (np.uint64(words[1, e]) << np.uint64(16))
+            | (np.uint64(words[2, e]) << np.uint64(32)) | (np.uint64(words[3, e]) << np.uint64(48)))
+
+
+@numba.njit(cache=True, inline="always")
+def _set_words(words, e, h):
+    words[0, e] = np.uint16(h & np.uint64(0xFFFF))
+    words[1, e] = np.uint16((h >> np.uint64(16)) & np.uint64(0xFFFF))
+    words[2, e] = np.uint16((h >> np.uint64(32)) & np.uint64(0xFFFF))
+    words[3, e] = np.uint16(h >> np.uint64(48))
 
 
 # ------------------------------------------------------------------------------------------------ block plan
@@ -134,7 +163,7 @@ def _found_in_earlier_block(x, b, radii, bits, shifts):
 
 
 @numba.njit(cache=True)
-def _build_block(active, hashes, rank, shift_bits, n_bits, off, base, entry_ranks, entry_hashes):
+def _build_block(active, hashes, rank, shift_bits, n_bits, off, base, entry_ranks, entry_words):
     """Counting sort of the active hashes by one block's value into entries base.. of the shared arrays."""
     n = active.shape[0]
     nb = np.int64(1) << n_bits
@@ -154,17 +183,17 @@ def _build_block(active, hashes, rank, shift_bits, n_bits, off, base, entry_rank
         slot = base + fill[key]
         fill[key] += 1
         entry_ranks[slot] = rank[item]
-        entry_hashes[slot] = h
+        _set_words(entry_words, slot, h)
 
 
 @numba.njit(cache=True, parallel=True)
 def _build_index(active, hashes, rank, shifts, bits, radii, bucket_base, entry_base, offsets, entry_ranks,
-                 entry_hashes):
+                 entry_words):
     """Counting-sort the active hashes into one bucket array per indexed block (blocks in parallel)."""
     for b in prange(shifts.shape[0]):
         if radii[b] >= 0:
             _build_block(active, hashes, rank, shifts[b], bits[b], offsets[bucket_base[b] :], entry_base[b],
-                         entry_ranks, entry_hashes)
+                         entry_ranks, entry_words)
 
 
 @numba.njit(cache=True)
@@ -187,7 +216,7 @@ def _sort_queries_by_block(queries, hashes, shifts, bits, radii):
 @numba.njit(cache=True)
 def _probe_block(
     b, qi, q, hashes, rank, order, max_distance, shifts, bits, radii, masks, mask_starts, bucket_base, entry_base,
-    offsets, entry_ranks, entry_hashes, out_q, out_r, fill, cap,
+    offsets, entry_ranks, entry_words, out_q, out_r, fill, cap,
 ):
     """Append (qi, r) for each standing hash r after q in walk order, within max_distance, found through block b.
 
@@ -205,7 +234,7 @@ def _probe_block(
         lo = ebase + offsets[bucket]
         hi = ebase + offsets[bucket + 1]
         for e in range(lo, hi):
-            x = h ^ entry_hashes[e]
+            x = h ^ _word_hash(entry_words, e)
             if _popcount(x) <= max_distance:
                 if _found_in_earlier_block(x, b, radii, bits, shifts):
                     continue
@@ -239,7 +268,7 @@ def _probe_brute(qi, q, hashes, rank, removed, max_distance, active, out_q, out_
 @numba.njit(cache=True, parallel=True)
 def _search_chunk(
     queries, sorted_by_block, n_threads, hashes, rank, removed, order, max_distance, brute, active,
-    shifts, bits, radii, masks, mask_starts, bucket_base, entry_base, offsets, entry_ranks, entry_hashes,
+    shifts, bits, radii, masks, mask_starts, bucket_base, entry_base, offsets, entry_ranks, entry_words,
     out_q, out_r, fills,
 ):
     """All (query, later standing neighbour) pairs of a chunk; thread t writes to out_q[t], out_r[t].
@@ -267,7 +296,7 @@ def _search_chunk(
                     qi = sorted_by_block[b, i]
                     fill = _probe_block(
                         b, qi, queries[qi], hashes, rank, order, max_distance, shifts, bits, radii, masks,
-                        mask_starts, bucket_base, entry_base, offsets, entry_ranks, entry_hashes, out_q[t], out_r[t],
+                        mask_starts, bucket_base, entry_base, offsets, entry_ranks, entry_words, out_q[t], out_r[t],
                         fill, cap,
                     )
                     if fill < 0:
@@ -277,16 +306,20 @@ def _search_chunk(
         fills[t] = fill
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, parallel=True)
 def _group_queries(queries, hashes, rank, shifts, bits, radii, max_buckets):
-    """Per indexed block, the chunk's queries grouped by block value: offsets, hashes and chunk positions."""
+    """Per indexed block, the chunk's queries grouped by block value: offsets, hashes, chunk positions and walk
+    ranks (blocks in parallel)."""
     k = queries.shape[0]
     n_blocks = shifts.shape[0]
     qoffs = np.zeros((n_blocks, max_buckets + 1), dtype=np.int64)
     qhashes = np.zeros((n_blocks, k + _COPY), dtype=np.uint64)  # padding read by the unconditional copy
     qpos = np.empty((n_blocks, k), dtype=np.int64)
     qranks = np.empty((n_blocks, k), dtype=np.int64)
-    for b in range(n_blocks):
+    chunk_hashes = np.empty(k, dtype=np.uint64)
+    for i in range(k):
+        chunk_hashes[i] = hashes[queries[i]]
+    for b in prange(n_blocks):
         if radii[b] < 0:
             continue
         nb = np.int64(1) << bits[b]
@@ -294,12 +327,12 @@ def _group_queries(queries, hashes, rank, shifts, bits, radii, max_buckets):
         shift = np.uint64(shifts[b])
         off = qoffs[b]
         for i in range(k):
-            off[np.int64((hashes[queries[i]] >> shift) & mask) + 1] += 1
+            off[np.int64((chunk_hashes[i] >> shift) & mask) + 1] += 1
         for v in range(nb):
             off[v + 1] += off[v]
         fill = off[:nb].copy()
         for i in range(k):
-            h = hashes[queries[i]]
+            h = chunk_hashes[i]
             v = np.int64((h >> shift) & mask)
             qhashes[b, fill[v]] = h
             qpos[b, fill[v]] = i
@@ -309,61 +342,131 @@ def _group_queries(queries, hashes, rank, shifts, bits, radii, max_buckets):
 
 
 @numba.njit(cache=True)
-def _flush_gathered(
-    n_gathered, gathered_h, gathered_i, nearest, elo, ehi, b, order, max_distance, shifts, bits,
-    radii, entry_ranks, entry_hashes, qpos, qrank, out_q, out_r, fill, cap,
-):
-    """Compare the gathered queries with the bucket's entries elo..ehi; append the pairs within max_distance.
-
-    The first pass only keeps each query's nearest distance, in a loop over the gathered queries that the
-    compiler vectorises (hundreds of queries against a few dozen entries); hits are rare, so the exact pass
-    that reports pairs runs for a few queries only.
-    """
-    for i in range(n_gathered):
+def _nearest_3_words(n, ga, gb, gc, nearest, ea, eb, ec, elo, ehi):
+    """nearest[i] = min over entries elo..ehi of the distance on three 16-bit words (the block's own word left
+    out: its distance is the mask's weight). Vectorised over the gathered queries, four entries at a time."""
+    for i in range(n):
         nearest[i] = 64
     e = elo
     while e + 4 <= ehi:
-        h0 = entry_hashes[e]
-        h1 = entry_hashes[e + 1]
-        h2 = entry_hashes[e + 2]
-        h3 = entry_hashes[e + 3]
-        for i in range(n_gathered):
-            q = gathered_h[i]
-            nearest[i] = min(min(nearest[i], min(_popcount(q ^ h0), _popcount(q ^ h1))),
-                             min(_popcount(q ^ h2), _popcount(q ^ h3)))
+        a0, a1, a2, a3 = ea[e], ea[e + 1], ea[e + 2], ea[e + 3]
+        b0, b1, b2, b3 = eb[e], eb[e + 1], eb[e + 2], eb[e + 3]
+        c0, c1, c2, c3 = ec[e], ec[e + 1], ec[e + 2], ec[e + 3]
+        for i in range(n):
+            x = ga[i]
+            y = gb[i]
+            z = gc[i]
+            d0 = _popcount_int(x ^ a0) + _popcount_int(y ^ b0) + _popcount_int(z ^ c0)
+            d1 = _popcount_int(x ^ a1) + _popcount_int(y ^ b1) + _popcount_int(z ^ c1)
+            d2 = _popcount_int(x ^ a2) + _popcount_int(y ^ b2) + _popcount_int(z ^ c2)
+            d3 = _popcount_int(x ^ a3) + _popcount_int(y ^ b3) + _popcount_int(z ^ c3)
+            nearest[i] = min(min(nearest[i], min(d0, d1)), min(d2, d3))
         e += 4
     while e < ehi:
-        he = entry_hashes[e]
-        for i in range(n_gathered):
-            nearest[i] = min(nearest[i], _popcount(gathered_h[i] ^ he))
+        a0, b0, c0 = ea[e], eb[e], ec[e]
+        for i in range(n):
+            d0 = _popcount_int(ga[i] ^ a0) + _popcount_int(gb[i] ^ b0) + _popcount_int(gc[i] ^ c0)
+            nearest[i] = min(nearest[i], d0)
         e += 1
+
+
+@numba.njit(cache=True)
+def _nearest_4_words(n, gw, nearest, ew, elo, ehi):
+    """As _nearest_3_words over all four words (blocks that do not cover one whole word)."""
+    ga, gb, gc, gd = gw[0], gw[1], gw[2], gw[3]
+    ea, eb, ec, ed = ew[0], ew[1], ew[2], ew[3]
+    for i in range(n):
+        nearest[i] = 64
+    e = elo
+    while e + 2 <= ehi:
+        a0, a1, b0, b1 = ea[e], ea[e + 1], eb[e], eb[e + 1]
+        c0, c1, f0, f1 = ec[e], ec[e + 1], ed[e], ed[e + 1]
+        for i in range(n):
+            x = ga[i]
+            y = gb[i]
+            z = gc[i]
+            u = gd[i]
+            d0 = _popcount_int(x ^ a0) + _popcount_int(y ^ b0) + _popcount_int(z ^ c0) + _popcount_int(u ^ f0)
+            d1 = _popcount_int(x ^ a1) + _popcount_int(y ^ b1) + _popcount_int(z ^ c1) + _popcount_int(u ^ f1)
+            nearest[i] = min(nearest[i], min(d0, d1))
+        e += 2
+    while e < ehi:
+        a0, b0, c0, f0 = ea[e], eb[e], ec[e], ed[e]
+        for i in range(n):
+            d0 = (_popcount_int(ga[i] ^ a0) + _popcount_int(gb[i] ^ b0) + _popcount_int(gc[i] ^ c0)
+                  + _popcount_int(gd[i] ^ f0))
+            nearest[i] = min(nearest[i], d0)
+        e += 1
+
+
+@numba.njit(cache=True)
+def _flush_gathered(
+    n_gathered, gathered_h, gathered_i, gathered_w, thresholds, nearest, exact, bucket, elo, ehi, b, order,
+    max_distance, shifts, bits, radii, entry_ranks, entry_words, qpos, qrank, out_q, out_r, fill, cap,
+):
+    """Compare the gathered queries with the bucket's entries elo..ehi; append the pairs within max_distance.
+
+    The queries are first split into rows of 16-bit words. The first pass keeps only each query's nearest
+    distance, in a loop over the gathered queries that the compiler vectorises (hundreds of queries against a
+    few dozen entries, 32 words to a register). A block that covers one whole word leaves that word out: its
+    distance is the query's known block distance, taken off the threshold. Hits are rare, so the exact pass
+    that reports pairs runs for a few queries only.
+    """
+    own = shifts[b] // 16 if bits[b] == 16 and shifts[b] % 16 == 0 else -1  # the word the block covers
+    g0, g1, g2, g3 = gathered_w[0], gathered_w[1], gathered_w[2], gathered_w[3]
+    bmask = np.uint64((np.int64(1) << bits[b]) - 1)
+    shift = np.uint64(shifts[b])
     for i in range(n_gathered):
-        if nearest[i] > max_distance:
+        h = gathered_h[i]
+        g0[i] = np.uint16(h & np.uint64(0xFFFF))
+        g1[i] = np.uint16((h >> np.uint64(16)) & np.uint64(0xFFFF))
+        g2[i] = np.uint16((h >> np.uint64(32)) & np.uint64(0xFFFF))
+        g3[i] = np.uint16(h >> np.uint64(48))
+    if own >= 0:
+        for i in range(n_gathered):
+            block_distance = _popcount(((gathered_h[i] >> shift) ^ np.uint64(bucket)) & bmask)
+            thresholds[i] = max_distance - np.int64(block_distance)
+        w1, w2, w3 = (own + 1) % 4, (own + 2) % 4, (own + 3) % 4
+        _nearest_3_words(n_gathered, gathered_w[w1], gathered_w[w2], gathered_w[w3], nearest, entry_words[w1],
+                         entry_words[w2], entry_words[w3], elo, ehi)
+    else:
+        for i in range(n_gathered):
+            thresholds[i] = max_distance
+        _nearest_4_words(n_gathered, gathered_w, nearest, entry_words, elo, ehi)
+    e0, e1, e2, e3 = entry_words[0], entry_words[1], entry_words[2], entry_words[3]
+    for i in range(n_gathered):
+        if nearest[i] > thresholds[i]:
             continue
         hq = gathered_h[i]
         gi = gathered_i[i]
         rq = qrank[gi]
-        for e in range(elo, ehi):
-            x = hq ^ entry_hashes[e]
-            if _popcount(x) > max_distance:
-                continue
-            if _found_in_earlier_block(x, b, radii, bits, shifts):
-                continue
-            if entry_ranks[e] <= rq:
-                continue
-            if fill >= cap:
-                return -1
-            out_q[fill] = qpos[gi]
-            out_r[fill] = order[entry_ranks[e]]
-            fill += 1
+        x0, x1, x2, x3 = g0[i], g1[i], g2[i], g3[i]
+        for lo in range(elo, ehi, _EXACT):  # distances to a slice of entries at once (vectorised), then the scan
+            hi = min(lo + _EXACT, ehi)
+            for e in range(lo, hi):
+                exact[e - lo] = (_popcount_int(x0 ^ e0[e]) + _popcount_int(x1 ^ e1[e]) + _popcount_int(x2 ^ e2[e])
+                                 + _popcount_int(x3 ^ e3[e]))
+            for e in range(lo, hi):
+                if exact[e - lo] > max_distance:
+                    continue
+                x = hq ^ _word_hash(entry_words, e)
+                if _found_in_earlier_block(x, b, radii, bits, shifts):
+                    continue
+                if entry_ranks[e] <= rq:
+                    continue
+                if fill >= cap:
+                    return -1
+                out_q[fill] = qpos[gi]
+                out_r[fill] = order[entry_ranks[e]]
+                fill += 1
     return fill
 
 
 @numba.njit(cache=True)
 def _scan_bucket_block(
-    b, t, n_threads, order, max_distance, shifts, bits, radii, masks, mask_starts,
-    bucket_base, entry_base, offsets, entry_ranks, entry_hashes, qoffs, qhashes, qpos, qranks, out_q, out_r, fill, cap,
-    gathered_h, gathered_i, nearest,
+    b, t, n_threads, order, max_distance, shifts, bits, radii, masks, mask_starts, bucket_base, entry_base,
+    offsets, entry_ranks, entry_words, qoffs, qhashes, qpos, qranks, out_q, out_r, fill, cap,
+    gathered_h, gathered_i, gathered_w, thresholds, nearest, exact,
 ):
     """Thread t's share of block b's buckets: each bucket is read once and compared with the queries of every
     group whose block value is within the block's radius, gathered into one contiguous buffer first."""
@@ -374,6 +477,8 @@ def _scan_bucket_block(
     ebase = entry_base[b]
     qoff = qoffs[b]
     qh = qhashes[b]
+    qp = qpos[b]
+    qr = qranks[b]
     gcap = gathered_h.shape[0] - _COPY  # the buffers have _COPY slots of slack for the unconditional copy
     for bucket in range(lo_bucket, hi_bucket):
         elo = ebase + offsets[obase + bucket]
@@ -388,8 +493,8 @@ def _scan_bucket_block(
             if n_gathered + count > gcap:  # rare: compare what is gathered, then go on
                 if n_gathered:
                     fill = _flush_gathered(
-                        n_gathered, gathered_h, gathered_i, nearest, elo, ehi, b, order,
-                        max_distance, shifts, bits, radii, entry_ranks, entry_hashes, qpos[b], qranks[b], out_q, out_r,
+                        n_gathered, gathered_h, gathered_i, gathered_w, thresholds, nearest, exact, bucket, elo, ehi, b,
+                        order, max_distance, shifts, bits, radii, entry_ranks, entry_words, qp, qr, out_q, out_r,
                         fill, cap,
                     )
                     if fill < 0:
@@ -400,8 +505,8 @@ def _scan_bucket_block(
                         gathered_h[c] = qh[glo + c]
                         gathered_i[c] = glo + c
                     fill = _flush_gathered(
-                        gcap, gathered_h, gathered_i, nearest, elo, ehi, b, order,
-                        max_distance, shifts, bits, radii, entry_ranks, entry_hashes, qpos[b], qranks[b], out_q, out_r,
+                        gcap, gathered_h, gathered_i, gathered_w, thresholds, nearest, exact, bucket, elo, ehi, b,
+                        order, max_distance, shifts, bits, radii, entry_ranks, entry_words, qp, qr, out_q, out_r,
                         fill, cap,
                     )
                     if fill < 0:
@@ -419,8 +524,8 @@ def _scan_bucket_block(
             n_gathered += count
         if n_gathered:
             fill = _flush_gathered(
-                n_gathered, gathered_h, gathered_i, nearest, elo, ehi, b, order, max_distance,
-                shifts, bits, radii, entry_ranks, entry_hashes, qpos[b], qranks[b], out_q, out_r, fill, cap,
+                n_gathered, gathered_h, gathered_i, gathered_w, thresholds, nearest, exact, bucket, elo, ehi, b, order,
+                max_distance, shifts, bits, radii, entry_ranks, entry_words, qp, qr, out_q, out_r, fill, cap,
             )
             if fill < 0:
                 return -1
@@ -430,7 +535,7 @@ def _scan_bucket_block(
 @numba.njit(cache=True, parallel=True)
 def _search_chunk_by_bucket(
     queries, n_threads, order, max_distance, shifts, bits, radii, masks, mask_starts, bucket_base,
-    entry_base, offsets, entry_ranks, entry_hashes, qoffs, qhashes, qpos, qranks, out_q, out_r, fills,
+    entry_base, offsets, entry_ranks, entry_words, qoffs, qhashes, qpos, qranks, out_q, out_r, fills,
 ):
     """Same pairs as _search_chunk, bucket-major: for chunks with more queries than buckets, every bucket is
     loaded once per chunk instead of once per probing query (the lookups are batched and sorted by bucket)."""
@@ -439,14 +544,17 @@ def _search_chunk_by_bucket(
         fill = 0
         gathered_h = np.empty(_GATHER + _COPY, dtype=np.uint64)
         gathered_i = np.empty(_GATHER + _COPY, dtype=np.int64)
-        nearest = np.empty(_GATHER + _COPY, dtype=np.uint64)
+        gathered_w = np.empty((4, _GATHER + _COPY), dtype=np.uint16)
+        thresholds = np.empty(_GATHER + _COPY, dtype=np.int16)
+        nearest = np.empty(_GATHER + _COPY, dtype=np.uint16)
+        exact = np.empty(_EXACT, dtype=np.uint16)
         for b in range(shifts.shape[0]):
             if radii[b] < 0:
                 continue
             fill = _scan_bucket_block(
-                b, t, n_threads, order, max_distance, shifts, bits, radii, masks,
-                mask_starts, bucket_base, entry_base, offsets, entry_ranks, entry_hashes, qoffs, qhashes, qpos, qranks,
-                out_q[t], out_r[t], fill, cap, gathered_h, gathered_i, nearest,
+                b, t, n_threads, order, max_distance, shifts, bits, radii, masks, mask_starts, bucket_base,
+                entry_base, offsets, entry_ranks, entry_words, qoffs, qhashes, qpos, qranks, out_q[t], out_r[t],
+                fill, cap, gathered_h, gathered_i, gathered_w, thresholds, nearest, exact,
             )
             if fill < 0:
                 break
@@ -546,7 +654,7 @@ def _check_order(order, n: int) -> np.ndarray:
 
 
 @numba.njit(cache=True)
-def _compact_block(pos, removed_bits, n_bits, off, base, entry_ranks, entry_hashes):
+def _compact_block(pos, removed_bits, n_bits, off, base, entry_ranks, entry_words):
     """Drop one block's entries that are behind the walk (rank < pos) or removed, keeping bucket order."""
     nb = np.int64(1) << n_bits
     write = base
@@ -558,18 +666,19 @@ def _compact_block(pos, removed_bits, n_bits, off, base, entry_ranks, entry_hash
             er = entry_ranks[e]
             if er >= pos and not (removed_bits[er >> 6] >> np.uint64(er & 63)) & np.uint64(1):
                 entry_ranks[write] = er
-                entry_hashes[write] = entry_hashes[e]
+                for w in range(4):
+                    entry_words[w, write] = entry_words[w, e]
                 write += 1
         start = end
     off[nb] = write - base
 
 
 @numba.njit(cache=True, parallel=True)
-def _compact_index(pos, removed_bits, bits, radii, bucket_base, entry_base, offsets, entry_ranks, entry_hashes):
+def _compact_index(pos, removed_bits, bits, radii, bucket_base, entry_base, offsets, entry_ranks, entry_words):
     for b in prange(bits.shape[0]):
         if radii[b] >= 0:
             _compact_block(pos, removed_bits, bits[b], offsets[bucket_base[b] :], entry_base[b], entry_ranks,
-                           entry_hashes)
+                           entry_words)
 
 
 def _next_chunk_size(count: int, wasted: float, chunk_cost: float, query_cost: float) -> int:
@@ -623,17 +732,17 @@ class _Index:
             self.active = active
             return
         self.entry_ranks = np.empty(self.n_indexed * self.size, dtype=np.int32)
-        self.entry_hashes = np.empty(self.n_indexed * self.size, dtype=np.uint64)
+        self.entry_words = np.empty((4, self.n_indexed * self.size), dtype=np.uint16)
         c = 0
         for b, r in enumerate(self.plan.radii):
             self.entry_base[b] = c * self.size
             c += int(r >= 0)
         _build_index(active, hashes, rank, self.shifts, self.bits, self.radii, self.bucket_base, self.entry_base,
-                     self.offsets, self.entry_ranks, self.entry_hashes)
+                     self.offsets, self.entry_ranks, self.entry_words)
 
     def compact(self, pos: int, removed_bits: np.ndarray, n_standing: int) -> None:
         _compact_index(np.int64(pos), removed_bits, self.bits, self.radii, self.bucket_base, self.entry_base,
-                       self.offsets, self.entry_ranks, self.entry_hashes)
+                       self.offsets, self.entry_ranks, self.entry_words)
         self.size = n_standing
 
 
@@ -703,7 +812,7 @@ def greedy_clusters(
                                                           ix.max_buckets)
             _search_chunk_by_bucket(
                 queries, n_threads, order, np.int64(max_distance), ix.shifts, ix.bits, ix.radii, ix.masks,
-                ix.mask_starts, ix.bucket_base, ix.entry_base, ix.offsets, ix.entry_ranks, ix.entry_hashes, qoffs,
+                ix.mask_starts, ix.bucket_base, ix.entry_base, ix.offsets, ix.entry_ranks, ix.entry_words, qoffs,
                 qhashes, qpos, qranks, out_q, out_r, fills,
             )
         elif not ix.plan.brute_force:
@@ -711,13 +820,13 @@ def greedy_clusters(
             _search_chunk(
                 queries, sorted_by_block, n_threads, hashes, rank, removed, order, np.int64(max_distance), False,
                 ix.active, ix.shifts, ix.bits, ix.radii, ix.masks, ix.mask_starts, ix.bucket_base, ix.entry_base,
-                ix.offsets, ix.entry_ranks, ix.entry_hashes, out_q, out_r, fills,
+                ix.offsets, ix.entry_ranks, ix.entry_words, out_q, out_r, fills,
             )
         else:
             _search_chunk(
                 queries, no_sort, n_threads, hashes, rank, removed, order, np.int64(max_distance), True, ix.active,
                 ix.shifts, ix.bits, ix.radii, ix.masks, ix.mask_starts, ix.bucket_base, ix.entry_base, ix.offsets,
-                _NO_RANKS, _NO_HASHES, out_q, out_r, fills,
+                _NO_RANKS, _NO_WORDS, out_q, out_r, fills,
             )
         if (fills < 0).any():  # neighbour lists overflowed: retry with fewer queries, or a bigger buffer
             if k > 1:
@@ -735,6 +844,7 @@ def greedy_clusters(
         # queries removed by an earlier query of their own chunk were wasted: the next chunk's size trades that
         # waste against the fixed cost of a bucket-major chunk
         wasted = 1.0 - (n_exemplars - before) / count
+        if _DEBUG: print("chunk", count, "waste", round(wasted, 4), "standing", n_standing, "index", index.size)  # noqa
         if bucket_major:
             k = _next_chunk_size(count, wasted, ix.batched_chunk_cost, ix.candidates_per_query(n_standing))
         elif wasted < 0.05:
