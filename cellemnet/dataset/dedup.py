@@ -36,7 +36,8 @@ from cellemnet.constants import DEFAULT_MAX_HAMMING
 
 _MAX_BLOCK_BITS = 16
 _PROBE_COST = 40.0  # one bucket lookup (a likely cache miss) relative to comparing with one bucket entry
-_BUFFER_ENTRIES = 1 << 20  # neighbour pair slots per thread and chunk (8 MiB per thread)
+_BUFFER_ENTRIES = 1 << 20  # neighbour pair slots per thread and chunk (8 MiB per thread) to start with
+_MAX_BUFFER_ENTRIES = 1 << 24  # the most they grow to before chunks shrink instead (128 MiB per thread)
 _GATHER = 2048  # queries gathered per bucket before they are compared (48 KiB per thread: stays in L2)
 _COPY = 8  # query slots copied per group without a branch
 _EXACT = 256  # entries whose exact distances to one query are computed at once
@@ -693,6 +694,11 @@ def _next_chunk_size(count: int, wasted: float, chunk_cost: float, query_cost: f
     return int(min(max(best, count / 8), count * 8))
 
 
+def _pair_buffers(n_threads: int, entries: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-thread slots for the (query, neighbour) pairs a chunk finds."""
+    return np.empty((n_threads, entries), dtype=np.int32), np.empty((n_threads, entries), dtype=np.int32)
+
+
 class _Index:
     """The multi-index of the hashes still standing: one bucket array per indexed block of the plan.
 
@@ -777,10 +783,9 @@ def greedy_clusters(
     fixed_plan = plan
     index = _Index(plan or plan_blocks(int(max_distance), n))
     n_threads = max(1, min(n_threads or numba.get_num_threads(), numba.get_num_threads()))
-    if buffer_entries is None:  # small inputs need small buffers; they grow if a huge cluster needs it
-        buffer_entries = min(_BUFFER_ENTRIES, max(1024, 8 * n))
-    out_q = np.empty((n_threads, buffer_entries), dtype=np.int32)
-    out_r = np.empty((n_threads, buffer_entries), dtype=np.int32)
+    # small inputs need small buffers; they grow (up to buffer_cap, then chunks shrink) when chunks find more pairs
+    buffer_cap = buffer_entries or _MAX_BUFFER_ENTRIES
+    out_q, out_r = _pair_buffers(n_threads, buffer_entries or min(_BUFFER_ENTRIES, max(1024, 8 * n)))
     fills = np.zeros(n_threads, dtype=np.int64)
     k_max = n
     k = min(max(4096, index.max_buckets), k_max)  # bucket-major from the first chunk
@@ -828,12 +833,11 @@ def greedy_clusters(
                 ix.shifts, ix.bits, ix.radii, ix.masks, ix.mask_starts, ix.bucket_base, ix.entry_base, ix.offsets,
                 _NO_RANKS, _NO_WORDS, out_q, out_r, fills,
             )
-        if (fills < 0).any():  # neighbour lists overflowed: retry with fewer queries, or a bigger buffer
-            if k > 1:
-                k = max(1, k // 4)
+        if (fills < 0).any():  # neighbour lists overflowed: retry with a bigger buffer, or fewer queries
+            if out_q.shape[1] < buffer_cap or k == 1:
+                out_q, out_r = _pair_buffers(n_threads, 2 * out_q.shape[1])
             else:
-                out_q = np.empty((n_threads, out_q.shape[1] * 2), dtype=np.int32)
-                out_r = np.empty((n_threads, out_r.shape[1] * 2), dtype=np.int32)
+                k = max(1, k // 4)
             continue
         before = n_exemplars
         n_exemplars, newly_removed = _resolve_chunk(
@@ -852,6 +856,9 @@ def greedy_clusters(
         elif wasted > 0.2:
             k = k // 2
         k = max(256, min(k_max, k))
+        expected_pairs = 1.25 * fills.sum() / count * k / n_threads  # the next chunk's, per thread
+        if out_q.shape[1] < min(expected_pairs, buffer_cap):
+            out_q, out_r = _pair_buffers(n_threads, int(min(expected_pairs, buffer_cap)))
     return DedupResult(exemplars[:n_exemplars].copy(), exemplar_of)
 
 
