@@ -1,4 +1,4 @@
-"""Greedy near-duplicate removal over 64-bit hashes, fast enough for millions of patches.
+"""Greedy near-duplicate removal over 64-bit hashes, fast enough for tens of millions of patches.
 
 The result is the original's greedy exemplar selection: walk the hashes in a random order (drawn from ``seed``)
 or in ``order``; the first hash not yet removed becomes an exemplar and removes every remaining hash within
@@ -9,17 +9,25 @@ How the search stays fast:
 * A multi-index table. The 64 bits are split into m blocks of at most 16 bits, and each block i gets a radius
   t_i with sum(t_i) >= max_distance + 1 - m. Two hashes within max_distance then agree within t_i bits on at
   least one block i (pigeonhole), so only buckets whose block value is within t_i of the query's are scanned.
-  m and the radii are chosen from a cost model for the number of hashes (more blocks: fewer probes, fuller
-  buckets).
+  m and the radii are chosen from a cost model for the number of hashes still standing (more blocks: fewer
+  probes, fuller buckets); the index is rebuilt with the new plan when that number has halved and the plan
+  changes.
 * The walk is speculative in chunks: the next K hashes still standing are looked up at once, in parallel
   threads, against an index of the hashes still standing; then a short sequential pass applies the greedy rule
   to the chunk in order. A query removed by an earlier exemplar of its own chunk is wasted work, never a
-  wrong answer. K adapts: it doubles while few queries are wasted, halves when many are, and shrinks when the
-  neighbour buffers overflow (e.g. many identical hashes), so memory stays O(N).
-* Big chunks are searched bucket-major: the chunk's queries are grouped by block value and every bucket is
-  read once and compared with all query groups within the block's radius, so the lookups are batched and
-  sorted by bucket instead of being one cache miss each. Small chunks probe query by query, sorted by key.
-* The index is rebuilt only when a quarter of it has been removed; stale entries are skipped when they match.
+  wrong answer. K minimises the cost per useful query: a chunk has a fixed cost (below) and its waste grows
+  with K. The pair buffers grow with what chunks find, and chunks shrink only past a cap (e.g. many identical
+  hashes), so memory stays O(N).
+* Chunks are searched bucket-major: the chunk's queries are grouped by block value; every bucket is read once,
+  the query groups within the block's radius are gathered into one buffer, and a vectorised pass finds each
+  gathered query's nearest entry. The index stores each hash as four rows of 16-bit words and a 16-bit block's
+  own word is left out (its distance is the mask's weight), so one AVX-512 register compares 32 words. Only the
+  few queries whose nearest entry is within the distance get the exact pass that reports pairs. Small chunks
+  (after an overflow) probe query by query.
+* Entries carry their walk rank, so no pass looks anything up at random; within a bucket they are sorted by
+  rank. The index is compacted in place (a sequential pass) when 3 % of it is behind the walk or removed.
+
+bench/bench_dedup.py measures it; bench/RESULTS.md has the figures (10M, 30M and 100M clustered hashes).
 """
 from __future__ import annotations
 
@@ -164,37 +172,61 @@ def _found_in_earlier_block(x, b, radii, bits, shifts):
 
 
 @numba.njit(cache=True)
-def _build_block(active, hashes, rank, shift_bits, n_bits, off, base, entry_ranks, entry_words):
-    """Counting sort of the active hashes by one block's value into entries base.. of the shared arrays."""
-    n = active.shape[0]
+def _build_block(active_hashes, active_ranks, shift_bits, n_bits, off, base, entry_ranks, entry_words, tmp_ranks,
+                 tmp_hashes):
+    """Counting sort of the active hashes by one block's value into entries base.. of the shared arrays.
+
+    Two passes (high half of the key, then the whole key within each high group), so the scattered writes
+    of each pass go to a few hundred streams instead of one random place per hash.
+    """
+    n = active_hashes.shape[0]
     nb = np.int64(1) << n_bits
     mask = np.uint64(nb - 1)
     shift = np.uint64(shift_bits)
+    low_bits = n_bits // 2
+    n_high = np.int64(1) << (n_bits - low_bits)
     off[: nb + 1] = 0
     for i in range(n):
-        key = np.int64((hashes[active[i]] >> shift) & mask)
-        off[key + 1] += 1
+        off[np.int64((active_hashes[i] >> shift) & mask) + 1] += 1
     for k in range(nb):
         off[k + 1] += off[k]
-    fill = off[:nb].copy()
+    high_fill = np.empty(n_high, dtype=np.int64)
+    for g in range(n_high):
+        high_fill[g] = off[g << low_bits]
     for i in range(n):
-        item = active[i]
-        h = hashes[item]
+        h = active_hashes[i]
+        g = np.int64((h >> shift) & mask) >> low_bits
+        slot = high_fill[g]
+        high_fill[g] += 1
+        tmp_hashes[slot] = h
+        tmp_ranks[slot] = active_ranks[i]
+    fill = off[:nb].copy()
+    for i in range(n):  # tmp is grouped by the high half: these writes stay within one group's range at a time
+        h = tmp_hashes[i]
         key = np.int64((h >> shift) & mask)
         slot = base + fill[key]
         fill[key] += 1
-        entry_ranks[slot] = rank[item]
+        entry_ranks[slot] = tmp_ranks[i]
         _set_words(entry_words, slot, h)
 
 
 @numba.njit(cache=True, parallel=True)
 def _build_index(active, hashes, rank, shifts, bits, radii, bucket_base, entry_base, offsets, entry_ranks,
-                 entry_words):
+                 entry_words, n_threads):
     """Counting-sort the active hashes into one bucket array per indexed block (blocks in parallel)."""
-    for b in prange(shifts.shape[0]):
-        if radii[b] >= 0:
-            _build_block(active, hashes, rank, shifts[b], bits[b], offsets[bucket_base[b] :], entry_base[b],
-                         entry_ranks, entry_words)
+    n = active.shape[0]
+    active_hashes = np.empty(n, dtype=np.uint64)
+    active_ranks = np.empty(n, dtype=np.int32)
+    for i in prange(n):  # read the hashes once, in walk order, for all blocks
+        active_hashes[i] = hashes[active[i]]
+        active_ranks[i] = rank[active[i]]
+    for t in prange(n_threads):
+        tmp_ranks = np.empty(n, dtype=np.int32)
+        tmp_hashes = np.empty(n, dtype=np.uint64)
+        for b in range(t, shifts.shape[0], n_threads):
+            if radii[b] >= 0:
+                _build_block(active_hashes, active_ranks, shifts[b], bits[b], offsets[bucket_base[b] :],
+                             entry_base[b], entry_ranks, entry_words, tmp_ranks, tmp_hashes)
 
 
 @numba.njit(cache=True)
@@ -744,7 +776,7 @@ class _Index:
             self.entry_base[b] = c * self.size
             c += int(r >= 0)
         _build_index(active, hashes, rank, self.shifts, self.bits, self.radii, self.bucket_base, self.entry_base,
-                     self.offsets, self.entry_ranks, self.entry_words)
+                     self.offsets, self.entry_ranks, self.entry_words, min(numba.get_num_threads(), self.n_indexed))
 
     def compact(self, pos: int, removed_bits: np.ndarray, n_standing: int) -> None:
         _compact_index(np.int64(pos), removed_bits, self.bits, self.radii, self.bucket_base, self.entry_base,
