@@ -690,18 +690,27 @@ def _check_order(order, n: int) -> np.ndarray:
 def _compact_block(pos, removed_bits, n_bits, off, base, entry_ranks, entry_words):
     """Drop one block's entries that are behind the walk (rank < pos) or removed, keeping bucket order."""
     nb = np.int64(1) << n_bits
+    r0, r1, r2, r3 = entry_words[0], entry_words[1], entry_words[2], entry_words[3]
+    keep = np.empty(_EXACT, dtype=np.int64)
     write = base
     start = base
     for bucket in range(nb):
         end = base + off[bucket + 1]
         off[bucket] = write - base
-        for e in range(start, end):
-            er = entry_ranks[e]
-            if er >= pos and not (removed_bits[er >> 6] >> np.uint64(er & 63)) & np.uint64(1):
-                entry_ranks[write] = er
-                for w in range(4):
-                    entry_words[w, write] = entry_words[w, e]
-                write += 1
+        for lo in range(start, end, _EXACT):
+            hi = min(lo + _EXACT, end)
+            # the flags first, in a loop of independent reads of removed_bits (they overlap), then the copy
+            for e in range(lo, hi):
+                er = entry_ranks[e]
+                removed = (removed_bits[er >> 6] >> np.uint64(er & 63)) & np.uint64(1)
+                keep[e - lo] = np.int64(er >= pos) & (np.int64(removed) ^ 1)
+            for e in range(lo, hi):
+                entry_ranks[write] = entry_ranks[e]
+                r0[write] = r0[e]
+                r1[write] = r1[e]
+                r2[write] = r2[e]
+                r3[write] = r3[e]
+                write += keep[e - lo]
         start = end
     off[nb] = write - base
 
