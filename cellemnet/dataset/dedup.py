@@ -46,7 +46,7 @@ _MAX_BLOCK_BITS = 16
 _PROBE_COST = 40.0  # one bucket lookup (a likely cache miss) relative to comparing with one bucket entry
 _BUFFER_ENTRIES = 1 << 20  # neighbour pair slots per thread and chunk (8 MiB per thread) to start with
 _MAX_BUFFER_ENTRIES = 1 << 24  # the most they grow to before chunks shrink instead (128 MiB per thread)
-_GATHER = 2048  # queries gathered per bucket before they are compared (48 KiB per thread: stays in L2)
+_GATHER = 8192  # queries gathered per bucket before they are compared (~200 KiB per thread: stays in L2)
 _COPY = 8  # query slots copied per group without a branch
 _EXACT = 256  # entries whose exact distances to one query are computed at once
 _BATCHED_PROBE_COST = 125.0  # one (bucket, mask) pair of a bucket-major chunk, in comparisons (measured)
@@ -435,7 +435,8 @@ def _nearest_4_words(n, gw, nearest, ew, elo, ehi):
 @numba.njit(cache=True)
 def _flush_gathered(
     n_gathered, gathered_h, gathered_i, gathered_w, thresholds, nearest, exact, bucket, elo, ehi, b, order,
-    max_distance, shifts, bits, radii, entry_ranks, entry_words, qpos, qrank, out_q, out_r, fill, cap,
+    max_distance, shifts, bits, radii, entry_ranks, entry_words, qpos, qrank, out_q, out_r, fill, cap, group_at,
+    group_lo, n_groups,
 ):
     """Compare the gathered queries with the bucket's entries elo..ehi; append the pairs within max_distance.
 
@@ -443,7 +444,8 @@ def _flush_gathered(
     distance, in a loop over the gathered queries that the compiler vectorises (hundreds of queries against a
     few dozen entries, 32 words to a register). A block that covers one whole word leaves that word out: its
     distance is the query's known block distance, taken off the threshold. Hits are rare, so the exact pass
-    that reports pairs runs for a few queries only.
+    that reports pairs runs for a few queries only. A query's chunk position comes from gathered_i, or, when
+    n_groups >= 0, from the groups' first slots and offsets (group_at, group_lo).
     """
     own = shifts[b] // 16 if bits[b] == 16 and shifts[b] % 16 == 0 else -1  # the word the block covers
     g0, g1, g2, g3 = gathered_w[0], gathered_w[1], gathered_w[2], gathered_w[3]
@@ -471,7 +473,11 @@ def _flush_gathered(
         if nearest[i] > thresholds[i]:
             continue
         hq = gathered_h[i]
-        gi = gathered_i[i]
+        if n_groups < 0:
+            gi = gathered_i[i]
+        else:  # slot i is in group j with group_at[j] <= i < group_at[j + 1]
+            j = np.searchsorted(group_at[: n_groups + 1], i, side="right") - 1
+            gi = group_lo[j] + i - group_at[j]
         rq = qrank[gi]
         x0, x1, x2, x3 = g0[i], g1[i], g2[i], g3[i]
         for lo in range(elo, ehi, _EXACT):  # distances to a slice of entries at once (vectorised), then the scan
@@ -499,7 +505,7 @@ def _flush_gathered(
 def _scan_bucket_block(
     b, t, n_threads, order, max_distance, shifts, bits, radii, masks, mask_starts, bucket_base, entry_base,
     offsets, entry_ranks, entry_words, qoffs, qhashes, qpos, qranks, out_q, out_r, fill, cap,
-    gathered_h, gathered_i, gathered_w, thresholds, nearest, exact,
+    gathered_h, gathered_i, gathered_w, thresholds, nearest, exact, group_lo, group_n, group_at,
 ):
     """Thread t's share of block b's buckets: each bucket is read once and compared with the queries of every
     group whose block value is within the block's radius, gathered into one contiguous buffer first."""
@@ -518,17 +524,55 @@ def _scan_bucket_block(
         ehi = ebase + offsets[obase + bucket + 1]
         if elo == ehi:
             continue
+        m0 = mask_starts[b]
+        m1 = mask_starts[b + 1]
+        total = 0
+        for j in range(m0, m1):  # the groups' offsets first: independent reads that overlap
+            g = bucket ^ masks[j]
+            glo = qoff[g]
+            group_lo[j - m0] = glo
+            group_n[j - m0] = qoff[g + 1] - glo
+            total += group_n[j - m0]
+        if total <= gcap:  # the usual case: copy every group, then compare once
+            at = 0
+            for j in range(m1 - m0):
+                glo = group_lo[j]
+                # 8 slots whatever the group's size (no branch to mispredict on the usual small groups; written
+                # out so that they compile to one vector move); qhashes has 8 slots of padding, and slots past
+                # the group are overwritten or never read
+                gathered_h[at] = qh[glo]
+                gathered_h[at + 1] = qh[glo + 1]
+                gathered_h[at + 2] = qh[glo + 2]
+                gathered_h[at + 3] = qh[glo + 3]
+                gathered_h[at + 4] = qh[glo + 4]
+                gathered_h[at + 5] = qh[glo + 5]
+                gathered_h[at + 6] = qh[glo + 6]
+                gathered_h[at + 7] = qh[glo + 7]
+                for c in range(_COPY, group_n[j]):
+                    gathered_h[at + c] = qh[glo + c]
+                group_at[j] = at
+                at += group_n[j]
+            group_at[m1 - m0] = at
+            if total:
+                fill = _flush_gathered(
+                    total, gathered_h, gathered_i, gathered_w, thresholds, nearest, exact, bucket, elo, ehi, b,
+                    order, max_distance, shifts, bits, radii, entry_ranks, entry_words, qp, qr, out_q, out_r,
+                    fill, cap, group_at, group_lo, m1 - m0,
+                )
+                if fill < 0:
+                    return -1
+            continue
         n_gathered = 0
-        for j in range(mask_starts[b], mask_starts[b + 1]):
+        for j in range(m0, m1):
             g = bucket ^ masks[j]
             glo = qoff[g]
             count = qoff[g + 1] - glo
-            if n_gathered + count > gcap:  # rare: compare what is gathered, then go on
+            if n_gathered + count > gcap:  # compare what is gathered, then go on
                 if n_gathered:
                     fill = _flush_gathered(
                         n_gathered, gathered_h, gathered_i, gathered_w, thresholds, nearest, exact, bucket, elo, ehi, b,
                         order, max_distance, shifts, bits, radii, entry_ranks, entry_words, qp, qr, out_q, out_r,
-                        fill, cap,
+                        fill, cap, group_at, group_lo, -1,
                     )
                     if fill < 0:
                         return -1
@@ -540,14 +584,12 @@ def _scan_bucket_block(
                     fill = _flush_gathered(
                         gcap, gathered_h, gathered_i, gathered_w, thresholds, nearest, exact, bucket, elo, ehi, b,
                         order, max_distance, shifts, bits, radii, entry_ranks, entry_words, qp, qr, out_q, out_r,
-                        fill, cap,
+                        fill, cap, group_at, group_lo, -1,
                     )
                     if fill < 0:
                         return -1
                     glo += gcap
                     count -= gcap
-            # copy _COPY slots whatever the group's size (no branch to mispredict on the usual small groups);
-            # qhashes has _COPY slots of padding, and slots past the group are overwritten or never read
             for c in range(_COPY):
                 gathered_h[n_gathered + c] = qh[glo + c]
                 gathered_i[n_gathered + c] = glo + c
@@ -559,6 +601,7 @@ def _scan_bucket_block(
             fill = _flush_gathered(
                 n_gathered, gathered_h, gathered_i, gathered_w, thresholds, nearest, exact, bucket, elo, ehi, b, order,
                 max_distance, shifts, bits, radii, entry_ranks, entry_words, qp, qr, out_q, out_r, fill, cap,
+                group_at, group_lo, -1,
             )
             if fill < 0:
                 return -1
@@ -573,6 +616,9 @@ def _search_chunk_by_bucket(
     """Same pairs as _search_chunk, bucket-major: for chunks with more queries than buckets, every bucket is
     loaded once per chunk instead of once per probing query (the lookups are batched and sorted by bucket)."""
     cap = out_q.shape[1]
+    max_masks = 1
+    for b in range(shifts.shape[0]):
+        max_masks = max(max_masks, mask_starts[b + 1] - mask_starts[b])
     for t in prange(n_threads):
         fill = 0
         gathered_h = np.empty(_GATHER + _COPY, dtype=np.uint64)
@@ -581,13 +627,17 @@ def _search_chunk_by_bucket(
         thresholds = np.empty(_GATHER + _COPY, dtype=np.int16)
         nearest = np.empty(_GATHER + _COPY, dtype=np.uint16)
         exact = np.empty(_EXACT, dtype=np.uint16)
+        group_lo = np.empty(max_masks, dtype=np.int64)
+        group_n = np.empty(max_masks, dtype=np.int64)
+        group_at = np.empty(max_masks + 1, dtype=np.int64)
         for b in range(shifts.shape[0]):
             if radii[b] < 0:
                 continue
             fill = _scan_bucket_block(
                 b, t, n_threads, order, max_distance, shifts, bits, radii, masks, mask_starts, bucket_base,
                 entry_base, offsets, entry_ranks, entry_words, qoffs, qhashes, qpos, qranks, out_q[t], out_r[t],
-                fill, cap, gathered_h, gathered_i, gathered_w, thresholds, nearest, exact,
+                fill, cap, gathered_h, gathered_i, gathered_w, thresholds, nearest, exact, group_lo, group_n,
+                group_at,
             )
             if fill < 0:
                 break

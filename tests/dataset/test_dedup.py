@@ -83,10 +83,13 @@ def test_bucket_major_search_with_16_bit_blocks_equals_oracle(n_threads):
 
 
 def test_query_groups_larger_than_the_gather_buffer_equal_oracle():
-    """3,000 hashes share their first 13-bit block (one query group bigger than the 2,048-query buffer) but are
+    """9,000 hashes share their first 13-bit block (one query group bigger than the 8,192-query buffer) but are
     otherwise random, mixed with clusters."""
+    from cellemnet.dataset import dedup
+
     rng = np.random.default_rng(8)
-    shared = (rng.integers(0, 2**50, 3000, dtype=np.uint64) << np.uint64(13)) | np.uint64(0x1ABC)
+    assert dedup._GATHER < 9000
+    shared = (rng.integers(0, 2**50, 9000, dtype=np.uint64) << np.uint64(13)) | np.uint64(0x1ABC)
     hashes = np.concatenate([shared, clustered(3000, 8)])
     order = walk_order(len(hashes), 3)
     plan = BlockPlan((0, 13, 26, 39, 52), (13, 13, 13, 13, 12), (2, 2, 2, 1, 1))
