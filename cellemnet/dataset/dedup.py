@@ -611,7 +611,7 @@ def _scan_bucket_block(
 @numba.njit(cache=True, parallel=True)
 def _search_chunk_by_bucket(
     queries, n_threads, order, max_distance, shifts, bits, radii, masks, mask_starts, bucket_base,
-    entry_base, offsets, entry_ranks, entry_words, qoffs, qhashes, qpos, qranks, out_q, out_r, fills,
+    entry_base, offsets, entry_ranks, entry_words, qoffs, qhashes, qpos, qranks, out_q, out_r, fills, gather,
 ):
     """Same pairs as _search_chunk, bucket-major: for chunks with more queries than buckets, every bucket is
     loaded once per chunk instead of once per probing query (the lookups are batched and sorted by bucket)."""
@@ -621,11 +621,11 @@ def _search_chunk_by_bucket(
         max_masks = max(max_masks, mask_starts[b + 1] - mask_starts[b])
     for t in prange(n_threads):
         fill = 0
-        gathered_h = np.empty(_GATHER + _COPY, dtype=np.uint64)
-        gathered_i = np.empty(_GATHER + _COPY, dtype=np.int64)
-        gathered_w = np.empty((4, _GATHER + _COPY), dtype=np.uint16)
-        thresholds = np.empty(_GATHER + _COPY, dtype=np.int16)
-        nearest = np.empty(_GATHER + _COPY, dtype=np.uint16)
+        gathered_h = np.empty(gather + _COPY, dtype=np.uint64)
+        gathered_i = np.empty(gather + _COPY, dtype=np.int64)
+        gathered_w = np.empty((4, gather + _COPY), dtype=np.uint16)
+        thresholds = np.empty(gather + _COPY, dtype=np.int16)
+        nearest = np.empty(gather + _COPY, dtype=np.uint16)
         exact = np.empty(_EXACT, dtype=np.uint16)
         group_lo = np.empty(max_masks, dtype=np.int64)
         group_n = np.empty(max_masks, dtype=np.int64)
@@ -845,12 +845,13 @@ class _Index:
 
 def greedy_clusters(
     hashes, max_distance: int = DEFAULT_MAX_HAMMING, seed: int = 0, order=None, *, plan: BlockPlan | None = None,
-    n_threads: int | None = None, buffer_entries: int | None = None,
+    n_threads: int | None = None, buffer_entries: int | None = None, gather_entries: int | None = None,
 ) -> DedupResult:
     """Greedy exemplar selection with the assignment of every removed hash to the exemplar that removed it.
 
     ``plan`` fixes the block split (tests, benchmarks); by default it follows the number of hashes standing,
-    so the index is rebuilt with fewer, narrower blocks once most hashes are gone.
+    so the index is rebuilt with fewer, narrower blocks once most hashes are gone. ``buffer_entries`` and
+    ``gather_entries`` fix the pair and gather buffers' sizes (tests use small ones to reach their overflow paths).
     """
     # Longer than 80 lines on purpose: the speculative chunk walk adapts its chunk size, index and neighbour buffers
     # from one chunk to the next, and those arrays live as locals across the loop (the hot parts are the numba
@@ -909,7 +910,7 @@ def greedy_clusters(
             _search_chunk_by_bucket(
                 queries, n_threads, order, np.int64(max_distance), ix.shifts, ix.bits, ix.radii, ix.masks,
                 ix.mask_starts, ix.bucket_base, ix.entry_base, ix.offsets, ix.entry_ranks, ix.entry_words, qoffs,
-                qhashes, qpos, qranks, out_q, out_r, fills,
+                qhashes, qpos, qranks, out_q, out_r, fills, gather_entries or _GATHER,
             )
         elif not ix.plan.brute_force:
             sorted_by_block = _sort_queries_by_block(queries, hashes, ix.shifts, ix.bits, ix.radii)

@@ -63,8 +63,9 @@ def test_equals_oracle_for_random_orders(n, seed):
 def test_every_search_strategy_equals_oracle(plan, n_threads):
     hashes = clustered(6000, 11)
     order = walk_order(len(hashes), 5)
-    # a small neighbour buffer forces the overflow/retry path as well
-    result = greedy_clusters(hashes, 12, order=order, plan=plan, n_threads=n_threads, buffer_entries=64)
+    # small neighbour and gather buffers force their overflow paths as well
+    result = greedy_clusters(hashes, 12, order=order, plan=plan, n_threads=n_threads, buffer_entries=64,
+                             gather_entries=64)
     expected, expected_of = oracle(hashes, 12, order)
     assert np.array_equal(result.exemplars, expected)
     assert np.array_equal(result.exemplar_of, expected_of)
@@ -83,17 +84,20 @@ def test_bucket_major_search_with_16_bit_blocks_equals_oracle(n_threads):
 
 
 def test_query_groups_larger_than_the_gather_buffer_equal_oracle():
-    """9,000 hashes share their first 13-bit block (one query group bigger than the 8,192-query buffer) but are
-    otherwise random, mixed with clusters."""
-    from cellemnet.dataset import dedup
-
+    """3,000 hashes share their first 13-bit block (one query group far bigger than a 16-query gather buffer),
+    mixed with clusters. They come in pairs 12 bits apart, 3 bits in each other block, so only that first block
+    (radius 2) finds a pair, through the oversized group."""
     rng = np.random.default_rng(8)
-    assert dedup._GATHER < 9000
-    shared = (rng.integers(0, 2**50, 9000, dtype=np.uint64) << np.uint64(13)) | np.uint64(0x1ABC)
-    hashes = np.concatenate([shared, clustered(3000, 8)])
+    base = (rng.integers(0, 2**50, 1500, dtype=np.uint64) << np.uint64(13)) | np.uint64(0x1ABC)
+    near = base.copy()
+    for shift, width in ((13, 13), (26, 13), (39, 13), (52, 12)):
+        for i in range(len(near)):
+            for bit in rng.choice(width, size=3, replace=False):
+                near[i] ^= np.uint64(1) << np.uint64(shift + int(bit))
+    hashes = np.concatenate([base, near, clustered(3000, 8)])
     order = walk_order(len(hashes), 3)
     plan = BlockPlan((0, 13, 26, 39, 52), (13, 13, 13, 13, 12), (2, 2, 2, 1, 1))
-    result = greedy_clusters(hashes, 12, order=order, plan=plan)
+    result = greedy_clusters(hashes, 12, order=order, plan=plan, gather_entries=16)
     expected, expected_of = oracle(hashes, 12, order)
     assert np.array_equal(result.exemplars, expected)
     assert np.array_equal(result.exemplar_of, expected_of)
