@@ -525,17 +525,35 @@ def _scan_bucket_block(
         if elo == ehi:
             continue
         m0 = mask_starts[b]
-        m1 = mask_starts[b + 1]
-        total = 0
-        for j in range(m0, m1):  # the groups' offsets first: independent reads that overlap
-            g = bucket ^ masks[j]
-            glo = qoff[g]
-            group_lo[j - m0] = glo
-            group_n[j - m0] = qoff[g + 1] - glo
-            total += group_n[j - m0]
-        if total <= gcap:  # the usual case: copy every group, then compare once
+        n_masks = mask_starts[b + 1] - m0
+        for j in range(n_masks):  # the groups' offsets first: independent reads that overlap
+            g = bucket ^ masks[m0 + j]
+            group_lo[j] = qoff[g]
+            group_n[j] = qoff[g + 1] - group_lo[j]
+        j = 0
+        while j < n_masks:
+            if group_n[j] > gcap:  # a group bigger than the buffer (many equal block values): in pieces
+                glo = group_lo[j]
+                left = group_n[j]
+                while left > 0:
+                    piece = min(left, gcap)
+                    for c in range(piece):
+                        gathered_h[c] = qh[glo + c]
+                        gathered_i[c] = glo + c
+                    fill = _flush_gathered(
+                        piece, gathered_h, gathered_i, gathered_w, thresholds, nearest, exact, bucket, elo, ehi, b,
+                        order, max_distance, shifts, bits, radii, entry_ranks, entry_words, qp, qr, out_q, out_r,
+                        fill, cap, group_at, group_lo, -1,
+                    )
+                    if fill < 0:
+                        return -1
+                    glo += piece
+                    left -= piece
+                j += 1
+                continue
+            first = j  # as many whole groups as the buffer holds, then one comparison pass
             at = 0
-            for j in range(m1 - m0):
+            while j < n_masks and at + group_n[j] <= gcap:
                 glo = group_lo[j]
                 # 8 slots whatever the group's size (no branch to mispredict on the usual small groups; written
                 # out so that they compile to one vector move); qhashes has 8 slots of padding, and slots past
@@ -550,61 +568,18 @@ def _scan_bucket_block(
                 gathered_h[at + 7] = qh[glo + 7]
                 for c in range(_COPY, group_n[j]):
                     gathered_h[at + c] = qh[glo + c]
-                group_at[j] = at
+                group_at[j - first] = at
                 at += group_n[j]
-            group_at[m1 - m0] = at
-            if total:
+                j += 1
+            group_at[j - first] = at
+            if at:
                 fill = _flush_gathered(
-                    total, gathered_h, gathered_i, gathered_w, thresholds, nearest, exact, bucket, elo, ehi, b,
+                    at, gathered_h, gathered_i, gathered_w, thresholds, nearest, exact, bucket, elo, ehi, b,
                     order, max_distance, shifts, bits, radii, entry_ranks, entry_words, qp, qr, out_q, out_r,
-                    fill, cap, group_at, group_lo, m1 - m0,
+                    fill, cap, group_at, group_lo[first:], j - first,
                 )
                 if fill < 0:
                     return -1
-            continue
-        n_gathered = 0
-        for j in range(m0, m1):
-            g = bucket ^ masks[j]
-            glo = qoff[g]
-            count = qoff[g + 1] - glo
-            if n_gathered + count > gcap:  # compare what is gathered, then go on
-                if n_gathered:
-                    fill = _flush_gathered(
-                        n_gathered, gathered_h, gathered_i, gathered_w, thresholds, nearest, exact, bucket, elo, ehi, b,
-                        order, max_distance, shifts, bits, radii, entry_ranks, entry_words, qp, qr, out_q, out_r,
-                        fill, cap, group_at, group_lo, -1,
-                    )
-                    if fill < 0:
-                        return -1
-                    n_gathered = 0
-                while count > gcap:  # a group bigger than the buffer (many equal block values)
-                    for c in range(gcap):
-                        gathered_h[c] = qh[glo + c]
-                        gathered_i[c] = glo + c
-                    fill = _flush_gathered(
-                        gcap, gathered_h, gathered_i, gathered_w, thresholds, nearest, exact, bucket, elo, ehi, b,
-                        order, max_distance, shifts, bits, radii, entry_ranks, entry_words, qp, qr, out_q, out_r,
-                        fill, cap, group_at, group_lo, -1,
-                    )
-                    if fill < 0:
-                        return -1
-                    glo += gcap
-                    count -= gcap
-            for c in range(_COPY):
-                gathered_h[n_gathered + c] = qh[glo + c]
-                gathered_i[n_gathered + c] = glo + c
-            for c in range(_COPY, count):
-                gathered_h[n_gathered + c] = qh[glo + c]
-                gathered_i[n_gathered + c] = glo + c
-            n_gathered += count
-        if n_gathered:
-            fill = _flush_gathered(
-                n_gathered, gathered_h, gathered_i, gathered_w, thresholds, nearest, exact, bucket, elo, ehi, b, order,
-                max_distance, shifts, bits, radii, entry_ranks, entry_words, qp, qr, out_q, out_r, fill, cap,
-                group_at, group_lo, -1,
-            )
-            if fill < 0:
-                return -1
     return fill
 
 
