@@ -8,6 +8,11 @@ are identical. Every measurement runs in a fresh process so peak memory is its o
     .venv/bin/python bench/bench_dedup.py                 # 100k and 1M
     .venv/bin/python bench/bench_dedup.py --sizes 100000  # quicker
     .venv/bin/python bench/bench_dedup.py --sizes 10000000 30000000 100000000  # the scale figures (~9 min)
+    .venv/bin/python bench/bench_dedup.py --same-as 448b56d --sizes 10000000  # identical to an older version?
+
+--same-as REV loads cellemnet/dataset/dedup.py as it was at git revision REV and checks that it picks the same
+exemplars and assigns every hash to the same exemplar as the current code, on the same hashes and walk order
+(the quadratic reference is too slow for that at millions of hashes).
 """
 from __future__ import annotations
 
@@ -76,6 +81,35 @@ def measure_one(kind: str, n: int) -> dict:
             "kept": int(len(keep)), "checksum": int(np.bitwise_xor.reduce(keep.astype(np.uint64)) if len(keep) else 0)}
 
 
+def same_as_revision(revision: str, n: int) -> bool:
+    """Exemplars and assignments of the current dedup against the one at a git revision, on n clustered hashes."""
+    import importlib.util
+    import tempfile
+
+    from cellemnet.dataset import dedup
+
+    root = Path(__file__).resolve().parents[1]
+    source = subprocess.run(["git", "show", f"{revision}:cellemnet/dataset/dedup.py"], cwd=root, check=True,
+                            capture_output=True, text=True).stdout
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "dedup_at_revision.py"
+        path.write_text(source)
+        spec = importlib.util.spec_from_file_location("dedup_at_revision", path)
+        old = importlib.util.module_from_spec(spec)
+        sys.modules["dedup_at_revision"] = old  # dataclasses look their module up
+        spec.loader.exec_module(old)
+        hashes = clustered_hashes(n)
+        t0 = time.perf_counter()
+        a = old.greedy_clusters(hashes, 12, seed=0)
+        t1 = time.perf_counter()
+        b = dedup.greedy_clusters(hashes, 12, seed=0)
+        t2 = time.perf_counter()
+    same = np.array_equal(a.exemplars, b.exemplars) and np.array_equal(a.exemplar_of, b.exemplar_of)
+    print(f"{n:,} hashes: {revision} {t1 - t0:.1f} s, now {t2 - t1:.1f} s; {len(b.exemplars):,} exemplars; "
+          f"same exemplars and assignments: {same}")
+    return same
+
+
 def run_isolated(kind: str, n: int) -> dict:
     out = subprocess.run([sys.executable, __file__, "--one", kind, str(n)], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -85,8 +119,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--reference-size", type=int, default=100_000)
+    parser.add_argument("--same-as", metavar="REV", help="compare with dedup.py at this git revision instead")
     parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.same_as:
+        return 0 if all(same_as_revision(args.same_as, n) for n in args.sizes) else 1
     if args.one:
         print(json.dumps(measure_one(args.one[0], int(args.one[1]))))
         return 0
