@@ -171,6 +171,20 @@ def _found_in_earlier_block(x, b, radii, bits, shifts):
     return False
 
 
+@numba.njit(cache=True, inline="always")
+def _report_pair(x, b, er, rq, qi, radii, bits, shifts, order, out_q, out_r, fill, cap):
+    """Append (qi, the item at walk rank er) for a pair within the distance (difference bits x) found through
+    block b, unless an earlier block finds it too (each pair is reported once) or er is not after the query's
+    rank rq. Returns the new fill, or -1 when the buffer is full."""
+    if _found_in_earlier_block(x, b, radii, bits, shifts) or er <= rq:
+        return fill
+    if fill >= cap:
+        return -1
+    out_q[fill] = qi
+    out_r[fill] = order[er]
+    return fill + 1
+
+
 @numba.njit(cache=True)
 def _build_block(active_hashes, active_ranks, shift_bits, n_bits, off, base, entry_ranks, entry_words, tmp_ranks,
                  tmp_hashes):
@@ -269,15 +283,9 @@ def _probe_block(
         for e in range(lo, hi):
             x = h ^ _word_hash(entry_words, e)
             if _popcount(x) <= max_distance:
-                if _found_in_earlier_block(x, b, radii, bits, shifts):
-                    continue
-                if entry_ranks[e] <= rq:
-                    continue
-                if fill >= cap:
+                fill = _report_pair(x, b, entry_ranks[e], rq, qi, radii, bits, shifts, order, out_q, out_r, fill, cap)
+                if fill < 0:
                     return -1
-                out_q[fill] = qi
-                out_r[fill] = order[entry_ranks[e]]
-                fill += 1
     return fill
 
 
@@ -489,15 +497,10 @@ def _flush_gathered(
                 if exact[e - lo] > max_distance:
                     continue
                 x = hq ^ _word_hash(entry_words, e)
-                if _found_in_earlier_block(x, b, radii, bits, shifts):
-                    continue
-                if entry_ranks[e] <= rq:
-                    continue
-                if fill >= cap:
+                fill = _report_pair(x, b, entry_ranks[e], rq, qpos[gi], radii, bits, shifts, order, out_q, out_r,
+                                    fill, cap)
+                if fill < 0:
                     return -1
-                out_q[fill] = qpos[gi]
-                out_r[fill] = order[entry_ranks[e]]
-                fill += 1
     return fill
 
 
