@@ -52,8 +52,6 @@ _EXACT = 256  # entries whose exact distances to one query are computed at once
 _BATCHED_PROBE_COST = 125.0  # one (bucket, mask) pair of a bucket-major chunk, in comparisons (measured)
 _STALE = 0.03  # share of stale index entries (behind the walk or removed) that triggers a compaction
 _NO_RANKS = np.empty(0, dtype=np.int32)
-import os  # noqa
-_DEBUG = bool(os.environ.get('DDW'))  # noqa
 _NO_WORDS = np.empty((4, 0), dtype=np.uint16)
 
 
@@ -151,8 +149,7 @@ def _mask_tables(plan: BlockPlan) -> tuple[np.ndarray, np.ndarray]:
     starts = [0]
     for bits, radius in zip(plan.bits, plan.radii):
         if not plan.brute_force and radius >= 0:
-            by_weight = sorted(range(1 << bits), key=lambda v: v.bit_count())
-            masks.extend(sorted(v for v in by_weight if v.bit_count() <= radius))
+            masks.extend(v for v in range(1 << bits) if v.bit_count() <= radius)  # by value: nearby groups
         starts.append(len(masks))
     return np.array(masks, dtype=np.int64), np.array(starts, dtype=np.int64)
 
@@ -660,7 +657,7 @@ def _resolve_chunk(queries, out_q, out_r, fills, rank, removed, removed_bits, ex
 
 @numba.njit(cache=True)
 def _next_queries(order, pos, removed, k, out):
-    """The next k standing items from walk position pos; returns (count, position after the scan)."""
+    """The next k standing items from walk position pos into out; returns how many there were."""
     n = order.shape[0]
     c = 0
     while pos < n and c < k:
@@ -918,7 +915,6 @@ def greedy_clusters(
         # queries removed by an earlier query of their own chunk were wasted: the next chunk's size trades that
         # waste against the fixed cost of a bucket-major chunk
         wasted = 1.0 - (n_exemplars - before) / count
-        if _DEBUG: print("chunk", count, "waste", round(wasted, 4), "standing", n_standing, "index", index.size)  # noqa
         if bucket_major:
             k = _next_chunk_size(count, wasted, ix.batched_chunk_cost, ix.candidates_per_query(n_standing))
         elif wasted < 0.05:
