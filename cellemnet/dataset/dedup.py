@@ -47,7 +47,8 @@ _PROBE_COST = 40.0  # one bucket lookup (a likely cache miss) relative to compar
 _BUFFER_ENTRIES = 1 << 20  # neighbour pair slots per thread and chunk (8 MiB per thread) to start with
 _MAX_BUFFER_ENTRIES = 1 << 24  # the most they grow to before chunks shrink instead (128 MiB per thread)
 _GATHER = 8192  # queries gathered per bucket before they are compared (~200 KiB per thread: stays in L2)
-_COPY = 8  # query slots copied per group without a branch
+_COPY = 8  # query slots copied at once (one vector move), whatever the group's size
+_LANES = 32  # 16-bit words per AVX-512 register: the gathered queries are padded to a multiple of it
 _EXACT = 256  # entries whose exact distances to one query are computed at once
 _BATCHED_PROBE_COST = 125.0  # one (bucket, mask) pair of a bucket-major chunk, in comparisons (measured)
 _STALE = 0.03  # share of stale index entries (behind the walk or removed) that triggers a compaction
@@ -380,9 +381,11 @@ def _group_queries(queries, hashes, rank, shifts, bits, radii, max_buckets):
 
 
 @numba.njit(cache=True)
-def _nearest_3_words(n, ga, gb, gc, nearest, ea, eb, ec, elo, ehi):
+def _nearest_3_words(n_vec, ga, gb, gc, nearest, ea, eb, ec, elo, ehi):
     """nearest[i] = min over entries elo..ehi of the distance on three 16-bit words (the block's own word left
-    out: its distance is the mask's weight). Vectorised over the gathered queries, four entries at a time."""
+    out: its distance is the mask's weight). Vectorised over the gathered queries (n_vec whole registers, so
+    there is no remainder loop), four entries at a time."""
+    n = _LANES * n_vec
     for i in range(n):
         nearest[i] = 64
     e = elo
@@ -409,10 +412,11 @@ def _nearest_3_words(n, ga, gb, gc, nearest, ea, eb, ec, elo, ehi):
 
 
 @numba.njit(cache=True)
-def _nearest_4_words(n, gw, nearest, ew, elo, ehi):
+def _nearest_4_words(n_vec, gw, nearest, ew, elo, ehi):
     """As _nearest_3_words over all four words (blocks that do not cover one whole word)."""
     ga, gb, gc, gd = gw[0], gw[1], gw[2], gw[3]
     ea, eb, ec, ed = ew[0], ew[1], ew[2], ew[3]
+    n = _LANES * n_vec
     for i in range(n):
         nearest[i] = 64
     e = elo
@@ -462,17 +466,23 @@ def _flush_gathered(
         g1[i] = np.uint16((h >> np.uint64(16)) & np.uint64(0xFFFF))
         g2[i] = np.uint16((h >> np.uint64(32)) & np.uint64(0xFFFF))
         g3[i] = np.uint16(h >> np.uint64(48))
+    n_vec = (n_gathered + _LANES - 1) // _LANES  # whole registers; the padding slots' distances are never read
+    for i in range(n_gathered, _LANES * n_vec):
+        g0[i] = 0
+        g1[i] = 0
+        g2[i] = 0
+        g3[i] = 0
     if own >= 0:
         for i in range(n_gathered):
             block_distance = _popcount(((gathered_h[i] >> shift) ^ np.uint64(bucket)) & bmask)
             thresholds[i] = max_distance - np.int64(block_distance)
         w1, w2, w3 = (own + 1) % 4, (own + 2) % 4, (own + 3) % 4
-        _nearest_3_words(n_gathered, gathered_w[w1], gathered_w[w2], gathered_w[w3], nearest, entry_words[w1],
+        _nearest_3_words(n_vec, gathered_w[w1], gathered_w[w2], gathered_w[w3], nearest, entry_words[w1],
                          entry_words[w2], entry_words[w3], elo, ehi)
     else:
         for i in range(n_gathered):
             thresholds[i] = max_distance
-        _nearest_4_words(n_gathered, gathered_w, nearest, entry_words, elo, ehi)
+        _nearest_4_words(n_vec, gathered_w, nearest, entry_words, elo, ehi)
     e0, e1, e2, e3 = entry_words[0], entry_words[1], entry_words[2], entry_words[3]
     for i in range(n_gathered):
         if nearest[i] > thresholds[i]:
@@ -501,6 +511,28 @@ def _flush_gathered(
     return fill
 
 
+@numba.njit(cache=True, inline="always")
+def _copy_slots(dst, at, src, lo):
+    """dst[at:at + _COPY] = src[lo:lo + _COPY] (8 slots). All loads come before the stores and the indices are
+    unsigned (no wraparound checks), so that it compiles to one vector load and one vector store."""
+    v0 = src[lo]
+    v1 = src[lo + np.uint64(1)]
+    v2 = src[lo + np.uint64(2)]
+    v3 = src[lo + np.uint64(3)]
+    v4 = src[lo + np.uint64(4)]
+    v5 = src[lo + np.uint64(5)]
+    v6 = src[lo + np.uint64(6)]
+    v7 = src[lo + np.uint64(7)]
+    dst[at] = v0
+    dst[at + np.uint64(1)] = v1
+    dst[at + np.uint64(2)] = v2
+    dst[at + np.uint64(3)] = v3
+    dst[at + np.uint64(4)] = v4
+    dst[at + np.uint64(5)] = v5
+    dst[at + np.uint64(6)] = v6
+    dst[at + np.uint64(7)] = v7
+
+
 @numba.njit(cache=True)
 def _scan_bucket_block(
     b, t, n_threads, order, max_distance, shifts, bits, radii, masks, mask_starts, bucket_base, entry_base,
@@ -518,7 +550,7 @@ def _scan_bucket_block(
     qh = qhashes[b]
     qp = qpos[b]
     qr = qranks[b]
-    gcap = gathered_h.shape[0] - _COPY  # the buffers have _COPY slots of slack for the unconditional copy
+    gcap = gathered_h.shape[0] - _LANES  # slack for the whole-slot copies and the padding to whole registers
     for bucket in range(lo_bucket, hi_bucket):
         elo = ebase + offsets[obase + bucket]
         ehi = ebase + offsets[obase + bucket + 1]
@@ -555,19 +587,11 @@ def _scan_bucket_block(
             at = 0
             while j < n_masks and at + group_n[j] <= gcap:
                 glo = group_lo[j]
-                # 8 slots whatever the group's size (no branch to mispredict on the usual small groups; written
-                # out so that they compile to one vector move); qhashes has 8 slots of padding, and slots past
-                # the group are overwritten or never read
-                gathered_h[at] = qh[glo]
-                gathered_h[at + 1] = qh[glo + 1]
-                gathered_h[at + 2] = qh[glo + 2]
-                gathered_h[at + 3] = qh[glo + 3]
-                gathered_h[at + 4] = qh[glo + 4]
-                gathered_h[at + 5] = qh[glo + 5]
-                gathered_h[at + 6] = qh[glo + 6]
-                gathered_h[at + 7] = qh[glo + 7]
-                for c in range(_COPY, group_n[j]):
-                    gathered_h[at + c] = qh[glo + c]
+                # whole 8-slot copies (no per-slot branch to mispredict); qhashes has 8 slots of padding, and
+                # slots past the group are overwritten or never read
+                _copy_slots(gathered_h, np.uint64(at), qh, np.uint64(glo))
+                for c in range(_COPY, group_n[j], _COPY):
+                    _copy_slots(gathered_h, np.uint64(at + c), qh, np.uint64(glo + c))
                 group_at[j - first] = at
                 at += group_n[j]
                 j += 1
@@ -596,11 +620,11 @@ def _search_chunk_by_bucket(
         max_masks = max(max_masks, mask_starts[b + 1] - mask_starts[b])
     for t in prange(n_threads):
         fill = 0
-        gathered_h = np.empty(gather + _COPY, dtype=np.uint64)
-        gathered_i = np.empty(gather + _COPY, dtype=np.int64)
-        gathered_w = np.empty((4, gather + _COPY), dtype=np.uint16)
-        thresholds = np.empty(gather + _COPY, dtype=np.int16)
-        nearest = np.empty(gather + _COPY, dtype=np.uint16)
+        gathered_h = np.empty(gather + _LANES, dtype=np.uint64)
+        gathered_i = np.empty(gather + _LANES, dtype=np.int64)
+        gathered_w = np.empty((4, gather + _LANES), dtype=np.uint16)
+        thresholds = np.empty(gather + _LANES, dtype=np.int16)
+        nearest = np.empty(gather + _LANES, dtype=np.uint16)
         exact = np.empty(_EXACT, dtype=np.uint16)
         group_lo = np.empty(max_masks, dtype=np.int64)
         group_n = np.empty(max_masks, dtype=np.int64)
