@@ -97,16 +97,34 @@ def _set_words(words, e, h):
 
 @dataclass(frozen=True)
 class BlockPlan:
-    """Blocks (shift, bits) of the 64-bit hash and the radius searched in each (-1: block not indexed)."""
+    """Blocks (shift, bits) of the 64-bit hash and the radius searched in each (-1: block not indexed), plus
+    optional byte-pair tables: each keyed by two bytes (i, j) of the hash, searched within ``pair_radius`` bits
+    in each byte (the split cover, see ``plan_blocks``)."""
 
     shifts: tuple[int, ...]
     bits: tuple[int, ...]
     radii: tuple[int, ...]
     brute_force: bool = False
+    pair_bytes: tuple[tuple[int, int], ...] = ()
+    pair_radius: int = 0
 
     @property
     def probes(self) -> int:
-        return sum(_ball(b, r) for b, r in zip(self.bits, self.radii))
+        return (sum(_ball(b, r) for b, r in zip(self.bits, self.radii))
+                + len(self.pair_bytes) * _ball(8, self.pair_radius) ** 2)
+
+    def tables(self) -> list[tuple[int, int, int, int, tuple[int, ...] | None]]:
+        """Each indexed table as (shift, bits, radius, radius per key byte, byte permutation or None).
+
+        A table sees the hash with its bytes permuted (output byte k = input byte perm[k]) and is keyed by bits
+        shift..shift+bits of that; a key difference is searched when its weight is <= radius and the weight of
+        each of its bytes is <= the per-byte radius. Blocks keep the hash as it is; a byte-pair table (i, j)
+        moves bytes i and j to the bottom (its key) and keeps the other bytes in order."""
+        out = [(s, b, r, r, None) for s, b, r in zip(self.shifts, self.bits, self.radii)]
+        for i, j in self.pair_bytes:
+            perm = (i, j) + tuple(k for k in range(8) if k not in (i, j))
+            out.append((0, 16, 2 * self.pair_radius, self.pair_radius, perm))
+        return out
 
 
 def _ball(bits: int, radius: int) -> int:
@@ -138,19 +156,41 @@ def plan_blocks(max_distance: int, n: int) -> BlockPlan:
         if best is None or cost < best[0]:
             best = (cost, BlockPlan(tuple(shifts), tuple(bits), tuple(radii)))
     assert best is not None
+    split = _split_cover(max_distance, n)
+    if split is not None and split[0] < best[0]:
+        best = split
     brute_cost = float(max(n, 1))
     if best[0] >= brute_cost or max_distance >= 64:
         return BlockPlan((0,), (64,), (max_distance,), brute_force=True)
     return best[1]
 
 
+def _split_cover(max_distance: int, n: int) -> tuple[float, BlockPlan] | None:
+    """The four 16-bit words searched within s - 1 bits each, plus four byte-pair tables, for max_distance = 4 s.
+
+    A pair within 4 s bits that no word finds within s - 1 differs in exactly s bits in every word (s + s + s + s
+    is all it may have). Its s differing bits in word 0 leave one of the word's two bytes within s // 2, and the
+    same holds in word 1; so it is found by the table keyed by those two bytes, searched within s // 2 bits in
+    each. For s = 3 (the default distance 12) that is 4 x 81 bucket probes instead of the 560 extra probes of
+    radius 3 in one word that the plain pigeonhole split needs: about a fifth fewer entries compared. None when
+    max_distance is not a multiple of 4 (the cover then does not close)."""
+    if max_distance < 4 or max_distance % 4:
+        return None
+    s = max_distance // 4
+    plan = BlockPlan((0, 16, 32, 48), (16,) * 4, (s - 1,) * 4, pair_bytes=((0, 2), (0, 3), (1, 2), (1, 3)),
+                     pair_radius=s // 2)
+    return plan.probes * (_PROBE_COST + n / 2.0**16), plan
+
+
 def _mask_tables(plan: BlockPlan) -> tuple[np.ndarray, np.ndarray]:
-    """All XOR masks of each block (weight <= radius), concatenated, with start offsets per block."""
+    """All XOR masks of each table (weight <= radius, each byte's <= its radius), concatenated, with start
+    offsets per table."""
     masks: list[int] = []
     starts = [0]
-    for bits, radius in zip(plan.bits, plan.radii):
+    for _, bits, radius, per_byte, _ in plan.tables():
         if not plan.brute_force and radius >= 0:
-            masks.extend(v for v in range(1 << bits) if v.bit_count() <= radius)  # by value: nearby groups
+            masks.extend(v for v in range(1 << bits) if v.bit_count() <= radius  # by value: nearby groups
+                         and (v & 0xFF).bit_count() <= per_byte and (v >> 8).bit_count() <= per_byte)
         starts.append(len(masks))
     return np.array(masks, dtype=np.int64), np.array(starts, dtype=np.int64)
 
@@ -159,34 +199,69 @@ def _mask_tables(plan: BlockPlan) -> tuple[np.ndarray, np.ndarray]:
 
 
 @numba.njit(cache=True, inline="always")
-def _found_in_earlier_block(x, b, radii, bits, shifts):
-    """True when the pair with difference bits x is also found through a block before b (so it is counted once)."""
+def _permute(h, perms, t):
+    """Hash h as table t sees it: output byte k is input byte perms[t, k] (row -1: as it is). Row t + 8 columns
+    on holds the inverse permutation."""
+    if perms[t, 0] < 0:
+        return h
+    out = np.uint64(0)
+    for k in range(8):
+        out |= ((h >> np.uint64(8 * perms[t, k])) & np.uint64(0xFF)) << np.uint64(8 * k)
+    return out
+
+
+@numba.njit(cache=True, inline="always")
+def _unpermute(h, perms, t):
+    """The inverse of _permute: a hash (or difference) in table t's byte order back in the hash's own."""
+    if perms[t, 0] < 0:
+        return h
+    out = np.uint64(0)
+    for k in range(8):
+        out |= ((h >> np.uint64(8 * perms[t, 8 + k])) & np.uint64(0xFF)) << np.uint64(8 * k)
+    return out
+
+
+@numba.njit(cache=True, inline="always")
+def _found_in_earlier_block(x, b, radii, bits, shifts, splits, perms):
+    """True when the pair with difference bits x (in the hash's own byte order) is also found through a table
+    before b (so it is counted once)."""
     for b2 in range(b):
         if radii[b2] >= 0:
-            m2 = np.uint64((np.int64(1) << bits[b2]) - 1)
-            if _popcount((x >> np.uint64(shifts[b2])) & m2) <= radii[b2]:
+            if perms[b2, 0] < 0:
+                key = (x >> np.uint64(shifts[b2])) & np.uint64((np.int64(1) << bits[b2]) - 1)
+            else:  # a byte-pair table: its key is the two bytes it moved to the bottom
+                key = (((x >> np.uint64(8 * perms[b2, 0])) & np.uint64(0xFF))
+                       | (((x >> np.uint64(8 * perms[b2, 1])) & np.uint64(0xFF)) << np.uint64(8)))
+            if (_popcount(key) <= radii[b2] and _popcount(key & np.uint64(0xFF)) <= splits[b2]
+                    and _popcount(key >> np.uint64(8)) <= splits[b2]):
                 return True
     return False
 
 
 @numba.njit(cache=True, inline="always")
-def _report_pair(x, b, er, rq, qi, radii, bits, shifts, order, out_q, out_r, fill, cap):
-    """Append (qi, the item at walk rank er) for a pair within the distance (difference bits x) found through
-    block b, unless an earlier block finds it too (each pair is reported once) or er is not after the query's
-    rank rq. Returns the new fill, or -1 when the buffer is full."""
-    if _found_in_earlier_block(x, b, radii, bits, shifts) or er <= rq:
-        return fill
+def _first_found_here(x, b, radii, bits, shifts, splits, perms):
+    """True when table b is the first table that finds the pair with difference bits x (in table b's byte
+    order), so that each pair is reported once. Callers ask this before the walk ranks: it needs no memory
+    reads, and it turns away most hits (a close pair is found through most tables, a query finds itself through
+    all of them)."""
+    return not _found_in_earlier_block(_unpermute(x, perms, b), b, radii, bits, shifts, splits, perms)
+
+
+@numba.njit(cache=True, inline="always")
+def _append_pair(qi, item, out_q, out_r, fill, cap):
+    """Append the pair (chunk position qi, item); returns the new fill, or -1 when the buffer is full."""
     if fill >= cap:
         return -1
     out_q[fill] = qi
-    out_r[fill] = order[er]
+    out_r[fill] = item
     return fill + 1
 
 
 @numba.njit(cache=True)
 def _build_block(active_hashes, active_ranks, shift_bits, n_bits, off, base, entry_ranks, entry_words, tmp_ranks,
-                 tmp_hashes):
-    """Counting sort of the active hashes by one block's value into entries base.. of the shared arrays.
+                 tmp_hashes, perms, t):
+    """Counting sort of the active hashes (in table t's byte order) by one block's value into entries base.. of the
+    shared arrays.
 
     Two passes (high half of the key, then the whole key within each high group), so the scattered writes
     of each pass go to a few hundred streams instead of one random place per hash.
@@ -199,14 +274,14 @@ def _build_block(active_hashes, active_ranks, shift_bits, n_bits, off, base, ent
     n_high = np.int64(1) << (n_bits - low_bits)
     off[: nb + 1] = 0
     for i in range(n):
-        off[np.int64((active_hashes[i] >> shift) & mask) + 1] += 1
+        off[np.int64((_permute(active_hashes[i], perms, t) >> shift) & mask) + 1] += 1
     for k in range(nb):
         off[k + 1] += off[k]
     high_fill = np.empty(n_high, dtype=np.int64)
     for g in range(n_high):
         high_fill[g] = off[g << low_bits]
     for i in range(n):
-        h = active_hashes[i]
+        h = _permute(active_hashes[i], perms, t)
         g = np.int64((h >> shift) & mask) >> low_bits
         slot = high_fill[g]
         high_fill[g] += 1
@@ -223,7 +298,7 @@ def _build_block(active_hashes, active_ranks, shift_bits, n_bits, off, base, ent
 
 
 @numba.njit(cache=True, parallel=True)
-def _build_index(active, hashes, rank, shifts, bits, radii, bucket_base, entry_base, offsets, entry_ranks,
+def _build_index(active, hashes, rank, shifts, bits, radii, perms, bucket_base, entry_base, offsets, entry_ranks,
                  entry_words, n_threads):
     """Counting-sort the active hashes into one bucket array per indexed block (blocks in parallel)."""
     n = active.shape[0]
@@ -238,11 +313,11 @@ def _build_index(active, hashes, rank, shifts, bits, radii, bucket_base, entry_b
         for b in range(t, shifts.shape[0], n_threads):
             if radii[b] >= 0:
                 _build_block(active_hashes, active_ranks, shifts[b], bits[b], offsets[bucket_base[b] :],
-                             entry_base[b], entry_ranks, entry_words, tmp_ranks, tmp_hashes)
+                             entry_base[b], entry_ranks, entry_words, tmp_ranks, tmp_hashes, perms, b)
 
 
 @numba.njit(cache=True)
-def _sort_queries_by_block(queries, hashes, shifts, bits, radii):
+def _sort_queries_by_block(queries, hashes, shifts, bits, radii, perms):
     """For each indexed block, the chunk positions of the queries sorted by that block's value (for locality)."""
     k = queries.shape[0]
     out = np.empty((shifts.shape[0], k), dtype=np.int64)
@@ -253,22 +328,22 @@ def _sort_queries_by_block(queries, hashes, shifts, bits, radii):
         mask = np.uint64((np.int64(1) << bits[b]) - 1)
         shift = np.uint64(shifts[b])
         for i in range(k):
-            keys[i] = np.int64((hashes[queries[i]] >> shift) & mask)
+            keys[i] = np.int64((_permute(hashes[queries[i]], perms, b) >> shift) & mask)
         out[b] = np.argsort(keys)
     return out
 
 
 @numba.njit(cache=True)
 def _probe_block(
-    b, qi, q, hashes, rank, order, max_distance, shifts, bits, radii, masks, mask_starts, bucket_base, entry_base,
-    offsets, entry_ranks, entry_words, out_q, out_r, fill, cap,
+    b, qi, q, hashes, rank, order, max_distance, shifts, bits, radii, splits, perms, masks, mask_starts, bucket_base,
+    entry_base, offsets, entry_ranks, entry_words, out_q, out_r, fill, cap,
 ):
     """Append (qi, r) for each standing hash r after q in walk order, within max_distance, found through block b.
 
     A pair is reported through the first block whose radius catches it only, so it is reported once.
     Returns the new fill, or -1 when the buffer is full.
     """
-    h = hashes[q]
+    h = _permute(hashes[q], perms, b)
     rq = rank[q]
     mask = np.uint64((np.int64(1) << bits[b]) - 1)
     key = np.int64((h >> np.uint64(shifts[b])) & mask)
@@ -281,7 +356,9 @@ def _probe_block(
         for e in range(lo, hi):
             x = h ^ _word_hash(entry_words, e)
             if _popcount(x) <= max_distance:
-                fill = _report_pair(x, b, entry_ranks[e], rq, qi, radii, bits, shifts, order, out_q, out_r, fill, cap)
+                er = entry_ranks[e]
+                if er > rq and _first_found_here(x, b, radii, bits, shifts, splits, perms):
+                    fill = _append_pair(qi, order[er], out_q, out_r, fill, cap)
                 if fill < 0:
                     return -1
     return fill
@@ -307,8 +384,8 @@ def _probe_brute(qi, q, hashes, rank, removed, max_distance, active, out_q, out_
 @numba.njit(cache=True, parallel=True)
 def _search_chunk(
     queries, sorted_by_block, n_threads, hashes, rank, removed, order, max_distance, brute, active,
-    shifts, bits, radii, masks, mask_starts, bucket_base, entry_base, offsets, entry_ranks, entry_words,
-    out_q, out_r, fills,
+    shifts, bits, radii, splits, perms, masks, mask_starts, bucket_base, entry_base, offsets, entry_ranks,
+    entry_words, out_q, out_r, fills,
 ):
     """All (query, later standing neighbour) pairs of a chunk; thread t writes to out_q[t], out_r[t].
 
@@ -334,9 +411,9 @@ def _search_chunk(
                 for i in range(lo, hi):
                     qi = sorted_by_block[b, i]
                     fill = _probe_block(
-                        b, qi, queries[qi], hashes, rank, order, max_distance, shifts, bits, radii, masks,
-                        mask_starts, bucket_base, entry_base, offsets, entry_ranks, entry_words, out_q[t], out_r[t],
-                        fill, cap,
+                        b, qi, queries[qi], hashes, rank, order, max_distance, shifts, bits, radii, splits, perms,
+                        masks, mask_starts, bucket_base, entry_base, offsets, entry_ranks, entry_words, out_q[t],
+                        out_r[t], fill, cap,
                     )
                     if fill < 0:
                         break
@@ -346,7 +423,7 @@ def _search_chunk(
 
 
 @numba.njit(cache=True, parallel=True)
-def _group_queries(queries, hashes, rank, shifts, bits, radii, max_buckets):
+def _group_queries(queries, hashes, rank, shifts, bits, radii, perms, max_buckets):
     """Per indexed block, the chunk's queries grouped by block value: offsets, hashes, chunk positions and walk
     ranks (blocks in parallel)."""
     k = queries.shape[0]
@@ -366,12 +443,12 @@ def _group_queries(queries, hashes, rank, shifts, bits, radii, max_buckets):
         shift = np.uint64(shifts[b])
         off = qoffs[b]
         for i in range(k):
-            off[np.int64((chunk_hashes[i] >> shift) & mask) + 1] += 1
+            off[np.int64((_permute(chunk_hashes[i], perms, b) >> shift) & mask) + 1] += 1
         for v in range(nb):
             off[v + 1] += off[v]
         fill = off[:nb].copy()
         for i in range(k):
-            h = chunk_hashes[i]
+            h = _permute(chunk_hashes[i], perms, b)
             v = np.int64((h >> shift) & mask)
             qhashes[b, fill[v]] = h
             qpos[b, fill[v]] = i
@@ -443,18 +520,22 @@ def _nearest_4_words(n_vec, gw, nearest, ew, elo, ehi):
 
 @numba.njit(cache=True)
 def _flush_gathered(
-    n_gathered, gathered_h, gathered_i, gathered_w, thresholds, nearest, exact, bucket, elo, ehi, b, order,
-    max_distance, shifts, bits, radii, entry_ranks, entry_words, qpos, qrank, out_q, out_r, fill, cap, group_at,
-    group_lo, n_groups,
+    n_gathered, gathered_h, gathered_i, gathered_w, thresholds, nearest, hits, hit_words, bucket, elo, esplit, ehi, b,
+    order, max_distance, shifts, bits, radii, splits, perms, entry_ranks, entry_words, qpos, qrank, out_q, out_r, fill,
+    cap,
 ):
-    """Compare the gathered queries with the bucket's entries elo..ehi; append the pairs within max_distance.
+    """Compare the gathered queries (hashes, chunk group slots) with the bucket's entries elo..ehi; append the
+    pairs within max_distance.
 
     The queries are first split into rows of 16-bit words. The first pass keeps only each query's nearest
     distance, in a loop over the gathered queries that the compiler vectorises (hundreds of queries against a
     few dozen entries, 32 words to a register). A block that covers one whole word leaves that word out: its
-    distance is the query's known block distance, taken off the threshold. Hits are rare, so the exact pass
-    that reports pairs runs for a few queries only. A query's chunk position comes from gathered_i, or, when
-    n_groups >= 0, from the groups' first slots and offsets (group_at, group_lo).
+    distance is the query's known block distance, taken off the threshold. Only the queries whose nearest entry
+    is within their threshold (the hits) go on to the exact pass that reports pairs.
+
+    The entries elo..esplit are the chunk's own queries (the bucket's first ranks): every query finds itself
+    there, and the chunk's pairs too. They are compared apart from the later entries esplit..ehi, so those
+    hits cost an exact pass over a few entries, not over the whole bucket.
     """
     own = shifts[b] // 16 if bits[b] == 16 and shifts[b] % 16 == 0 else -1  # the word the block covers
     g0, g1, g2, g3 = gathered_w[0], gathered_w[1], gathered_w[2], gathered_w[3]
@@ -476,36 +557,75 @@ def _flush_gathered(
         for i in range(n_gathered):
             block_distance = _popcount(((gathered_h[i] >> shift) ^ np.uint64(bucket)) & bmask)
             thresholds[i] = max_distance - np.int64(block_distance)
-        w1, w2, w3 = (own + 1) % 4, (own + 2) % 4, (own + 3) % 4
-        _nearest_3_words(n_vec, gathered_w[w1], gathered_w[w2], gathered_w[w3], nearest, entry_words[w1],
-                         entry_words[w2], entry_words[w3], elo, ehi)
     else:
         for i in range(n_gathered):
             thresholds[i] = max_distance
-        _nearest_4_words(n_vec, gathered_w, nearest, entry_words, elo, ehi)
-    e0, e1, e2, e3 = entry_words[0], entry_words[1], entry_words[2], entry_words[3]
-    for i in range(n_gathered):
-        if nearest[i] > thresholds[i]:
+    w1, w2, w3 = (own + 1) % 4, (own + 2) % 4, (own + 3) % 4
+    for part in range(2):
+        rlo, rhi = (esplit, ehi) if part == 0 else (elo, esplit)
+        if rlo == rhi:
             continue
-        hq = gathered_h[i]
-        if n_groups < 0:
-            gi = gathered_i[i]
-        else:  # slot i is in group j with group_at[j] <= i < group_at[j + 1]
-            j = np.searchsorted(group_at[: n_groups + 1], i, side="right") - 1
-            gi = group_lo[j] + i - group_at[j]
-        rq = qrank[gi]
-        x0, x1, x2, x3 = g0[i], g1[i], g2[i], g3[i]
-        for lo in range(elo, ehi, _EXACT):  # distances to a slice of entries at once (vectorised), then the scan
-            hi = min(lo + _EXACT, ehi)
-            for e in range(lo, hi):
-                exact[e - lo] = (_popcount_int(x0 ^ e0[e]) + _popcount_int(x1 ^ e1[e]) + _popcount_int(x2 ^ e2[e])
-                                 + _popcount_int(x3 ^ e3[e]))
-            for e in range(lo, hi):
-                if exact[e - lo] > max_distance:
+        if own >= 0:
+            _nearest_3_words(n_vec, gathered_w[w1], gathered_w[w2], gathered_w[w3], nearest, entry_words[w1],
+                             entry_words[w2], entry_words[w3], rlo, rhi)
+        else:
+            _nearest_4_words(n_vec, gathered_w, nearest, entry_words, rlo, rhi)
+        fill = _exact_pass(n_gathered, gathered_h, gathered_i, gathered_w, thresholds, nearest, hits, hit_words, rlo,
+                           rhi, b, order, max_distance, shifts, bits, radii, splits, perms, entry_ranks, entry_words,
+                           qpos, qrank, out_q, out_r, fill, cap)
+        if fill < 0:
+            return -1
+    return fill
+
+
+@numba.njit(cache=True)
+def _exact_pass(
+    n_gathered, gathered_h, gathered_i, gathered_w, thresholds, nearest, hits, hit_words, elo, ehi, b, order,
+    max_distance, shifts, bits, radii, splits, perms, entry_ranks, entry_words, qpos, qrank, out_q, out_r, fill, cap,
+):
+    """Report the pairs of the gathered queries whose nearest entry in elo..ehi is within their threshold.
+
+    The hits (a few in a bucket) go into the lanes of one register; each entry is then compared with all of
+    them at once, and only an entry within max_distance of one of them is looked at further. So a bucket's
+    entries are read once for all its hits instead of once per hit."""
+    nh = 0
+    for i in range(n_gathered):
+        if nearest[i] <= thresholds[i]:
+            hits[nh] = i
+            nh += 1
+    e0, e1, e2, e3 = entry_words[0], entry_words[1], entry_words[2], entry_words[3]
+    h0, h1, h2, h3, dist = hit_words[0], hit_words[1], hit_words[2], hit_words[3], hit_words[4]
+    limit = np.uint16(max_distance)
+    for c in range(0, nh, _LANES):
+        m = min(_LANES, nh - c)
+        for k in range(_LANES):
+            i = hits[c + min(k, m - 1)]  # spare lanes repeat the last hit: they change no minimum
+            h0[k] = gathered_w[0, i]
+            h1[k] = gathered_w[1, i]
+            h2[k] = gathered_w[2, i]
+            h3[k] = gathered_w[3, i]
+        for e in range(elo, ehi):
+            a0, a1, a2, a3 = e0[e], e1[e], e2[e], e3[e]
+            near = np.uint16(64)  # all in uint16 (a mixed signed/unsigned min would go through float)
+            for k in range(_LANES):
+                d = np.uint16(_popcount_int(h0[k] ^ a0) + _popcount_int(h1[k] ^ a1) + _popcount_int(h2[k] ^ a2)
+                              + _popcount_int(h3[k] ^ a3))
+                dist[k] = d
+                near = min(near, d)
+            if near > limit:
+                continue
+            eh = _word_hash(entry_words, e)
+            for k in range(m):
+                if dist[k] > limit:
                     continue
-                x = hq ^ _word_hash(entry_words, e)
-                fill = _report_pair(x, b, entry_ranks[e], rq, qpos[gi], radii, bits, shifts, order, out_q, out_r,
-                                    fill, cap)
+                i = hits[c + k]
+                if not _first_found_here(gathered_h[i] ^ eh, b, radii, bits, shifts, splits, perms):
+                    continue
+                gi = gathered_i[i]
+                er = entry_ranks[e]
+                if er <= qrank[gi]:
+                    continue
+                fill = _append_pair(qpos[gi], order[er], out_q, out_r, fill, cap)
                 if fill < 0:
                     return -1
     return fill
@@ -533,14 +653,29 @@ def _copy_slots(dst, at, src, lo):
     dst[at + np.uint64(7)] = v7
 
 
+@numba.njit(cache=True, inline="always")
+def _count_slots(dst, at, lo):
+    """dst[at:at + _COPY] = lo, lo + 1, ... (8 slots, one vector store, as _copy_slots)."""
+    dst[at] = lo
+    dst[at + np.uint64(1)] = lo + 1
+    dst[at + np.uint64(2)] = lo + 2
+    dst[at + np.uint64(3)] = lo + 3
+    dst[at + np.uint64(4)] = lo + 4
+    dst[at + np.uint64(5)] = lo + 5
+    dst[at + np.uint64(6)] = lo + 6
+    dst[at + np.uint64(7)] = lo + 7
+
+
 @numba.njit(cache=True)
 def _scan_bucket_block(
-    b, t, n_threads, order, max_distance, shifts, bits, radii, masks, mask_starts, bucket_base, entry_base,
-    offsets, entry_ranks, entry_words, qoffs, qhashes, qpos, qranks, out_q, out_r, fill, cap,
-    gathered_h, gathered_i, gathered_w, thresholds, nearest, exact, group_lo, group_n, group_at,
+    b, t, n_threads, order, max_distance, shifts, bits, radii, splits, perms, masks, mask_starts, bucket_base,
+    entry_base, offsets, entry_ranks, entry_words, qoffs, qhashes, qpos, qranks, out_q, out_r, fill, cap,
+    gathered_h, gathered_i, gathered_w, thresholds, nearest, hits, hit_words, group_lo, group_n, last_rank,
 ):
     """Thread t's share of block b's buckets: each bucket is read once and compared with the queries of every
-    group whose block value is within the block's radius, gathered into one contiguous buffer first."""
+    group whose block value is within the block's radius, gathered into one contiguous buffer first (with
+    their slots in the chunk's grouping). Entries ranked up to last_rank (the chunk's last query) are the
+    chunk's own queries."""
     nb = np.int64(1) << bits[b]
     lo_bucket = nb * t // n_threads
     hi_bucket = nb * (t + 1) // n_threads
@@ -556,61 +691,54 @@ def _scan_bucket_block(
         ehi = ebase + offsets[obase + bucket + 1]
         if elo == ehi:
             continue
+        esplit = elo
+        while esplit < ehi and entry_ranks[esplit] <= last_rank:
+            esplit += 1
         m0 = mask_starts[b]
         n_masks = mask_starts[b + 1] - m0
         for j in range(n_masks):  # the groups' offsets first: independent reads that overlap
             g = bucket ^ masks[m0 + j]
             group_lo[j] = qoff[g]
             group_n[j] = qoff[g + 1] - group_lo[j]
-        j = 0
-        while j < n_masks:
-            if group_n[j] > gcap:  # a group bigger than the buffer (many equal block values): in pieces
-                glo = group_lo[j]
-                left = group_n[j]
-                while left > 0:
-                    piece = min(left, gcap)
-                    for c in range(piece):
-                        gathered_h[c] = qh[glo + c]
-                        gathered_i[c] = glo + c
+        at = 0
+        for j in range(n_masks):
+            glo = group_lo[j]
+            left = group_n[j]
+            while left > 0:  # a group goes in pieces when the buffer fills (many equal block values)
+                if at == gcap:
                     fill = _flush_gathered(
-                        piece, gathered_h, gathered_i, gathered_w, thresholds, nearest, exact, bucket, elo, ehi, b,
-                        order, max_distance, shifts, bits, radii, entry_ranks, entry_words, qp, qr, out_q, out_r,
-                        fill, cap, group_at, group_lo, -1,
+                        at, gathered_h, gathered_i, gathered_w, thresholds, nearest, hits, hit_words, bucket, elo,
+                        esplit, ehi, b, order, max_distance, shifts, bits, radii, splits, perms, entry_ranks,
+                        entry_words, qp, qr, out_q, out_r, fill, cap,
                     )
                     if fill < 0:
                         return -1
-                    glo += piece
-                    left -= piece
-                j += 1
-                continue
-            first = j  # as many whole groups as the buffer holds, then one comparison pass
-            at = 0
-            while j < n_masks and at + group_n[j] <= gcap:
-                glo = group_lo[j]
+                    at = 0
+                piece = min(left, gcap - at)
                 # whole 8-slot copies (no per-slot branch to mispredict); qhashes has 8 slots of padding, and
-                # slots past the group are overwritten or never read
-                _copy_slots(gathered_h, np.uint64(at), qh, np.uint64(glo))
-                for c in range(_COPY, group_n[j], _COPY):
+                # slots past the piece are overwritten or never read
+                for c in range(0, piece, _COPY):
                     _copy_slots(gathered_h, np.uint64(at + c), qh, np.uint64(glo + c))
-                group_at[j - first] = at
-                at += group_n[j]
-                j += 1
-            group_at[j - first] = at
-            if at:
-                fill = _flush_gathered(
-                    at, gathered_h, gathered_i, gathered_w, thresholds, nearest, exact, bucket, elo, ehi, b,
-                    order, max_distance, shifts, bits, radii, entry_ranks, entry_words, qp, qr, out_q, out_r,
-                    fill, cap, group_at, group_lo[first:], j - first,
-                )
-                if fill < 0:
-                    return -1
+                    _count_slots(gathered_i, np.uint64(at + c), glo + c)
+                at += piece
+                glo += piece
+                left -= piece
+        if at:
+            fill = _flush_gathered(
+                at, gathered_h, gathered_i, gathered_w, thresholds, nearest, hits, hit_words, bucket, elo, esplit,
+                ehi, b, order, max_distance, shifts, bits, radii, splits, perms, entry_ranks, entry_words, qp, qr,
+                out_q, out_r, fill, cap,
+            )
+            if fill < 0:
+                return -1
     return fill
 
 
 @numba.njit(cache=True, parallel=True)
 def _search_chunk_by_bucket(
-    queries, n_threads, order, max_distance, shifts, bits, radii, masks, mask_starts, bucket_base,
+    queries, n_threads, order, max_distance, shifts, bits, radii, splits, perms, masks, mask_starts, bucket_base,
     entry_base, offsets, entry_ranks, entry_words, qoffs, qhashes, qpos, qranks, out_q, out_r, fills, gather,
+    last_rank,
 ):
     """Same pairs as _search_chunk, bucket-major: for chunks with more queries than buckets, every bucket is
     loaded once per chunk instead of once per probing query (the lookups are batched and sorted by bucket)."""
@@ -625,18 +753,18 @@ def _search_chunk_by_bucket(
         gathered_w = np.empty((4, gather + _LANES), dtype=np.uint16)
         thresholds = np.empty(gather + _LANES, dtype=np.int16)
         nearest = np.empty(gather + _LANES, dtype=np.uint16)
-        exact = np.empty(_EXACT, dtype=np.uint16)
+        hits = np.empty(gather + _LANES, dtype=np.int64)
+        hit_words = np.empty((5, _LANES), dtype=np.uint16)
         group_lo = np.empty(max_masks, dtype=np.int64)
         group_n = np.empty(max_masks, dtype=np.int64)
-        group_at = np.empty(max_masks + 1, dtype=np.int64)
         for b in range(shifts.shape[0]):
             if radii[b] < 0:
                 continue
             fill = _scan_bucket_block(
-                b, t, n_threads, order, max_distance, shifts, bits, radii, masks, mask_starts, bucket_base,
-                entry_base, offsets, entry_ranks, entry_words, qoffs, qhashes, qpos, qranks, out_q[t], out_r[t],
-                fill, cap, gathered_h, gathered_i, gathered_w, thresholds, nearest, exact, group_lo, group_n,
-                group_at,
+                b, t, n_threads, order, max_distance, shifts, bits, radii, splits, perms, masks, mask_starts,
+                bucket_base, entry_base, offsets, entry_ranks, entry_words, qoffs, qhashes, qpos, qranks, out_q[t],
+                out_r[t], fill, cap, gathered_h, gathered_i, gathered_w, thresholds, nearest, hits, hit_words,
+                group_lo, group_n, last_rank,
             )
             if fill < 0:
                 break
@@ -799,23 +927,31 @@ class _Index:
     def __init__(self, plan: BlockPlan):
         self.plan = plan
         self.masks, self.mask_starts = _mask_tables(plan)
-        self.shifts = np.array(plan.shifts, dtype=np.int64)
-        self.bits = np.array(plan.bits, dtype=np.int64)
-        self.radii = np.array(plan.radii, dtype=np.int64)
-        indexed = [not plan.brute_force and r >= 0 for r in plan.radii]
+        tables = plan.tables()
+        self.shifts = np.array([t[0] for t in tables], dtype=np.int64)
+        self.bits = np.array([t[1] for t in tables], dtype=np.int64)
+        self.radii = np.array([t[2] for t in tables], dtype=np.int64)
+        self.splits = np.array([t[3] for t in tables], dtype=np.int64)
+        self.perms = np.full((len(tables), 16), -1, dtype=np.int64)  # each row: the permutation, its inverse
+        for b, (*_, perm) in enumerate(tables):
+            if perm is not None:
+                self.perms[b, :8] = perm
+                self.perms[b, 8:] = np.argsort(perm)
+        indexed = [not plan.brute_force and t[2] >= 0 for t in tables]
         self.n_indexed = sum(indexed)
-        self.bucket_base = np.zeros(len(plan.bits), dtype=np.int64)
+        self.bucket_base = np.zeros(len(tables), dtype=np.int64)
         total = 0
         for b, on in enumerate(indexed):
             self.bucket_base[b] = total
-            total += (1 << plan.bits[b]) + 1 if on else 0
+            total += (1 << int(self.bits[b])) + 1 if on else 0
         self.offsets = np.zeros(max(total, 1), dtype=np.int64)
-        self.entry_base = np.zeros(len(plan.bits), dtype=np.int64)
-        self.max_buckets = 1 << max(plan.bits) if not plan.brute_force else 0
+        self.entry_base = np.zeros(len(tables), dtype=np.int64)
+        self.max_buckets = 1 << int(self.bits.max()) if not plan.brute_force else 0
+        n_masks = np.diff(self.mask_starts)
         # one bucket-major chunk reads every (bucket, mask) pair once, whatever its size (in comparisons)
-        self.batched_chunk_cost = _BATCHED_PROBE_COST * sum(
-            (1 << b) * _ball(b, r) for b, r in zip(plan.bits, plan.radii) if r >= 0 and not plan.brute_force)
-        self.pass_rate = sum(_ball(b, r) / 2.0**b for b, r in zip(plan.bits, plan.radii) if r >= 0)
+        self.batched_chunk_cost = _BATCHED_PROBE_COST * float(sum(
+            (1 << int(b)) * int(m) for b, m, on in zip(self.bits, n_masks, indexed) if on))
+        self.pass_rate = sum(int(m) / 2.0 ** int(b) for b, m, on in zip(self.bits, n_masks, indexed) if on)
         self.size = -1  # hashes indexed (stale ones included); -1: not built
         self.active = np.empty(0, dtype=np.int64)  # the brute-force plan scans these item ids instead
 
@@ -830,11 +966,12 @@ class _Index:
         self.entry_ranks = np.empty(self.n_indexed * self.size, dtype=np.int32)
         self.entry_words = np.empty((4, self.n_indexed * self.size), dtype=np.uint16)
         c = 0
-        for b, r in enumerate(self.plan.radii):
+        for b, r in enumerate(self.radii):
             self.entry_base[b] = c * self.size
             c += int(r >= 0)
-        _build_index(active, hashes, rank, self.shifts, self.bits, self.radii, self.bucket_base, self.entry_base,
-                     self.offsets, self.entry_ranks, self.entry_words, min(numba.get_num_threads(), self.n_indexed))
+        _build_index(active, hashes, rank, self.shifts, self.bits, self.radii, self.perms, self.bucket_base,
+                     self.entry_base, self.offsets, self.entry_ranks, self.entry_words,
+                     min(numba.get_num_threads(), self.n_indexed))
 
     def compact(self, pos: int, removed_bits: np.ndarray, n_standing: int) -> None:
         _compact_index(np.int64(pos), removed_bits, self.bits, self.radii, self.bucket_base, self.entry_base,
@@ -881,7 +1018,7 @@ def greedy_clusters(
     k_max = n
     k = min(max(4096, index.max_buckets), k_max)  # bucket-major from the first chunk
     query_buf = np.empty(k_max, dtype=np.int64)
-    no_sort = np.empty((len(index.plan.bits), 0), dtype=np.int64)
+    no_sort = np.empty((len(index.bits), 0), dtype=np.int64)
     pos = 0
     n_exemplars = 0
     n_removed = 0
@@ -905,24 +1042,25 @@ def greedy_clusters(
         bucket_major = not ix.plan.brute_force and count * 8 >= ix.max_buckets
         if bucket_major:
             qoffs, qhashes, qpos, qranks = _group_queries(queries, hashes, rank, ix.shifts, ix.bits, ix.radii,
-                                                          ix.max_buckets)
+                                                          ix.perms, ix.max_buckets)
             _search_chunk_by_bucket(
-                queries, n_threads, order, np.int64(max_distance), ix.shifts, ix.bits, ix.radii, ix.masks,
-                ix.mask_starts, ix.bucket_base, ix.entry_base, ix.offsets, ix.entry_ranks, ix.entry_words, qoffs,
-                qhashes, qpos, qranks, out_q, out_r, fills, gather_entries or _GATHER,
+                queries, n_threads, order, np.int64(max_distance), ix.shifts, ix.bits, ix.radii, ix.splits,
+                ix.perms, ix.masks, ix.mask_starts, ix.bucket_base, ix.entry_base, ix.offsets, ix.entry_ranks,
+                ix.entry_words, qoffs, qhashes, qpos, qranks, out_q, out_r, fills, gather_entries or _GATHER,
+                rank[queries[-1]],
             )
         elif not ix.plan.brute_force:
-            sorted_by_block = _sort_queries_by_block(queries, hashes, ix.shifts, ix.bits, ix.radii)
+            sorted_by_block = _sort_queries_by_block(queries, hashes, ix.shifts, ix.bits, ix.radii, ix.perms)
             _search_chunk(
                 queries, sorted_by_block, n_threads, hashes, rank, removed, order, np.int64(max_distance), False,
-                ix.active, ix.shifts, ix.bits, ix.radii, ix.masks, ix.mask_starts, ix.bucket_base, ix.entry_base,
-                ix.offsets, ix.entry_ranks, ix.entry_words, out_q, out_r, fills,
+                ix.active, ix.shifts, ix.bits, ix.radii, ix.splits, ix.perms, ix.masks, ix.mask_starts,
+                ix.bucket_base, ix.entry_base, ix.offsets, ix.entry_ranks, ix.entry_words, out_q, out_r, fills,
             )
         else:
             _search_chunk(
                 queries, no_sort, n_threads, hashes, rank, removed, order, np.int64(max_distance), True, ix.active,
-                ix.shifts, ix.bits, ix.radii, ix.masks, ix.mask_starts, ix.bucket_base, ix.entry_base, ix.offsets,
-                _NO_RANKS, _NO_WORDS, out_q, out_r, fills,
+                ix.shifts, ix.bits, ix.radii, ix.splits, ix.perms, ix.masks, ix.mask_starts, ix.bucket_base,
+                ix.entry_base, ix.offsets, _NO_RANKS, _NO_WORDS, out_q, out_r, fills,
             )
         if (fills < 0).any():  # neighbour lists overflowed: retry with a bigger buffer, or fewer queries
             if out_q.shape[1] < buffer_cap or k == 1:
