@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
+from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic
 
@@ -73,6 +74,17 @@ def _popcount_int(typingctx, value):
 
     def codegen(context, builder, signature, args):
         return builder.ctpop(args[0])
+
+    return sig, codegen
+
+
+@intrinsic
+def _trailing_zeros(typingctx, value):
+    """Index of the lowest set bit (value != 0)."""
+    sig = value(value)
+
+    def codegen(context, builder, signature, args):
+        return builder.cttz(args[0], ir.Constant(ir.IntType(1), 1))
 
     return sig, codegen
 
@@ -358,32 +370,31 @@ def _probe_block(
             if _popcount(x) <= max_distance:
                 er = entry_ranks[e]
                 if er > rq and _first_found_here(x, b, radii, bits, shifts, splits, perms):
-                    fill = _append_pair(qi, order[er], out_q, out_r, fill, cap)
+                    fill = _append_pair(qi, er, out_q, out_r, fill, cap)
                 if fill < 0:
                     return -1
     return fill
 
 
 @numba.njit(cache=True)
-def _probe_brute(qi, q, hashes, rank, removed, max_distance, active, out_q, out_r, fill, cap):
+def _probe_brute(qi, q, hashes, rank, removed_bits, max_distance, active, out_q, out_r, fill, cap):
     h = hashes[q]
     rq = rank[q]
     for i in range(active.shape[0]):
         r = active[i]
         if _popcount(h ^ hashes[r]) <= max_distance:
-            if rank[r] <= rq or removed[r]:
+            rr = rank[r]
+            if rr <= rq or _is_removed(removed_bits, rr):
                 continue
-            if fill >= cap:
+            fill = _append_pair(qi, rr, out_q, out_r, fill, cap)
+            if fill < 0:
                 return -1
-            out_q[fill] = qi
-            out_r[fill] = r
-            fill += 1
     return fill
 
 
 @numba.njit(cache=True, parallel=True)
 def _search_chunk(
-    queries, sorted_by_block, n_threads, hashes, rank, removed, order, max_distance, brute, active,
+    queries, sorted_by_block, n_threads, hashes, rank, removed_bits, order, max_distance, brute, active,
     shifts, bits, radii, splits, perms, masks, mask_starts, bucket_base, entry_base, offsets, entry_ranks,
     entry_words, out_q, out_r, fills,
 ):
@@ -400,7 +411,7 @@ def _search_chunk(
         fill = 0
         if brute:
             for i in range(lo, hi):
-                fill = _probe_brute(i, queries[i], hashes, rank, removed, max_distance, active, out_q[t], out_r[t],
+                fill = _probe_brute(i, queries[i], hashes, rank, removed_bits, max_distance, active, out_q[t], out_r[t],
                                     fill, cap)
                 if fill < 0:
                     break
@@ -424,12 +435,13 @@ def _search_chunk(
 
 @numba.njit(cache=True, parallel=True)
 def _group_queries(queries, hashes, rank, shifts, bits, radii, perms, max_buckets):
-    """Per indexed block, the chunk's queries grouped by block value: offsets, hashes, chunk positions and walk
-    ranks (blocks in parallel)."""
+    """Per indexed table, the chunk's queries grouped by key: offsets, hashes (in the table's byte order), the
+    same as rows of 16-bit words, chunk positions and walk ranks (tables in parallel)."""
     k = queries.shape[0]
     n_blocks = shifts.shape[0]
     qoffs = np.zeros((n_blocks, max_buckets + 1), dtype=np.int64)
-    qhashes = np.zeros((n_blocks, k + _COPY), dtype=np.uint64)  # padding read by the unconditional copy
+    qhashes = np.zeros((n_blocks, k), dtype=np.uint64)
+    qwords = np.zeros((n_blocks, 4, k + _COPY), dtype=np.uint16)  # padding read by the whole-slot copies
     qpos = np.empty((n_blocks, k), dtype=np.int64)
     qranks = np.empty((n_blocks, k), dtype=np.int64)
     chunk_hashes = np.empty(k, dtype=np.uint64)
@@ -451,10 +463,11 @@ def _group_queries(queries, hashes, rank, shifts, bits, radii, perms, max_bucket
             h = _permute(chunk_hashes[i], perms, b)
             v = np.int64((h >> shift) & mask)
             qhashes[b, fill[v]] = h
+            _set_words(qwords[b], fill[v], h)
             qpos[b, fill[v]] = i
             qranks[b, fill[v]] = rank[queries[i]]
             fill[v] += 1
-    return qoffs, qhashes, qpos, qranks
+    return qoffs, qhashes, qwords, qpos, qranks
 
 
 @numba.njit(cache=True)
@@ -520,112 +533,94 @@ def _nearest_4_words(n_vec, gw, nearest, ew, elo, ehi):
 
 @numba.njit(cache=True)
 def _flush_gathered(
-    n_gathered, gathered_h, gathered_i, gathered_w, thresholds, nearest, hits, hit_words, bucket, elo, esplit, ehi, b,
-    order, max_distance, shifts, bits, radii, splits, perms, entry_ranks, entry_words, qpos, qrank, out_q, out_r, fill,
-    cap,
+    n_gathered, gathered_w, gathered_i, thresholds, nearest, hits, hit_words, hit_ranks, elo, ehi, b, own, order,
+    shifts, bits, radii, splits, perms, max_distance, entry_ranks, entry_words, qword, qpos, qrank, out_q, out_r,
+    fill, cap,
 ):
-    """Compare the gathered queries (hashes, chunk group slots) with the bucket's entries elo..ehi; append the
-    pairs within max_distance.
+    """Compare the gathered queries (rows of 16-bit words, their slots in the chunk's grouping and thresholds)
+    with the bucket's entries elo..ehi; append the pairs within max_distance.
 
-    The queries are first split into rows of 16-bit words. The first pass keeps only each query's nearest
-    distance, in a loop over the gathered queries that the compiler vectorises (hundreds of queries against a
-    few dozen entries, 32 words to a register). A block that covers one whole word leaves that word out: its
-    distance is the query's known block distance, taken off the threshold. Only the queries whose nearest entry
-    is within their threshold (the hits) go on to the exact pass that reports pairs.
-
-    The entries elo..esplit are the chunk's own queries (the bucket's first ranks): every query finds itself
-    there, and the chunk's pairs too. They are compared apart from the later entries esplit..ehi, so those
-    hits cost an exact pass over a few entries, not over the whole bucket.
+    The first pass keeps only each query's nearest distance, in a loop over the gathered queries that the
+    compiler vectorises (hundreds of queries against a few dozen entries, 32 words to a register). A table whose
+    key is one whole word (own >= 0) leaves that word out: its distance is the weight of the group's mask, taken
+    off the group's threshold. Only the queries whose nearest entry is within their threshold (the hits, found a
+    register at a time) go on to the exact pass that reports pairs.
     """
-    own = shifts[b] // 16 if bits[b] == 16 and shifts[b] % 16 == 0 else -1  # the word the block covers
-    g0, g1, g2, g3 = gathered_w[0], gathered_w[1], gathered_w[2], gathered_w[3]
-    bmask = np.uint64((np.int64(1) << bits[b]) - 1)
-    shift = np.uint64(shifts[b])
-    for i in range(n_gathered):
-        h = gathered_h[i]
-        g0[i] = np.uint16(h & np.uint64(0xFFFF))
-        g1[i] = np.uint16((h >> np.uint64(16)) & np.uint64(0xFFFF))
-        g2[i] = np.uint16((h >> np.uint64(32)) & np.uint64(0xFFFF))
-        g3[i] = np.uint16(h >> np.uint64(48))
-    n_vec = (n_gathered + _LANES - 1) // _LANES  # whole registers; the padding slots' distances are never read
+    n_vec = (n_gathered + _LANES - 1) // _LANES  # whole registers
     for i in range(n_gathered, _LANES * n_vec):
-        g0[i] = 0
-        g1[i] = 0
-        g2[i] = 0
-        g3[i] = 0
+        thresholds[i] = -1  # padding slots: never a hit (their words are whatever was there)
     if own >= 0:
-        for i in range(n_gathered):
-            block_distance = _popcount(((gathered_h[i] >> shift) ^ np.uint64(bucket)) & bmask)
-            thresholds[i] = max_distance - np.int64(block_distance)
+        w1, w2, w3 = (own + 1) % 4, (own + 2) % 4, (own + 3) % 4
+        _nearest_3_words(n_vec, gathered_w[0], gathered_w[1], gathered_w[2], nearest, entry_words[w1],
+                         entry_words[w2], entry_words[w3], elo, ehi)
     else:
-        for i in range(n_gathered):
-            thresholds[i] = max_distance
-    w1, w2, w3 = (own + 1) % 4, (own + 2) % 4, (own + 3) % 4
-    for part in range(2):
-        rlo, rhi = (esplit, ehi) if part == 0 else (elo, esplit)
-        if rlo == rhi:
-            continue
-        if own >= 0:
-            _nearest_3_words(n_vec, gathered_w[w1], gathered_w[w2], gathered_w[w3], nearest, entry_words[w1],
-                             entry_words[w2], entry_words[w3], rlo, rhi)
-        else:
-            _nearest_4_words(n_vec, gathered_w, nearest, entry_words, rlo, rhi)
-        fill = _exact_pass(n_gathered, gathered_h, gathered_i, gathered_w, thresholds, nearest, hits, hit_words, rlo,
-                           rhi, b, order, max_distance, shifts, bits, radii, splits, perms, entry_ranks, entry_words,
-                           qpos, qrank, out_q, out_r, fill, cap)
-        if fill < 0:
-            return -1
-    return fill
+        _nearest_4_words(n_vec, gathered_w, nearest, entry_words, elo, ehi)
+    nh = 0
+    for r in range(n_vec):
+        base = r * _LANES
+        hit = False
+        for lane in range(_LANES):  # one vector compare per register: most registers hold no hit
+            hit |= np.int16(nearest[base + lane]) <= thresholds[base + lane]
+        if hit:
+            for i in range(base, base + _LANES):
+                if np.int16(nearest[i]) <= thresholds[i]:
+                    hits[nh] = gathered_i[i]
+                    nh += 1
+    if nh == 0:
+        return fill
+    return _exact_pass(nh, hits, hit_words, hit_ranks, elo, ehi, b, order, shifts, bits, radii, splits, perms,
+                       max_distance, entry_ranks, entry_words, qword, qpos, qrank, out_q, out_r, fill, cap)
 
 
 @numba.njit(cache=True)
 def _exact_pass(
-    n_gathered, gathered_h, gathered_i, gathered_w, thresholds, nearest, hits, hit_words, elo, ehi, b, order,
-    max_distance, shifts, bits, radii, splits, perms, entry_ranks, entry_words, qpos, qrank, out_q, out_r, fill, cap,
+    nh, hits, hit_words, hit_ranks, elo, ehi, b, order, shifts, bits, radii, splits, perms, max_distance,
+    entry_ranks, entry_words, qword, qpos, qrank, out_q, out_r, fill, cap,
 ):
-    """Report the pairs of the gathered queries whose nearest entry in elo..ehi is within their threshold.
+    """Report the pairs within max_distance between the bucket's entries elo..ehi and the hit queries (their
+    slots in the chunk's grouping of table b).
 
     The hits (a few in a bucket) go into the lanes of one register; each entry is then compared with all of
     them at once, and only an entry within max_distance of one of them is looked at further. So a bucket's
     entries are read once for all its hits instead of once per hit."""
-    nh = 0
-    for i in range(n_gathered):
-        if nearest[i] <= thresholds[i]:
-            hits[nh] = i
-            nh += 1
     e0, e1, e2, e3 = entry_words[0], entry_words[1], entry_words[2], entry_words[3]
     h0, h1, h2, h3, dist = hit_words[0], hit_words[1], hit_words[2], hit_words[3], hit_words[4]
     limit = np.uint16(max_distance)
     for c in range(0, nh, _LANES):
         m = min(_LANES, nh - c)
-        for k in range(_LANES):
-            i = hits[c + min(k, m - 1)]  # spare lanes repeat the last hit: they change no minimum
-            h0[k] = gathered_w[0, i]
-            h1[k] = gathered_w[1, i]
-            h2[k] = gathered_w[2, i]
-            h3[k] = gathered_w[3, i]
+        for k in range(_LANES):  # independent reads of the hits' words and ranks, done once per hit
+            gi = hits[c + min(k, m - 1)]  # spare lanes repeat the last hit: they change no minimum
+            h0[k] = qword[0, gi]
+            h1[k] = qword[1, gi]
+            h2[k] = qword[2, gi]
+            h3[k] = qword[3, gi]
+            hit_ranks[k] = qrank[gi]
         for e in range(elo, ehi):
             a0, a1, a2, a3 = e0[e], e1[e], e2[e], e3[e]
-            near = np.uint16(64)  # all in uint16 (a mixed signed/unsigned min would go through float)
+            near = False  # any hit within max_distance: one vector compare
             for k in range(_LANES):
                 d = np.uint16(_popcount_int(h0[k] ^ a0) + _popcount_int(h1[k] ^ a1) + _popcount_int(h2[k] ^ a2)
                               + _popcount_int(h3[k] ^ a3))
                 dist[k] = d
-                near = min(near, d)
-            if near > limit:
+                near |= d <= limit
+            if not near:
                 continue
             eh = _word_hash(entry_words, e)
-            for k in range(m):
-                if dist[k] > limit:
+            lanes = np.uint32(0)  # bit k: hit k is within max_distance
+            for k in range(_LANES):
+                lanes |= np.uint32(dist[k] <= limit) << np.uint32(k)
+            lanes &= np.uint32((np.uint64(1) << np.uint64(m)) - np.uint64(1))
+            while lanes:
+                k = _trailing_zeros(lanes)
+                lanes &= lanes - np.uint32(1)
+                hq = (np.uint64(h0[k]) | (np.uint64(h1[k]) << np.uint64(16)) | (np.uint64(h2[k]) << np.uint64(32))
+                      | (np.uint64(h3[k]) << np.uint64(48)))
+                if not _first_found_here(hq ^ eh, b, radii, bits, shifts, splits, perms):
                     continue
-                i = hits[c + k]
-                if not _first_found_here(gathered_h[i] ^ eh, b, radii, bits, shifts, splits, perms):
-                    continue
-                gi = gathered_i[i]
                 er = entry_ranks[e]
-                if er <= qrank[gi]:
+                if er <= hit_ranks[k]:
                     continue
-                fill = _append_pair(qpos[gi], order[er], out_q, out_r, fill, cap)
+                fill = _append_pair(qpos[hits[c + k]], er, out_q, out_r, fill, cap)
                 if fill < 0:
                     return -1
     return fill
@@ -666,67 +661,81 @@ def _count_slots(dst, at, lo):
     dst[at + np.uint64(7)] = lo + 7
 
 
+@numba.njit(cache=True, inline="always")
+def _fill_slots(dst, at, value):
+    """dst[at:at + _COPY] = value (8 slots, one vector store)."""
+    for c in range(_COPY):
+        dst[at + np.uint64(c)] = value
+
+
 @numba.njit(cache=True)
 def _scan_bucket_block(
     b, t, n_threads, order, max_distance, shifts, bits, radii, splits, perms, masks, mask_starts, bucket_base,
-    entry_base, offsets, entry_ranks, entry_words, qoffs, qhashes, qpos, qranks, out_q, out_r, fill, cap,
-    gathered_h, gathered_i, gathered_w, thresholds, nearest, hits, hit_words, group_lo, group_n, last_rank,
+    entry_base, offsets, entry_ranks, entry_words, qoffs, qhashes, qwords, qpos, qranks, out_q, out_r, fill, cap,
+    gathered_w, gathered_i, thresholds, nearest, hits, hit_words, hit_ranks, group_lo, group_n,
 ):
-    """Thread t's share of block b's buckets: each bucket is read once and compared with the queries of every
-    group whose block value is within the block's radius, gathered into one contiguous buffer first (with
-    their slots in the chunk's grouping). Entries ranked up to last_rank (the chunk's last query) are the
-    chunk's own queries."""
+    """Thread t's share of table b's buckets: each bucket is read once and compared with the queries of every
+    group whose key is within the table's radius, gathered into one contiguous buffer first (the words it
+    compares, the slot in the chunk's grouping and the threshold)."""
     nb = np.int64(1) << bits[b]
     lo_bucket = nb * t // n_threads
     hi_bucket = nb * (t + 1) // n_threads
     obase = bucket_base[b]
     ebase = entry_base[b]
     qoff = qoffs[b]
-    qh = qhashes[b]
-    qp = qpos[b]
-    qr = qranks[b]
-    gcap = gathered_h.shape[0] - _LANES  # slack for the whole-slot copies and the padding to whole registers
+    qw = qwords[b]
+    own = shifts[b] // 16 if bits[b] == 16 and shifts[b] % 16 == 0 else -1  # the word the key is, if it is one
+    # the rows gathered: the three other words, or all four
+    r0, r1, r2, r3 = (own + 1) % 4 if own >= 0 else 0, (own + 2) % 4 if own >= 0 else 1, (own + 3) % 4, 3
+    q0, q1, q2, q3 = qw[r0], qw[r1], qw[r2], qw[r3]
+    g0, g1, g2, g3 = gathered_w[0], gathered_w[1], gathered_w[2], gathered_w[3]
+    m_own = masks[mask_starts[b] : mask_starts[b + 1]]
+    gcap = gathered_i.shape[0] - _LANES  # slack for the whole-slot copies and the padding to whole registers
     for bucket in range(lo_bucket, hi_bucket):
         elo = ebase + offsets[obase + bucket]
         ehi = ebase + offsets[obase + bucket + 1]
         if elo == ehi:
             continue
-        esplit = elo
-        while esplit < ehi and entry_ranks[esplit] <= last_rank:
-            esplit += 1
-        m0 = mask_starts[b]
-        n_masks = mask_starts[b + 1] - m0
+        n_masks = m_own.shape[0]
         for j in range(n_masks):  # the groups' offsets first: independent reads that overlap
-            g = bucket ^ masks[m0 + j]
+            g = bucket ^ m_own[j]
             group_lo[j] = qoff[g]
             group_n[j] = qoff[g + 1] - group_lo[j]
         at = 0
         for j in range(n_masks):
             glo = group_lo[j]
             left = group_n[j]
-            while left > 0:  # a group goes in pieces when the buffer fills (many equal block values)
+            threshold = np.int16(max_distance - (_popcount(np.uint64(m_own[j])) if own >= 0 else 0))
+            while left > 0:  # a group goes in pieces when the buffer fills (many equal keys)
                 if at == gcap:
                     fill = _flush_gathered(
-                        at, gathered_h, gathered_i, gathered_w, thresholds, nearest, hits, hit_words, bucket, elo,
-                        esplit, ehi, b, order, max_distance, shifts, bits, radii, splits, perms, entry_ranks,
-                        entry_words, qp, qr, out_q, out_r, fill, cap,
+                        at, gathered_w, gathered_i, thresholds, nearest, hits, hit_words, hit_ranks, elo, ehi, b,
+                        own, order, shifts, bits, radii, splits, perms, max_distance, entry_ranks, entry_words, qw,
+                        qpos[b], qranks[b], out_q, out_r, fill, cap,
                     )
                     if fill < 0:
                         return -1
                     at = 0
                 piece = min(left, gcap - at)
-                # whole 8-slot copies (no per-slot branch to mispredict); qhashes has 8 slots of padding, and
+                # whole 8-slot copies (no per-slot branch to mispredict); qwords has 8 slots of padding, and
                 # slots past the piece are overwritten or never read
                 for c in range(0, piece, _COPY):
-                    _copy_slots(gathered_h, np.uint64(at + c), qh, np.uint64(glo + c))
-                    _count_slots(gathered_i, np.uint64(at + c), glo + c)
+                    a = np.uint64(at + c)
+                    lo = np.uint64(glo + c)
+                    _copy_slots(g0, a, q0, lo)
+                    _copy_slots(g1, a, q1, lo)
+                    _copy_slots(g2, a, q2, lo)
+                    if own < 0:
+                        _copy_slots(g3, a, q3, lo)
+                    _count_slots(gathered_i, a, glo + c)
+                    _fill_slots(thresholds, a, threshold)
                 at += piece
                 glo += piece
                 left -= piece
         if at:
             fill = _flush_gathered(
-                at, gathered_h, gathered_i, gathered_w, thresholds, nearest, hits, hit_words, bucket, elo, esplit,
-                ehi, b, order, max_distance, shifts, bits, radii, splits, perms, entry_ranks, entry_words, qp, qr,
+                at, gathered_w, gathered_i, thresholds, nearest, hits, hit_words, hit_ranks, elo, ehi, b, own, order,
+                shifts, bits, radii, splits, perms, max_distance, entry_ranks, entry_words, qw, qpos[b], qranks[b],
                 out_q, out_r, fill, cap,
             )
             if fill < 0:
@@ -737,8 +746,7 @@ def _scan_bucket_block(
 @numba.njit(cache=True, parallel=True)
 def _search_chunk_by_bucket(
     queries, n_threads, order, max_distance, shifts, bits, radii, splits, perms, masks, mask_starts, bucket_base,
-    entry_base, offsets, entry_ranks, entry_words, qoffs, qhashes, qpos, qranks, out_q, out_r, fills, gather,
-    last_rank,
+    entry_base, offsets, entry_ranks, entry_words, qoffs, qhashes, qwords, qpos, qranks, out_q, out_r, fills, gather,
 ):
     """Same pairs as _search_chunk, bucket-major: for chunks with more queries than buckets, every bucket is
     loaded once per chunk instead of once per probing query (the lookups are batched and sorted by bucket)."""
@@ -748,13 +756,13 @@ def _search_chunk_by_bucket(
         max_masks = max(max_masks, mask_starts[b + 1] - mask_starts[b])
     for t in prange(n_threads):
         fill = 0
-        gathered_h = np.empty(gather + _LANES, dtype=np.uint64)
         gathered_i = np.empty(gather + _LANES, dtype=np.int64)
         gathered_w = np.empty((4, gather + _LANES), dtype=np.uint16)
         thresholds = np.empty(gather + _LANES, dtype=np.int16)
         nearest = np.empty(gather + _LANES, dtype=np.uint16)
         hits = np.empty(gather + _LANES, dtype=np.int64)
         hit_words = np.empty((5, _LANES), dtype=np.uint16)
+        hit_ranks = np.empty(_LANES, dtype=np.int64)
         group_lo = np.empty(max_masks, dtype=np.int64)
         group_n = np.empty(max_masks, dtype=np.int64)
         for b in range(shifts.shape[0]):
@@ -762,9 +770,9 @@ def _search_chunk_by_bucket(
                 continue
             fill = _scan_bucket_block(
                 b, t, n_threads, order, max_distance, shifts, bits, radii, splits, perms, masks, mask_starts,
-                bucket_base, entry_base, offsets, entry_ranks, entry_words, qoffs, qhashes, qpos, qranks, out_q[t],
-                out_r[t], fill, cap, gathered_h, gathered_i, gathered_w, thresholds, nearest, hits, hit_words,
-                group_lo, group_n, last_rank,
+                bucket_base, entry_base, offsets, entry_ranks, entry_words, qoffs, qhashes, qwords, qpos, qranks,
+                out_q[t], out_r[t], fill, cap, gathered_w, gathered_i, thresholds, nearest, hits, hit_words, hit_ranks,
+                group_lo, group_n,
             )
             if fill < 0:
                 break
@@ -772,8 +780,9 @@ def _search_chunk_by_bucket(
 
 
 @numba.njit(cache=True)
-def _resolve_chunk(queries, out_q, out_r, fills, rank, removed, removed_bits, exemplar_of, exemplars, n_exemplars):
-    """Apply the greedy rule to the chunk's queries in walk order. Returns (exemplar count, hashes removed)."""
+def _resolve_chunk(queries, out_q, out_r, fills, order, rank, removed_bits, exemplar_of, exemplars, n_exemplars):
+    """Apply the greedy rule to the chunk's queries (items) in walk order; the pairs found name their neighbours
+    by walk rank. Returns (exemplar count, hashes removed)."""
     k = queries.shape[0]
     starts = np.zeros(k + 1, dtype=np.int64)
     for t in range(fills.shape[0]):
@@ -791,45 +800,55 @@ def _resolve_chunk(queries, out_q, out_r, fills, rank, removed, removed_bits, ex
     n_removed = 0
     for i in range(k):
         q = queries[i]
-        if removed[q]:
+        if _is_removed(removed_bits, rank[q]):
             continue
         exemplar_of[q] = q
         exemplars[n_exemplars] = q
         n_exemplars += 1
         for e in range(starts[i], starts[i + 1]):
-            r = neighbours[e]
-            if not removed[r]:
-                removed[r] = True
-                rr = rank[r]
+            rr = neighbours[e]
+            if not _is_removed(removed_bits, rr):  # the bits by rank are small (n / 8 bytes): cached reads
                 removed_bits[rr >> 6] |= np.uint64(1) << np.uint64(rr & 63)
-                exemplar_of[r] = q
+                exemplar_of[order[rr]] = q
                 n_removed += 1
     return n_exemplars, n_removed
 
 
+@numba.njit(cache=True, inline="always")
+def _is_removed(removed_bits, r):
+    """Whether the item at walk rank r has been removed."""
+    return (removed_bits[r >> 6] >> np.uint64(r & 63)) & np.uint64(1) != 0
+
+
 @numba.njit(cache=True)
-def _next_queries(order, pos, removed, k, out):
+def _skip_removed(pos, removed_bits, n):
+    """The first walk position from pos whose item still stands (n if none)."""
+    while pos < n and _is_removed(removed_bits, pos):
+        pos += 1
+    return pos
+
+
+@numba.njit(cache=True)
+def _next_queries(order, pos, removed_bits, k, out):
     """The next k standing items from walk position pos into out; returns how many there were."""
     n = order.shape[0]
     c = 0
     while pos < n and c < k:
-        item = order[pos]
-        if not removed[item]:
-            out[c] = item
+        if not _is_removed(removed_bits, pos):
+            out[c] = order[pos]
             c += 1
         pos += 1
     return c
 
 
 @numba.njit(cache=True)
-def _standing_after(order, pos, removed):
+def _standing_after(order, pos, removed_bits):
     n = order.shape[0]
     out = np.empty(n - pos, dtype=np.int64)
     c = 0
     for p in range(pos, n):
-        item = order[p]
-        if not removed[item]:
-            out[c] = item
+        if not _is_removed(removed_bits, p):
+            out[c] = order[p]
             c += 1
     return out[:c]
 
@@ -1005,8 +1024,7 @@ def greedy_clusters(
         return DedupResult(exemplars[:0], exemplar_of)
     rank = np.empty(n, dtype=np.int64)
     rank[order] = np.arange(n, dtype=np.int64)
-    removed = np.zeros(n, dtype=np.bool_)
-    removed_bits = np.zeros((n + 63) // 64, dtype=np.uint64)  # removed[order[r]] by walk rank r, for compaction
+    removed_bits = np.zeros((n + 63) // 64, dtype=np.uint64)  # bit r: the item at walk rank r is removed
 
     fixed_plan = plan
     index = _Index(plan or plan_blocks(int(max_distance), n))
@@ -1023,42 +1041,40 @@ def greedy_clusters(
     n_exemplars = 0
     n_removed = 0
     while True:
-        while pos < n and removed[order[pos]]:
-            pos += 1
+        pos = _skip_removed(pos, removed_bits, n)
         if pos >= n:
             break
         n_standing = n - n_exemplars - n_removed  # all at walk position >= pos
         replan = None if fixed_plan else plan_blocks(int(max_distance), n_standing)
         if index.size < 0 or (replan is not None and replan != index.plan and n_standing < 0.5 * index.size):
             index = _Index(replan or index.plan)
-            index.build(_standing_after(order, pos, removed), hashes, rank)
+            index.build(_standing_after(order, pos, removed_bits), hashes, rank)
         elif index.plan.brute_force and n_standing < 0.75 * index.size:
-            index.build(_standing_after(order, pos, removed), hashes, rank)
+            index.build(_standing_after(order, pos, removed_bits), hashes, rank)
         elif not index.plan.brute_force and n_standing < (1 - _STALE) * index.size:
             index.compact(pos, removed_bits, n_standing)
-        count = _next_queries(order, pos, removed, k, query_buf)
+        count = _next_queries(order, pos, removed_bits, k, query_buf)
         queries = query_buf[:count]
         ix = index
         bucket_major = not ix.plan.brute_force and count * 8 >= ix.max_buckets
         if bucket_major:
-            qoffs, qhashes, qpos, qranks = _group_queries(queries, hashes, rank, ix.shifts, ix.bits, ix.radii,
+            qoffs, qhashes, qwords, qpos, qranks = _group_queries(queries, hashes, rank, ix.shifts, ix.bits, ix.radii,
                                                           ix.perms, ix.max_buckets)
             _search_chunk_by_bucket(
                 queries, n_threads, order, np.int64(max_distance), ix.shifts, ix.bits, ix.radii, ix.splits,
                 ix.perms, ix.masks, ix.mask_starts, ix.bucket_base, ix.entry_base, ix.offsets, ix.entry_ranks,
-                ix.entry_words, qoffs, qhashes, qpos, qranks, out_q, out_r, fills, gather_entries or _GATHER,
-                rank[queries[-1]],
+                ix.entry_words, qoffs, qhashes, qwords, qpos, qranks, out_q, out_r, fills, gather_entries or _GATHER,
             )
         elif not ix.plan.brute_force:
             sorted_by_block = _sort_queries_by_block(queries, hashes, ix.shifts, ix.bits, ix.radii, ix.perms)
             _search_chunk(
-                queries, sorted_by_block, n_threads, hashes, rank, removed, order, np.int64(max_distance), False,
+                queries, sorted_by_block, n_threads, hashes, rank, removed_bits, order, np.int64(max_distance), False,
                 ix.active, ix.shifts, ix.bits, ix.radii, ix.splits, ix.perms, ix.masks, ix.mask_starts,
                 ix.bucket_base, ix.entry_base, ix.offsets, ix.entry_ranks, ix.entry_words, out_q, out_r, fills,
             )
         else:
             _search_chunk(
-                queries, no_sort, n_threads, hashes, rank, removed, order, np.int64(max_distance), True, ix.active,
+                queries, no_sort, n_threads, hashes, rank, removed_bits, order, np.int64(max_distance), True, ix.active,
                 ix.shifts, ix.bits, ix.radii, ix.splits, ix.perms, ix.masks, ix.mask_starts, ix.bucket_base,
                 ix.entry_base, ix.offsets, _NO_RANKS, _NO_WORDS, out_q, out_r, fills,
             )
@@ -1070,7 +1086,7 @@ def greedy_clusters(
             continue
         before = n_exemplars
         n_exemplars, newly_removed = _resolve_chunk(
-            queries, out_q, out_r, fills, rank, removed, removed_bits, exemplar_of, exemplars, n_exemplars
+            queries, out_q, out_r, fills, order, rank, removed_bits, exemplar_of, exemplars, n_exemplars
         )
         n_removed += newly_removed
         pos = int(rank[queries[-1]]) + 1
