@@ -52,7 +52,7 @@ _COPY = 8  # query slots copied at once (one vector move), whatever the group's 
 _LANES = 32  # 16-bit words per AVX-512 register: the gathered queries are padded to a multiple of it
 _EXACT = 256  # entries whose exact distances to one query are computed at once
 _BATCHED_PROBE_COST = 80.0  # one (bucket, mask) pair of a bucket-major chunk, in comparisons (measured: ~0.2 s a chunk)
-_STALE = 0.03  # share of stale index entries (behind the walk or removed) that triggers a compaction
+_COMPACT_COST = 50.0  # compacting one entry of one table, in comparisons (a scalar pass: ~10 cycles)
 _NO_RANKS = np.empty(0, dtype=np.int32)
 _NO_WORDS = np.empty((4, 0), dtype=np.uint16)
 
@@ -348,7 +348,7 @@ def _sort_queries_by_block(queries, hashes, shifts, bits, radii, perms):
 @numba.njit(cache=True)
 def _probe_block(
     b, qi, q, hashes, rank, order, max_distance, shifts, bits, radii, splits, perms, masks, mask_starts, bucket_base,
-    entry_base, offsets, entry_ranks, entry_words, out_q, out_r, fill, cap,
+    entry_base, offsets, ends, entry_ranks, entry_words, out_q, out_r, fill, cap,
 ):
     """Append (qi, r) for each standing hash r after q in walk order, within max_distance, found through block b.
 
@@ -364,7 +364,7 @@ def _probe_block(
     for j in range(mask_starts[b], mask_starts[b + 1]):
         bucket = obase + (key ^ masks[j])
         lo = ebase + offsets[bucket]
-        hi = ebase + offsets[bucket + 1]
+        hi = ebase + ends[bucket]
         for e in range(lo, hi):
             x = h ^ _word_hash(entry_words, e)
             if _popcount(x) <= max_distance:
@@ -395,7 +395,7 @@ def _probe_brute(qi, q, hashes, rank, removed_bits, max_distance, active, out_q,
 @numba.njit(cache=True, parallel=True)
 def _search_chunk(
     queries, sorted_by_block, n_threads, hashes, rank, removed_bits, order, max_distance, brute, active,
-    shifts, bits, radii, splits, perms, masks, mask_starts, bucket_base, entry_base, offsets, entry_ranks,
+    shifts, bits, radii, splits, perms, masks, mask_starts, bucket_base, entry_base, offsets, ends, entry_ranks,
     entry_words, out_q, out_r, fills,
 ):
     """All (query, later standing neighbour) pairs of a chunk; thread t writes to out_q[t], out_r[t].
@@ -423,7 +423,7 @@ def _search_chunk(
                     qi = sorted_by_block[b, i]
                     fill = _probe_block(
                         b, qi, queries[qi], hashes, rank, order, max_distance, shifts, bits, radii, splits, perms,
-                        masks, mask_starts, bucket_base, entry_base, offsets, entry_ranks, entry_words, out_q[t],
+                        masks, mask_starts, bucket_base, entry_base, offsets, ends, entry_ranks, entry_words, out_q[t],
                         out_r[t], fill, cap,
                     )
                     if fill < 0:
@@ -671,12 +671,14 @@ def _fill_slots(dst, at, value):
 @numba.njit(cache=True)
 def _scan_bucket_block(
     b, t, n_threads, order, max_distance, shifts, bits, radii, splits, perms, masks, mask_starts, bucket_base,
-    entry_base, offsets, entry_ranks, entry_words, qoffs, qhashes, qwords, qpos, qranks, out_q, out_r, fill, cap,
-    gathered_w, gathered_i, thresholds, nearest, hits, hit_words, hit_ranks, group_lo, group_n,
+    entry_base, offsets, ends, entry_ranks, entry_words, qoffs, qhashes, qwords, qpos, qranks, out_q, out_r, fill,
+    cap, gathered_w, gathered_i, thresholds, nearest, hits, hit_words, hit_ranks, group_lo, group_n, compact_pos,
+    removed_bits,
 ):
     """Thread t's share of table b's buckets: each bucket is read once and compared with the queries of every
     group whose key is within the table's radius, gathered into one contiguous buffer first (the words it
-    compares, the slot in the chunk's grouping and the threshold)."""
+    compares, the slot in the chunk's grouping and the threshold). With compact_pos >= 0 each bucket is first
+    compacted (_filter_bucket): the thread owns these buckets, and it is about to read them anyway."""
     nb = np.int64(1) << bits[b]
     lo_bucket = nb * t // n_threads
     hi_bucket = nb * (t + 1) // n_threads
@@ -693,7 +695,10 @@ def _scan_bucket_block(
     gcap = gathered_i.shape[0] - _LANES  # slack for the whole-slot copies and the padding to whole registers
     for bucket in range(lo_bucket, hi_bucket):
         elo = ebase + offsets[obase + bucket]
-        ehi = ebase + offsets[obase + bucket + 1]
+        ehi = ebase + ends[obase + bucket]
+        if compact_pos >= 0 and elo < ehi:
+            ehi = _filter_bucket(elo, ehi, compact_pos, removed_bits, entry_ranks, entry_words)
+            ends[obase + bucket] = ehi - ebase
         if elo == ehi:
             continue
         n_masks = m_own.shape[0]
@@ -746,7 +751,8 @@ def _scan_bucket_block(
 @numba.njit(cache=True, parallel=True)
 def _search_chunk_by_bucket(
     queries, n_threads, order, max_distance, shifts, bits, radii, splits, perms, masks, mask_starts, bucket_base,
-    entry_base, offsets, entry_ranks, entry_words, qoffs, qhashes, qwords, qpos, qranks, out_q, out_r, fills, gather,
+    entry_base, offsets, ends, entry_ranks, entry_words, qoffs, qhashes, qwords, qpos, qranks, out_q, out_r, fills,
+    gather, compact_pos, removed_bits,
 ):
     """Same pairs as _search_chunk, bucket-major: for chunks with more queries than buckets, every bucket is
     loaded once per chunk instead of once per probing query (the lookups are batched and sorted by bucket)."""
@@ -770,9 +776,9 @@ def _search_chunk_by_bucket(
                 continue
             fill = _scan_bucket_block(
                 b, t, n_threads, order, max_distance, shifts, bits, radii, splits, perms, masks, mask_starts,
-                bucket_base, entry_base, offsets, entry_ranks, entry_words, qoffs, qhashes, qwords, qpos, qranks,
-                out_q[t], out_r[t], fill, cap, gathered_w, gathered_i, thresholds, nearest, hits, hit_words, hit_ranks,
-                group_lo, group_n,
+                bucket_base, entry_base, offsets, ends, entry_ranks, entry_words, qoffs, qhashes, qwords, qpos,
+                qranks, out_q[t], out_r[t], fill, cap, gathered_w, gathered_i, thresholds, nearest, hits, hit_words,
+                hit_ranks, group_lo, group_n, compact_pos, removed_bits,
             )
             if fill < 0:
                 break
@@ -882,41 +888,33 @@ def _check_order(order, n: int) -> np.ndarray:
     return order
 
 
-@numba.njit(cache=True)
-def _compact_block(pos, removed_bits, n_bits, off, base, entry_ranks, entry_words):
-    """Drop one block's entries that are behind the walk (rank < pos) or removed, keeping bucket order."""
-    nb = np.int64(1) << n_bits
+@numba.njit(cache=True, inline="always")
+def _filter_bucket(lo, hi, pos, removed_bits, entry_ranks, entry_words):
+    """Drop the entries lo..hi of one bucket that are behind the walk (rank < pos) or removed, in place and in
+    order; returns the bucket's new end. (Its slots past that stay unused until the next build.)"""
     r0, r1, r2, r3 = entry_words[0], entry_words[1], entry_words[2], entry_words[3]
-    keep = np.empty(_EXACT, dtype=np.int64)
-    write = base
-    start = base
-    for bucket in range(nb):
-        end = base + off[bucket + 1]
-        off[bucket] = write - base
-        for lo in range(start, end, _EXACT):
-            hi = min(lo + _EXACT, end)
-            # the flags first, in a loop of independent reads of removed_bits (they overlap), then the copy
-            for e in range(lo, hi):
-                er = entry_ranks[e]
-                removed = (removed_bits[er >> 6] >> np.uint64(er & 63)) & np.uint64(1)
-                keep[e - lo] = np.int64(er >= pos) & (np.int64(removed) ^ 1)
-            for e in range(lo, hi):
-                entry_ranks[write] = entry_ranks[e]
-                r0[write] = r0[e]
-                r1[write] = r1[e]
-                r2[write] = r2[e]
-                r3[write] = r3[e]
-                write += keep[e - lo]
-        start = end
-    off[nb] = write - base
+    write = lo
+    for e in range(lo, hi):
+        er = entry_ranks[e]
+        entry_ranks[write] = er
+        r0[write] = r0[e]
+        r1[write] = r1[e]
+        r2[write] = r2[e]
+        r3[write] = r3[e]
+        write += (er >= pos) & (not _is_removed(removed_bits, er))
+    return write
 
 
 @numba.njit(cache=True, parallel=True)
-def _compact_index(pos, removed_bits, bits, radii, bucket_base, entry_base, offsets, entry_ranks, entry_words):
+def _compact_index(pos, removed_bits, bits, radii, bucket_base, entry_base, offsets, ends, entry_ranks, entry_words):
+    """_filter_bucket on every bucket of every indexed table (tables in parallel)."""
     for b in prange(bits.shape[0]):
         if radii[b] >= 0:
-            _compact_block(pos, removed_bits, bits[b], offsets[bucket_base[b] :], entry_base[b], entry_ranks,
-                           entry_words)
+            obase = bucket_base[b]
+            ebase = entry_base[b]
+            for bucket in range(np.int64(1) << bits[b]):
+                ends[obase + bucket] = _filter_bucket(ebase + offsets[obase + bucket], ebase + ends[obase + bucket],
+                                                      pos, removed_bits, entry_ranks, entry_words) - ebase
 
 
 def _next_chunk_size(count: int, wasted: float, chunk_cost: float, query_cost: float) -> int:
@@ -963,7 +961,8 @@ class _Index:
         for b, on in enumerate(indexed):
             self.bucket_base[b] = total
             total += (1 << int(self.bits[b])) + 1 if on else 0
-        self.offsets = np.zeros(max(total, 1), dtype=np.int64)
+        self.offsets = np.zeros(max(total, 1), dtype=np.int64)  # each bucket's first entry (set by a build)
+        self.ends = np.zeros(max(total, 1), dtype=np.int64)  # and its end (lowered by compactions)
         self.entry_base = np.zeros(len(tables), dtype=np.int64)
         self.max_buckets = 1 << int(self.bits.max()) if not plan.brute_force else 0
         n_masks = np.diff(self.mask_starts)
@@ -972,6 +971,7 @@ class _Index:
             (1 << int(b)) * int(m) for b, m, on in zip(self.bits, n_masks, indexed) if on))
         self.pass_rate = sum(int(m) / 2.0 ** int(b) for b, m, on in zip(self.bits, n_masks, indexed) if on)
         self.size = -1  # hashes indexed (stale ones included); -1: not built
+        self.stale_cost = 0.0  # comparisons spent on stale entries since the last build or compaction
         self.active = np.empty(0, dtype=np.int64)  # the brute-force plan scans these item ids instead
 
     def candidates_per_query(self, n_standing: int) -> float:
@@ -991,11 +991,25 @@ class _Index:
         _build_index(active, hashes, rank, self.shifts, self.bits, self.radii, self.perms, self.bucket_base,
                      self.entry_base, self.offsets, self.entry_ranks, self.entry_words,
                      min(numba.get_num_threads(), self.n_indexed))
+        self.ends[:-1] = self.offsets[1:]  # (a table's last end is the next table's first start: never read)
+        self.stale_cost = 0.0
+
+    def worth_compacting(self, n_standing: int, queries: int) -> bool:
+        """Whether to compact before a chunk of this many queries (and if not, count its cost of stale entries).
+
+        Stale entries (behind the walk or removed) cost every query that reads their buckets; a compaction costs
+        a pass over the index. It pays once the comparisons spent on stale entries reach its cost (the rule of
+        renting until the rent equals the price: never more than twice the best schedule's cost)."""
+        if self.plan.brute_force or self.size <= n_standing:
+            return False
+        self.stale_cost += (self.size - n_standing) * queries * self.pass_rate
+        return self.stale_cost >= _COMPACT_COST * self.size * self.n_indexed
 
     def compact(self, pos: int, removed_bits: np.ndarray, n_standing: int) -> None:
         _compact_index(np.int64(pos), removed_bits, self.bits, self.radii, self.bucket_base, self.entry_base,
-                       self.offsets, self.entry_ranks, self.entry_words)
+                       self.offsets, self.ends, self.entry_ranks, self.entry_words)
         self.size = n_standing
+        self.stale_cost = 0.0
 
 
 def greedy_clusters(
@@ -1051,32 +1065,36 @@ def greedy_clusters(
             index.build(_standing_after(order, pos, removed_bits), hashes, rank)
         elif index.plan.brute_force and n_standing < 0.75 * index.size:
             index.build(_standing_after(order, pos, removed_bits), hashes, rank)
-        elif not index.plan.brute_force and n_standing < (1 - _STALE) * index.size:
-            index.compact(pos, removed_bits, n_standing)
         count = _next_queries(order, pos, removed_bits, k, query_buf)
+        stale = index.worth_compacting(n_standing, count)
         queries = query_buf[:count]
         ix = index
         bucket_major = not ix.plan.brute_force and count * 8 >= ix.max_buckets
+        if stale and not bucket_major:
+            index.compact(pos, removed_bits, n_standing)
+        compact_pos = pos if stale and bucket_major else -1  # the search compacts each bucket it reads first
         if bucket_major:
             qoffs, qhashes, qwords, qpos, qranks = _group_queries(queries, hashes, rank, ix.shifts, ix.bits, ix.radii,
                                                           ix.perms, ix.max_buckets)
             _search_chunk_by_bucket(
                 queries, n_threads, order, np.int64(max_distance), ix.shifts, ix.bits, ix.radii, ix.splits,
-                ix.perms, ix.masks, ix.mask_starts, ix.bucket_base, ix.entry_base, ix.offsets, ix.entry_ranks,
-                ix.entry_words, qoffs, qhashes, qwords, qpos, qranks, out_q, out_r, fills, gather_entries or _GATHER,
+                ix.perms, ix.masks, ix.mask_starts, ix.bucket_base, ix.entry_base, ix.offsets, ix.ends,
+                ix.entry_ranks, ix.entry_words, qoffs, qhashes, qwords, qpos, qranks, out_q, out_r, fills,
+                gather_entries or _GATHER, np.int64(compact_pos), removed_bits,
             )
         elif not ix.plan.brute_force:
             sorted_by_block = _sort_queries_by_block(queries, hashes, ix.shifts, ix.bits, ix.radii, ix.perms)
             _search_chunk(
                 queries, sorted_by_block, n_threads, hashes, rank, removed_bits, order, np.int64(max_distance), False,
                 ix.active, ix.shifts, ix.bits, ix.radii, ix.splits, ix.perms, ix.masks, ix.mask_starts,
-                ix.bucket_base, ix.entry_base, ix.offsets, ix.entry_ranks, ix.entry_words, out_q, out_r, fills,
+                ix.bucket_base, ix.entry_base, ix.offsets, ix.ends, ix.entry_ranks, ix.entry_words, out_q, out_r,
+                fills,
             )
         else:
             _search_chunk(
                 queries, no_sort, n_threads, hashes, rank, removed_bits, order, np.int64(max_distance), True, ix.active,
                 ix.shifts, ix.bits, ix.radii, ix.splits, ix.perms, ix.masks, ix.mask_starts, ix.bucket_base,
-                ix.entry_base, ix.offsets, _NO_RANKS, _NO_WORDS, out_q, out_r, fills,
+                ix.entry_base, ix.offsets, ix.ends, _NO_RANKS, _NO_WORDS, out_q, out_r, fills,
             )
         if (fills < 0).any():  # neighbour lists overflowed: retry with a bigger buffer, or fewer queries
             if out_q.shape[1] < buffer_cap or k == 1:
@@ -1089,6 +1107,9 @@ def greedy_clusters(
             queries, out_q, out_r, fills, order, rank, removed_bits, exemplar_of, exemplars, n_exemplars
         )
         n_removed += newly_removed
+        if compact_pos >= 0:
+            index.size = n_standing
+            index.stale_cost = 0.0
         pos = int(rank[queries[-1]]) + 1
         # queries removed by an earlier query of their own chunk were wasted: the next chunk's size trades that
         # waste against the fixed cost of a bucket-major chunk
