@@ -109,34 +109,16 @@ def _set_words(words, e, h):
 
 @dataclass(frozen=True)
 class BlockPlan:
-    """Blocks (shift, bits) of the 64-bit hash and the radius searched in each (-1: block not indexed), plus
-    optional byte-pair tables: each keyed by two bytes (i, j) of the hash, searched within ``pair_radius`` bits
-    in each byte (the split cover, see ``plan_blocks``)."""
+    """Blocks (shift, bits) of the 64-bit hash and the radius searched in each (-1: block not indexed)."""
 
     shifts: tuple[int, ...]
     bits: tuple[int, ...]
     radii: tuple[int, ...]
     brute_force: bool = False
-    pair_bytes: tuple[tuple[int, int], ...] = ()
-    pair_radius: int = 0
 
     @property
     def probes(self) -> int:
-        return (sum(_ball(b, r) for b, r in zip(self.bits, self.radii))
-                + len(self.pair_bytes) * _ball(8, self.pair_radius) ** 2)
-
-    def tables(self) -> list[tuple[int, int, int, int, tuple[int, ...] | None]]:
-        """Each indexed table as (shift, bits, radius, radius per key byte, byte permutation or None).
-
-        A table sees the hash with its bytes permuted (output byte k = input byte perm[k]) and is keyed by bits
-        shift..shift+bits of that; a key difference is searched when its weight is <= radius and the weight of
-        each of its bytes is <= the per-byte radius. Blocks keep the hash as it is; a byte-pair table (i, j)
-        moves bytes i and j to the bottom (its key) and keeps the other bytes in order."""
-        out = [(s, b, r, r, None) for s, b, r in zip(self.shifts, self.bits, self.radii)]
-        for i, j in self.pair_bytes:
-            perm = (i, j) + tuple(k for k in range(8) if k not in (i, j))
-            out.append((0, 16, 2 * self.pair_radius, self.pair_radius, perm))
-        return out
+        return sum(_ball(b, r) for b, r in zip(self.bits, self.radii))
 
 
 def _ball(bits: int, radius: int) -> int:
@@ -168,41 +150,19 @@ def plan_blocks(max_distance: int, n: int) -> BlockPlan:
         if best is None or cost < best[0]:
             best = (cost, BlockPlan(tuple(shifts), tuple(bits), tuple(radii)))
     assert best is not None
-    split = _split_cover(max_distance, n)
-    if split is not None and split[0] < best[0]:
-        best = split
     brute_cost = float(max(n, 1))
     if best[0] >= brute_cost or max_distance >= 64:
         return BlockPlan((0,), (64,), (max_distance,), brute_force=True)
     return best[1]
 
 
-def _split_cover(max_distance: int, n: int) -> tuple[float, BlockPlan] | None:
-    """The four 16-bit words searched within s - 1 bits each, plus four byte-pair tables, for max_distance = 4 s.
-
-    A pair within 4 s bits that no word finds within s - 1 differs in exactly s bits in every word (s + s + s + s
-    is all it may have). Its s differing bits in word 0 leave one of the word's two bytes within s // 2, and the
-    same holds in word 1; so it is found by the table keyed by those two bytes, searched within s // 2 bits in
-    each. For s = 3 (the default distance 12) that is 4 x 81 bucket probes instead of the 560 extra probes of
-    radius 3 in one word that the plain pigeonhole split needs: about a fifth fewer entries compared. None when
-    max_distance is not a multiple of 4 (the cover then does not close)."""
-    if max_distance < 4 or max_distance % 4:
-        return None
-    s = max_distance // 4
-    plan = BlockPlan((0, 16, 32, 48), (16,) * 4, (s - 1,) * 4, pair_bytes=((0, 2), (0, 3), (1, 2), (1, 3)),
-                     pair_radius=s // 2)
-    return plan.probes * (_PROBE_COST + n / 2.0**16), plan
-
-
 def _mask_tables(plan: BlockPlan) -> tuple[np.ndarray, np.ndarray]:
-    """All XOR masks of each table (weight <= radius, each byte's <= its radius), concatenated, with start
-    offsets per table."""
+    """All XOR masks of each block (weight <= radius), concatenated, with start offsets per block."""
     masks: list[int] = []
     starts = [0]
-    for _, bits, radius, per_byte, _ in plan.tables():
+    for bits, radius in zip(plan.bits, plan.radii):
         if not plan.brute_force and radius >= 0:
-            masks.extend(v for v in range(1 << bits) if v.bit_count() <= radius  # by value: nearby groups
-                         and (v & 0xFF).bit_count() <= per_byte and (v >> 8).bit_count() <= per_byte)
+            masks.extend(v for v in range(1 << bits) if v.bit_count() <= radius)  # by value: nearby groups
         starts.append(len(masks))
     return np.array(masks, dtype=np.int64), np.array(starts, dtype=np.int64)
 
@@ -211,52 +171,22 @@ def _mask_tables(plan: BlockPlan) -> tuple[np.ndarray, np.ndarray]:
 
 
 @numba.njit(cache=True, inline="always")
-def _permute(h, perms, t):
-    """Hash h as table t sees it: output byte k is input byte perms[t, k] (row -1: as it is). Row t + 8 columns
-    on holds the inverse permutation."""
-    if perms[t, 0] < 0:
-        return h
-    out = np.uint64(0)
-    for k in range(8):
-        out |= ((h >> np.uint64(8 * perms[t, k])) & np.uint64(0xFF)) << np.uint64(8 * k)
-    return out
-
-
-@numba.njit(cache=True, inline="always")
-def _unpermute(h, perms, t):
-    """The inverse of _permute: a hash (or difference) in table t's byte order back in the hash's own."""
-    if perms[t, 0] < 0:
-        return h
-    out = np.uint64(0)
-    for k in range(8):
-        out |= ((h >> np.uint64(8 * perms[t, 8 + k])) & np.uint64(0xFF)) << np.uint64(8 * k)
-    return out
-
-
-@numba.njit(cache=True, inline="always")
-def _found_in_earlier_block(x, b, radii, bits, shifts, splits, perms):
-    """True when the pair with difference bits x (in the hash's own byte order) is also found through a table
-    before b (so it is counted once)."""
+def _found_in_earlier_block(x, b, radii, bits, shifts):
+    """True when the pair with difference bits x is also found through a block before b."""
     for b2 in range(b):
         if radii[b2] >= 0:
-            if perms[b2, 0] < 0:
-                key = (x >> np.uint64(shifts[b2])) & np.uint64((np.int64(1) << bits[b2]) - 1)
-            else:  # a byte-pair table: its key is the two bytes it moved to the bottom
-                key = (((x >> np.uint64(8 * perms[b2, 0])) & np.uint64(0xFF))
-                       | (((x >> np.uint64(8 * perms[b2, 1])) & np.uint64(0xFF)) << np.uint64(8)))
-            if (_popcount(key) <= radii[b2] and _popcount(key & np.uint64(0xFF)) <= splits[b2]
-                    and _popcount(key >> np.uint64(8)) <= splits[b2]):
+            m2 = np.uint64((np.int64(1) << bits[b2]) - 1)
+            if _popcount((x >> np.uint64(shifts[b2])) & m2) <= radii[b2]:
                 return True
     return False
 
 
 @numba.njit(cache=True, inline="always")
-def _first_found_here(x, b, radii, bits, shifts, splits, perms):
-    """True when table b is the first table that finds the pair with difference bits x (in table b's byte
-    order), so that each pair is reported once. Callers ask this before the walk ranks: it needs no memory
-    reads, and it turns away most hits (a close pair is found through most tables, a query finds itself through
-    all of them)."""
-    return not _found_in_earlier_block(_unpermute(x, perms, b), b, radii, bits, shifts, splits, perms)
+def _first_found_here(x, b, radii, bits, shifts):
+    """True when block b is the first block that finds the pair with difference bits x, so that each pair is
+    reported once. Callers ask this before the walk ranks: it needs no memory reads, and it turns away most
+    hits (a close pair is found through most blocks, a query finds itself through all of them)."""
+    return not _found_in_earlier_block(x, b, radii, bits, shifts)
 
 
 @numba.njit(cache=True, inline="always")
@@ -271,9 +201,8 @@ def _append_pair(qi, item, out_q, out_r, fill, cap):
 
 @numba.njit(cache=True)
 def _build_block(active_hashes, active_ranks, shift_bits, n_bits, off, base, entry_ranks, entry_words, tmp_ranks,
-                 tmp_hashes, perms, t):
-    """Counting sort of the active hashes (in table t's byte order) by one block's value into entries base.. of the
-    shared arrays.
+                 tmp_hashes):
+    """Counting sort of the active hashes by one block's value into entries base.. of the shared arrays.
 
     Two passes (high half of the key, then the whole key within each high group), so the scattered writes
     of each pass go to a few hundred streams instead of one random place per hash.
@@ -286,14 +215,14 @@ def _build_block(active_hashes, active_ranks, shift_bits, n_bits, off, base, ent
     n_high = np.int64(1) << (n_bits - low_bits)
     off[: nb + 1] = 0
     for i in range(n):
-        off[np.int64((_permute(active_hashes[i], perms, t) >> shift) & mask) + 1] += 1
+        off[np.int64((active_hashes[i] >> shift) & mask) + 1] += 1
     for k in range(nb):
         off[k + 1] += off[k]
     high_fill = np.empty(n_high, dtype=np.int64)
     for g in range(n_high):
         high_fill[g] = off[g << low_bits]
     for i in range(n):
-        h = _permute(active_hashes[i], perms, t)
+        h = active_hashes[i]
         g = np.int64((h >> shift) & mask) >> low_bits
         slot = high_fill[g]
         high_fill[g] += 1
@@ -310,7 +239,7 @@ def _build_block(active_hashes, active_ranks, shift_bits, n_bits, off, base, ent
 
 
 @numba.njit(cache=True, parallel=True)
-def _build_index(active, hashes, rank, shifts, bits, radii, perms, bucket_base, entry_base, offsets, entry_ranks,
+def _build_index(active, hashes, rank, shifts, bits, radii, bucket_base, entry_base, offsets, entry_ranks,
                  entry_words, n_threads):
     """Counting-sort the active hashes into one bucket array per indexed block (blocks in parallel)."""
     n = active.shape[0]
@@ -325,11 +254,11 @@ def _build_index(active, hashes, rank, shifts, bits, radii, perms, bucket_base, 
         for b in range(t, shifts.shape[0], n_threads):
             if radii[b] >= 0:
                 _build_block(active_hashes, active_ranks, shifts[b], bits[b], offsets[bucket_base[b] :],
-                             entry_base[b], entry_ranks, entry_words, tmp_ranks, tmp_hashes, perms, b)
+                             entry_base[b], entry_ranks, entry_words, tmp_ranks, tmp_hashes)
 
 
 @numba.njit(cache=True)
-def _sort_queries_by_block(queries, hashes, shifts, bits, radii, perms):
+def _sort_queries_by_block(queries, hashes, shifts, bits, radii):
     """For each indexed block, the chunk positions of the queries sorted by that block's value (for locality)."""
     k = queries.shape[0]
     out = np.empty((shifts.shape[0], k), dtype=np.int64)
@@ -340,14 +269,14 @@ def _sort_queries_by_block(queries, hashes, shifts, bits, radii, perms):
         mask = np.uint64((np.int64(1) << bits[b]) - 1)
         shift = np.uint64(shifts[b])
         for i in range(k):
-            keys[i] = np.int64((_permute(hashes[queries[i]], perms, b) >> shift) & mask)
+            keys[i] = np.int64((hashes[queries[i]] >> shift) & mask)
         out[b] = np.argsort(keys)
     return out
 
 
 @numba.njit(cache=True)
 def _probe_block(
-    b, qi, q, hashes, rank, order, max_distance, shifts, bits, radii, splits, perms, masks, mask_starts, bucket_base,
+    b, qi, q, hashes, rank, order, max_distance, shifts, bits, radii, masks, mask_starts, bucket_base,
     entry_base, offsets, ends, entry_ranks, entry_words, out_q, out_r, fill, cap,
 ):
     """Append (qi, r) for each standing hash r after q in walk order, within max_distance, found through block b.
@@ -355,7 +284,7 @@ def _probe_block(
     A pair is reported through the first block whose radius catches it only, so it is reported once.
     Returns the new fill, or -1 when the buffer is full.
     """
-    h = _permute(hashes[q], perms, b)
+    h = hashes[q]
     rq = rank[q]
     mask = np.uint64((np.int64(1) << bits[b]) - 1)
     key = np.int64((h >> np.uint64(shifts[b])) & mask)
@@ -369,7 +298,7 @@ def _probe_block(
             x = h ^ _word_hash(entry_words, e)
             if _popcount(x) <= max_distance:
                 er = entry_ranks[e]
-                if er > rq and _first_found_here(x, b, radii, bits, shifts, splits, perms):
+                if er > rq and _first_found_here(x, b, radii, bits, shifts):
                     fill = _append_pair(qi, er, out_q, out_r, fill, cap)
                 if fill < 0:
                     return -1
@@ -395,7 +324,7 @@ def _probe_brute(qi, q, hashes, rank, removed_bits, max_distance, active, out_q,
 @numba.njit(cache=True, parallel=True)
 def _search_chunk(
     queries, sorted_by_block, n_threads, hashes, rank, removed_bits, order, max_distance, brute, active,
-    shifts, bits, radii, splits, perms, masks, mask_starts, bucket_base, entry_base, offsets, ends, entry_ranks,
+    shifts, bits, radii, masks, mask_starts, bucket_base, entry_base, offsets, ends, entry_ranks,
     entry_words, out_q, out_r, fills,
 ):
     """All (query, later standing neighbour) pairs of a chunk; thread t writes to out_q[t], out_r[t].
@@ -422,7 +351,7 @@ def _search_chunk(
                 for i in range(lo, hi):
                     qi = sorted_by_block[b, i]
                     fill = _probe_block(
-                        b, qi, queries[qi], hashes, rank, order, max_distance, shifts, bits, radii, splits, perms,
+                        b, qi, queries[qi], hashes, rank, order, max_distance, shifts, bits, radii,
                         masks, mask_starts, bucket_base, entry_base, offsets, ends, entry_ranks, entry_words, out_q[t],
                         out_r[t], fill, cap,
                     )
@@ -434,13 +363,12 @@ def _search_chunk(
 
 
 @numba.njit(cache=True, parallel=True)
-def _group_queries(queries, hashes, rank, shifts, bits, radii, perms, max_buckets):
-    """Per indexed table, the chunk's queries grouped by key: offsets, hashes (in the table's byte order), the
-    same as rows of 16-bit words, chunk positions and walk ranks (tables in parallel)."""
+def _group_queries(queries, hashes, rank, shifts, bits, radii, max_buckets):
+    """Per indexed block, the chunk's queries grouped by block value: offsets, hashes as rows of 16-bit words,
+    chunk positions and walk ranks (blocks in parallel)."""
     k = queries.shape[0]
     n_blocks = shifts.shape[0]
     qoffs = np.zeros((n_blocks, max_buckets + 1), dtype=np.int64)
-    qhashes = np.zeros((n_blocks, k), dtype=np.uint64)
     qwords = np.zeros((n_blocks, 4, k + _COPY), dtype=np.uint16)  # padding read by the whole-slot copies
     qpos = np.empty((n_blocks, k), dtype=np.int64)
     qranks = np.empty((n_blocks, k), dtype=np.int64)
@@ -455,19 +383,18 @@ def _group_queries(queries, hashes, rank, shifts, bits, radii, perms, max_bucket
         shift = np.uint64(shifts[b])
         off = qoffs[b]
         for i in range(k):
-            off[np.int64((_permute(chunk_hashes[i], perms, b) >> shift) & mask) + 1] += 1
+            off[np.int64((chunk_hashes[i] >> shift) & mask) + 1] += 1
         for v in range(nb):
             off[v + 1] += off[v]
         fill = off[:nb].copy()
         for i in range(k):
-            h = _permute(chunk_hashes[i], perms, b)
+            h = chunk_hashes[i]
             v = np.int64((h >> shift) & mask)
-            qhashes[b, fill[v]] = h
             _set_words(qwords[b], fill[v], h)
             qpos[b, fill[v]] = i
             qranks[b, fill[v]] = rank[queries[i]]
             fill[v] += 1
-    return qoffs, qhashes, qwords, qpos, qranks
+    return qoffs, qwords, qpos, qranks
 
 
 @numba.njit(cache=True)
@@ -534,7 +461,7 @@ def _nearest_4_words(n_vec, gw, nearest, ew, elo, ehi):
 @numba.njit(cache=True)
 def _flush_gathered(
     n_gathered, gathered_w, gathered_i, thresholds, nearest, hits, hit_words, hit_ranks, elo, ehi, b, own, order,
-    shifts, bits, radii, splits, perms, max_distance, entry_ranks, entry_words, qword, qpos, qrank, out_q, out_r,
+    shifts, bits, radii, max_distance, entry_ranks, entry_words, qword, qpos, qrank, out_q, out_r,
     fill, cap,
 ):
     """Compare the gathered queries (rows of 16-bit words, their slots in the chunk's grouping and thresholds)
@@ -568,13 +495,13 @@ def _flush_gathered(
                     nh += 1
     if nh == 0:
         return fill
-    return _exact_pass(nh, hits, hit_words, hit_ranks, elo, ehi, b, order, shifts, bits, radii, splits, perms,
+    return _exact_pass(nh, hits, hit_words, hit_ranks, elo, ehi, b, order, shifts, bits, radii,
                        max_distance, entry_ranks, entry_words, qword, qpos, qrank, out_q, out_r, fill, cap)
 
 
 @numba.njit(cache=True)
 def _exact_pass(
-    nh, hits, hit_words, hit_ranks, elo, ehi, b, order, shifts, bits, radii, splits, perms, max_distance,
+    nh, hits, hit_words, hit_ranks, elo, ehi, b, order, shifts, bits, radii, max_distance,
     entry_ranks, entry_words, qword, qpos, qrank, out_q, out_r, fill, cap,
 ):
     """Report the pairs within max_distance between the bucket's entries elo..ehi and the hit queries (their
@@ -615,7 +542,7 @@ def _exact_pass(
                 lanes &= lanes - np.uint32(1)
                 hq = (np.uint64(h0[k]) | (np.uint64(h1[k]) << np.uint64(16)) | (np.uint64(h2[k]) << np.uint64(32))
                       | (np.uint64(h3[k]) << np.uint64(48)))
-                if not _first_found_here(hq ^ eh, b, radii, bits, shifts, splits, perms):
+                if not _first_found_here(hq ^ eh, b, radii, bits, shifts):
                     continue
                 er = entry_ranks[e]
                 if er <= hit_ranks[k]:
@@ -670,8 +597,8 @@ def _fill_slots(dst, at, value):
 
 @numba.njit(cache=True)
 def _scan_bucket_block(
-    b, t, n_threads, order, max_distance, shifts, bits, radii, splits, perms, masks, mask_starts, bucket_base,
-    entry_base, offsets, ends, entry_ranks, entry_words, qoffs, qhashes, qwords, qpos, qranks, out_q, out_r, fill,
+    b, t, n_threads, order, max_distance, shifts, bits, radii, masks, mask_starts, bucket_base,
+    entry_base, offsets, ends, entry_ranks, entry_words, qoffs, qwords, qpos, qranks, out_q, out_r, fill,
     cap, gathered_w, gathered_i, thresholds, nearest, hits, hit_words, hit_ranks, group_lo, group_n, compact_pos,
     removed_bits,
 ):
@@ -715,7 +642,7 @@ def _scan_bucket_block(
                 if at == gcap:
                     fill = _flush_gathered(
                         at, gathered_w, gathered_i, thresholds, nearest, hits, hit_words, hit_ranks, elo, ehi, b,
-                        own, order, shifts, bits, radii, splits, perms, max_distance, entry_ranks, entry_words, qw,
+                        own, order, shifts, bits, radii, max_distance, entry_ranks, entry_words, qw,
                         qpos[b], qranks[b], out_q, out_r, fill, cap,
                     )
                     if fill < 0:
@@ -740,7 +667,7 @@ def _scan_bucket_block(
         if at:
             fill = _flush_gathered(
                 at, gathered_w, gathered_i, thresholds, nearest, hits, hit_words, hit_ranks, elo, ehi, b, own, order,
-                shifts, bits, radii, splits, perms, max_distance, entry_ranks, entry_words, qw, qpos[b], qranks[b],
+                shifts, bits, radii, max_distance, entry_ranks, entry_words, qw, qpos[b], qranks[b],
                 out_q, out_r, fill, cap,
             )
             if fill < 0:
@@ -750,8 +677,8 @@ def _scan_bucket_block(
 
 @numba.njit(cache=True, parallel=True)
 def _search_chunk_by_bucket(
-    queries, n_threads, order, max_distance, shifts, bits, radii, splits, perms, masks, mask_starts, bucket_base,
-    entry_base, offsets, ends, entry_ranks, entry_words, qoffs, qhashes, qwords, qpos, qranks, out_q, out_r, fills,
+    n_threads, order, max_distance, shifts, bits, radii, masks, mask_starts, bucket_base,
+    entry_base, offsets, ends, entry_ranks, entry_words, qoffs, qwords, qpos, qranks, out_q, out_r, fills,
     gather, compact_pos, removed_bits,
 ):
     """Same pairs as _search_chunk, bucket-major: for chunks with more queries than buckets, every bucket is
@@ -775,8 +702,8 @@ def _search_chunk_by_bucket(
             if radii[b] < 0:
                 continue
             fill = _scan_bucket_block(
-                b, t, n_threads, order, max_distance, shifts, bits, radii, splits, perms, masks, mask_starts,
-                bucket_base, entry_base, offsets, ends, entry_ranks, entry_words, qoffs, qhashes, qwords, qpos,
+                b, t, n_threads, order, max_distance, shifts, bits, radii, masks, mask_starts,
+                bucket_base, entry_base, offsets, ends, entry_ranks, entry_words, qoffs, qwords, qpos,
                 qranks, out_q[t], out_r[t], fill, cap, gathered_w, gathered_i, thresholds, nearest, hits, hit_words,
                 hit_ranks, group_lo, group_n, compact_pos, removed_bits,
             )
@@ -944,26 +871,19 @@ class _Index:
     def __init__(self, plan: BlockPlan):
         self.plan = plan
         self.masks, self.mask_starts = _mask_tables(plan)
-        tables = plan.tables()
-        self.shifts = np.array([t[0] for t in tables], dtype=np.int64)
-        self.bits = np.array([t[1] for t in tables], dtype=np.int64)
-        self.radii = np.array([t[2] for t in tables], dtype=np.int64)
-        self.splits = np.array([t[3] for t in tables], dtype=np.int64)
-        self.perms = np.full((len(tables), 16), -1, dtype=np.int64)  # each row: the permutation, its inverse
-        for b, (*_, perm) in enumerate(tables):
-            if perm is not None:
-                self.perms[b, :8] = perm
-                self.perms[b, 8:] = np.argsort(perm)
-        indexed = [not plan.brute_force and t[2] >= 0 for t in tables]
+        self.shifts = np.array(plan.shifts, dtype=np.int64)
+        self.bits = np.array(plan.bits, dtype=np.int64)
+        self.radii = np.array(plan.radii, dtype=np.int64)
+        indexed = [not plan.brute_force and r >= 0 for r in plan.radii]
         self.n_indexed = sum(indexed)
-        self.bucket_base = np.zeros(len(tables), dtype=np.int64)
+        self.bucket_base = np.zeros(len(plan.bits), dtype=np.int64)
         total = 0
         for b, on in enumerate(indexed):
             self.bucket_base[b] = total
             total += (1 << int(self.bits[b])) + 1 if on else 0
         self.offsets = np.zeros(max(total, 1), dtype=np.int64)  # each bucket's first entry (set by a build)
         self.ends = np.zeros(max(total, 1), dtype=np.int64)  # and its end (lowered by compactions)
-        self.entry_base = np.zeros(len(tables), dtype=np.int64)
+        self.entry_base = np.zeros(len(plan.bits), dtype=np.int64)
         self.max_buckets = 1 << int(self.bits.max()) if not plan.brute_force else 0
         n_masks = np.diff(self.mask_starts)
         # one bucket-major chunk reads every (bucket, mask) pair once, whatever its size (in comparisons)
@@ -988,7 +908,7 @@ class _Index:
         for b, r in enumerate(self.radii):
             self.entry_base[b] = c * self.size
             c += int(r >= 0)
-        _build_index(active, hashes, rank, self.shifts, self.bits, self.radii, self.perms, self.bucket_base,
+        _build_index(active, hashes, rank, self.shifts, self.bits, self.radii, self.bucket_base,
                      self.entry_base, self.offsets, self.entry_ranks, self.entry_words,
                      min(numba.get_num_threads(), self.n_indexed))
         self.ends[:-1] = self.offsets[1:]  # (a table's last end is the next table's first start: never read)
@@ -1074,26 +994,25 @@ def greedy_clusters(
             index.compact(pos, removed_bits, n_standing)
         compact_pos = pos if stale and bucket_major else -1  # the search compacts each bucket it reads first
         if bucket_major:
-            qoffs, qhashes, qwords, qpos, qranks = _group_queries(queries, hashes, rank, ix.shifts, ix.bits, ix.radii,
-                                                          ix.perms, ix.max_buckets)
+            qoffs, qwords, qpos, qranks = _group_queries(queries, hashes, rank, ix.shifts, ix.bits, ix.radii,
+                                                         ix.max_buckets)
             _search_chunk_by_bucket(
-                queries, n_threads, order, np.int64(max_distance), ix.shifts, ix.bits, ix.radii, ix.splits,
-                ix.perms, ix.masks, ix.mask_starts, ix.bucket_base, ix.entry_base, ix.offsets, ix.ends,
-                ix.entry_ranks, ix.entry_words, qoffs, qhashes, qwords, qpos, qranks, out_q, out_r, fills,
-                gather_entries or _GATHER, np.int64(compact_pos), removed_bits,
+                n_threads, order, np.int64(max_distance), ix.shifts, ix.bits, ix.radii, ix.masks, ix.mask_starts,
+                ix.bucket_base, ix.entry_base, ix.offsets, ix.ends, ix.entry_ranks, ix.entry_words, qoffs, qwords,
+                qpos, qranks, out_q, out_r, fills, gather_entries or _GATHER, np.int64(compact_pos), removed_bits,
             )
         elif not ix.plan.brute_force:
-            sorted_by_block = _sort_queries_by_block(queries, hashes, ix.shifts, ix.bits, ix.radii, ix.perms)
+            sorted_by_block = _sort_queries_by_block(queries, hashes, ix.shifts, ix.bits, ix.radii)
             _search_chunk(
                 queries, sorted_by_block, n_threads, hashes, rank, removed_bits, order, np.int64(max_distance), False,
-                ix.active, ix.shifts, ix.bits, ix.radii, ix.splits, ix.perms, ix.masks, ix.mask_starts,
+                ix.active, ix.shifts, ix.bits, ix.radii, ix.masks, ix.mask_starts,
                 ix.bucket_base, ix.entry_base, ix.offsets, ix.ends, ix.entry_ranks, ix.entry_words, out_q, out_r,
                 fills,
             )
         else:
             _search_chunk(
                 queries, no_sort, n_threads, hashes, rank, removed_bits, order, np.int64(max_distance), True, ix.active,
-                ix.shifts, ix.bits, ix.radii, ix.splits, ix.perms, ix.masks, ix.mask_starts, ix.bucket_base,
+                ix.shifts, ix.bits, ix.radii, ix.masks, ix.mask_starts, ix.bucket_base,
                 ix.entry_base, ix.offsets, ix.ends, _NO_RANKS, _NO_WORDS, out_q, out_r, fills,
             )
         if (fills < 0).any():  # neighbour lists overflowed: retry with a bigger buffer, or fewer queries
