@@ -576,31 +576,35 @@ def _copy_slots(dst, at, src, lo):
 
 
 @numba.njit(cache=True, inline="always")
-def _count_slots(dst, at, lo):
-    """dst[at:at + _COPY] = lo, lo + 1, ... (8 slots, one vector store, as _copy_slots)."""
-    dst[at] = lo
-    dst[at + np.uint64(1)] = lo + 1
-    dst[at + np.uint64(2)] = lo + 2
-    dst[at + np.uint64(3)] = lo + 3
-    dst[at + np.uint64(4)] = lo + 4
-    dst[at + np.uint64(5)] = lo + 5
-    dst[at + np.uint64(6)] = lo + 6
-    dst[at + np.uint64(7)] = lo + 7
-
-
-@numba.njit(cache=True, inline="always")
-def _fill_slots(dst, at, value):
-    """dst[at:at + _COPY] = value (8 slots, one vector store)."""
-    for c in range(_COPY):
-        dst[at + np.uint64(c)] = value
+def _gather_group(gathered_w, gathered_i, thresholds, q0, q1, q2, q3, own, slots, thr8, j, at, glo, n):
+    """Slots at.. of the gather buffer get the n queries of group j, at glo in the chunk's grouping: the words
+    compared, the slot (copied from slots, which counts 0, 1, ...) and the group's threshold (thr8 holds each
+    group's 8 times). All are whole 8-slot vector copies, the first one unconditional: no branch per slot or
+    per small group to mispredict. The sources have 8 slots of padding, and slots past the group are
+    overwritten or never read."""
+    g0, g1, g2, g3 = gathered_w[0], gathered_w[1], gathered_w[2], gathered_w[3]
+    t = np.uint64(j * _COPY)
+    c = 0
+    while True:
+        a = np.uint64(at + c)
+        lo = np.uint64(glo + c)
+        _copy_slots(g0, a, q0, lo)
+        _copy_slots(g1, a, q1, lo)
+        _copy_slots(g2, a, q2, lo)
+        if own < 0:
+            _copy_slots(g3, a, q3, lo)
+        _copy_slots(gathered_i, a, slots, lo)
+        _copy_slots(thresholds, a, thr8, t)
+        c += _COPY
+        if c >= n:
+            break
 
 
 @numba.njit(cache=True)
 def _scan_bucket_block(
     b, t, n_threads, order, max_distance, shifts, bits, radii, masks, mask_starts, bucket_base,
     entry_base, offsets, ends, entry_ranks, entry_words, qoffs, qwords, qpos, qranks, out_q, out_r, fill,
-    cap, gathered_w, gathered_i, thresholds, nearest, hits, hit_words, hit_ranks, group_lo, group_n, compact_pos,
-    removed_bits,
+    cap, gathered_w, gathered_i, thresholds, nearest, hits, hit_words, hit_ranks, compact_pos, removed_bits, slots,
 ):
     """Thread t's share of table b's buckets: each bucket is read once and compared with the queries of every
     group whose key is within the table's radius, gathered into one contiguous buffer first (the words it
@@ -617,8 +621,10 @@ def _scan_bucket_block(
     # the rows gathered: the three other words, or all four
     r0, r1, r2, r3 = (own + 1) % 4 if own >= 0 else 0, (own + 2) % 4 if own >= 0 else 1, (own + 3) % 4, 3
     q0, q1, q2, q3 = qw[r0], qw[r1], qw[r2], qw[r3]
-    g0, g1, g2, g3 = gathered_w[0], gathered_w[1], gathered_w[2], gathered_w[3]
     m_own = masks[mask_starts[b] : mask_starts[b + 1]]
+    thr8 = np.empty(_COPY * m_own.shape[0], dtype=np.int16)  # each group's threshold (the distance left for
+    for j in range(m_own.shape[0]):  # its words), 8 times over for whole-slot copies
+        thr8[_COPY * j : _COPY * (j + 1)] = max_distance - (_popcount(np.uint64(m_own[j])) if own >= 0 else 0)
     gcap = gathered_i.shape[0] - _LANES  # slack for the whole-slot copies and the padding to whole registers
     for bucket in range(lo_bucket, hi_bucket):
         elo = ebase + offsets[obase + bucket]
@@ -628,42 +634,33 @@ def _scan_bucket_block(
             ends[obase + bucket] = ehi - ebase
         if elo == ehi:
             continue
-        n_masks = m_own.shape[0]
-        for j in range(n_masks):  # the groups' offsets first: independent reads that overlap
-            g = bucket ^ m_own[j]
-            group_lo[j] = qoff[g]
-            group_n[j] = qoff[g + 1] - group_lo[j]
         at = 0
-        for j in range(n_masks):
-            glo = group_lo[j]
-            left = group_n[j]
-            threshold = np.int16(max_distance - (_popcount(np.uint64(m_own[j])) if own >= 0 else 0))
-            while left > 0:  # a group goes in pieces when the buffer fills (many equal keys)
-                if at == gcap:
+        for j in range(m_own.shape[0]):
+            g = bucket ^ m_own[j]
+            glo = qoff[g]
+            n = qoff[g + 1] - glo
+            if at + n > gcap:  # rare: the buffer is full, or the group is bigger than it (many equal keys)
+                if at:
                     fill = _flush_gathered(
                         at, gathered_w, gathered_i, thresholds, nearest, hits, hit_words, hit_ranks, elo, ehi, b,
-                        own, order, shifts, bits, radii, max_distance, entry_ranks, entry_words, qw,
-                        qpos[b], qranks[b], out_q, out_r, fill, cap,
+                        own, order, shifts, bits, radii, max_distance, entry_ranks, entry_words, qw, qpos[b],
+                        qranks[b], out_q, out_r, fill, cap,
                     )
-                    if fill < 0:
-                        return -1
                     at = 0
-                piece = min(left, gcap - at)
-                # whole 8-slot copies (no per-slot branch to mispredict); qwords has 8 slots of padding, and
-                # slots past the piece are overwritten or never read
-                for c in range(0, piece, _COPY):
-                    a = np.uint64(at + c)
-                    lo = np.uint64(glo + c)
-                    _copy_slots(g0, a, q0, lo)
-                    _copy_slots(g1, a, q1, lo)
-                    _copy_slots(g2, a, q2, lo)
-                    if own < 0:
-                        _copy_slots(g3, a, q3, lo)
-                    _count_slots(gathered_i, a, glo + c)
-                    _fill_slots(thresholds, a, threshold)
-                at += piece
-                glo += piece
-                left -= piece
+                while n > gcap and fill >= 0:  # whole buffers of an oversized group
+                    _gather_group(gathered_w, gathered_i, thresholds, q0, q1, q2, q3, own, slots, thr8, j, 0, glo,
+                                  gcap)
+                    fill = _flush_gathered(
+                        gcap, gathered_w, gathered_i, thresholds, nearest, hits, hit_words, hit_ranks, elo, ehi, b,
+                        own, order, shifts, bits, radii, max_distance, entry_ranks, entry_words, qw, qpos[b],
+                        qranks[b], out_q, out_r, fill, cap,
+                    )
+                    glo += gcap
+                    n -= gcap
+                if fill < 0:
+                    return -1
+            _gather_group(gathered_w, gathered_i, thresholds, q0, q1, q2, q3, own, slots, thr8, j, at, glo, n)
+            at += n
         if at:
             fill = _flush_gathered(
                 at, gathered_w, gathered_i, thresholds, nearest, hits, hit_words, hit_ranks, elo, ehi, b, own, order,
@@ -684,20 +681,16 @@ def _search_chunk_by_bucket(
     """Same pairs as _search_chunk, bucket-major: for chunks with more queries than buckets, every bucket is
     loaded once per chunk instead of once per probing query (the lookups are batched and sorted by bucket)."""
     cap = out_q.shape[1]
-    max_masks = 1
-    for b in range(shifts.shape[0]):
-        max_masks = max(max_masks, mask_starts[b + 1] - mask_starts[b])
+    slots = np.arange(qwords.shape[2], dtype=np.int32)  # copied into the gather buffer: each slot's own number
     for t in prange(n_threads):
         fill = 0
-        gathered_i = np.empty(gather + _LANES, dtype=np.int64)
+        gathered_i = np.empty(gather + _LANES, dtype=np.int32)
         gathered_w = np.empty((4, gather + _LANES), dtype=np.uint16)
         thresholds = np.empty(gather + _LANES, dtype=np.int16)
         nearest = np.empty(gather + _LANES, dtype=np.uint16)
         hits = np.empty(gather + _LANES, dtype=np.int64)
         hit_words = np.empty((5, _LANES), dtype=np.uint16)
         hit_ranks = np.empty(_LANES, dtype=np.int64)
-        group_lo = np.empty(max_masks, dtype=np.int64)
-        group_n = np.empty(max_masks, dtype=np.int64)
         for b in range(shifts.shape[0]):
             if radii[b] < 0:
                 continue
@@ -705,7 +698,7 @@ def _search_chunk_by_bucket(
                 b, t, n_threads, order, max_distance, shifts, bits, radii, masks, mask_starts,
                 bucket_base, entry_base, offsets, ends, entry_ranks, entry_words, qoffs, qwords, qpos,
                 qranks, out_q[t], out_r[t], fill, cap, gathered_w, gathered_i, thresholds, nearest, hits, hit_words,
-                hit_ranks, group_lo, group_n, compact_pos, removed_bits,
+                hit_ranks, compact_pos, removed_bits, slots,
             )
             if fill < 0:
                 break
