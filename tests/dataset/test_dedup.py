@@ -104,12 +104,14 @@ def test_query_groups_larger_than_the_gather_buffer_equal_oracle():
 
 
 def test_default_plan_with_compaction_and_replanning_equals_oracle(monkeypatch):
-    """With the default plan the index is compacted as hashes go and rebuilt with narrower blocks when the
-    standing set shrinks (7 blocks of 9-10 bits at 40,000 hashes, then 13 blocks of 5 bits)."""
+    """With the default plan the index is compacted as hashes go (by a pass of its own before a query-major
+    chunk, or by the bucket-major search as it reads each bucket) and rebuilt with narrower blocks when the
+    standing set shrinks (7 blocks of 9-10 bits at 40,000 hashes, then 13 blocks of 5 bits). Compactions are
+    made cheap here so that both kinds happen often."""
     from cellemnet.dataset import dedup
 
-    calls = {"build": [], "compact": 0}
-    build, compact = dedup._Index.build, dedup._Index.compact
+    calls = {"build": [], "compact": 0, "compact_in_search": 0}
+    build, compact, search = dedup._Index.build, dedup._Index.compact, dedup._search_chunk_by_bucket
 
     def counted_build(self, *args):
         calls["build"].append(self.plan)
@@ -119,12 +121,18 @@ def test_default_plan_with_compaction_and_replanning_equals_oracle(monkeypatch):
         calls["compact"] += 1
         return compact(self, *args)
 
+    def counted_search(*args):
+        calls["compact_in_search"] += int(args[-2] >= 0)  # compact_pos
+        return search(*args)
+
+    monkeypatch.setattr(dedup, "_COMPACT_COST", 0.01)
     monkeypatch.setattr(dedup._Index, "build", counted_build)
     monkeypatch.setattr(dedup._Index, "compact", counted_compact)
+    monkeypatch.setattr(dedup, "_search_chunk_by_bucket", counted_search)
     hashes = clustered(40000, 21, n_centres=4000, max_flips=8)
     order = walk_order(len(hashes), 6)
-    result = greedy_clusters(hashes, 12, order=order)
-    assert len(set(calls["build"])) >= 2 and calls["compact"] >= 1
+    result = greedy_clusters(hashes, 12, order=order, buffer_entries=256)
+    assert len(set(calls["build"])) >= 2 and calls["compact"] >= 1 and calls["compact_in_search"] >= 1
     expected, expected_of = oracle(hashes, 12, order)
     assert len(expected) < 0.5 * len(hashes)  # enough is removed for the plan to change
     assert plan_blocks(12, len(expected)) != plan_blocks(12, len(hashes))
