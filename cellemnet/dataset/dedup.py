@@ -18,14 +18,18 @@ How the search stays fast:
   wrong answer. K minimises the cost per useful query: a chunk has a fixed cost (below) and its waste grows
   with K. The pair buffers grow with what chunks find, and chunks shrink only past a cap (e.g. many identical
   hashes), so memory stays O(N).
-* Chunks are searched bucket-major: the chunk's queries are grouped by block value; every bucket is read once,
-  the query groups within the block's radius are gathered into one buffer, and a vectorised pass finds each
-  gathered query's nearest entry. The index stores each hash as four rows of 16-bit words and a 16-bit block's
-  own word is left out (its distance is the mask's weight), so one AVX-512 register compares 32 words. Only the
-  few queries whose nearest entry is within the distance get the exact pass that reports pairs. Small chunks
-  (after an overflow) probe query by query.
-* Entries carry their walk rank, so no pass looks anything up at random; within a bucket they are sorted by
-  rank. The index is compacted in place (a sequential pass) when 3 % of it is behind the walk or removed.
+* Chunks are searched bucket-major: the chunk's queries are grouped by block value (kept as rows of 16-bit
+  words); every bucket is read once, the query groups within the block's radius are gathered into one buffer in
+  whole-vector copies, and a vectorised pass finds each gathered query's nearest entry. The index stores each
+  hash as four rows of 16-bit words and a 16-bit block's own word is left out (its distance is the mask's
+  weight), so one AVX-512 register compares 32 words. The queries whose nearest entry is within the distance
+  (the hits) go into the lanes of one register, and the bucket is read once more for all of them: the exact
+  pass that reports pairs. Small chunks (after an overflow) probe query by query.
+* Entries carry their walk rank, and pairs name their neighbour by walk rank; which hashes are removed is one
+  bit per walk rank (n / 8 bytes, so it stays in cache). Within a bucket entries are sorted by rank.
+* Stale entries (behind the walk or removed) are dropped in place, bucket by bucket, by the bucket-major search
+  itself as it first reads each bucket (or by a pass of its own before a query-major chunk), once the
+  comparisons spent on them since the last compaction add up to a compaction's cost.
 
 bench/bench_dedup.py measures it; bench/RESULTS.md has the figures (10M, 30M and 100M clustered hashes).
 """
@@ -50,9 +54,8 @@ _MAX_BUFFER_ENTRIES = 1 << 24  # the most they grow to before chunks shrink inst
 _GATHER = 8192  # queries gathered per bucket before they are compared (~200 KiB per thread: stays in L2)
 _COPY = 8  # query slots copied at once (one vector move), whatever the group's size
 _LANES = 32  # 16-bit words per AVX-512 register: the gathered queries are padded to a multiple of it
-_EXACT = 256  # entries whose exact distances to one query are computed at once
 _BATCHED_PROBE_COST = 80.0  # one (bucket, mask) pair of a bucket-major chunk, in comparisons (measured: ~0.2 s a chunk)
-_COMPACT_COST = 50.0  # compacting one entry of one table, in comparisons (a scalar pass: ~10 cycles)
+_COMPACT_COST = 50.0  # compacting one entry of one block, in comparisons (a scalar pass: ~10 cycles)
 _NO_RANKS = np.empty(0, dtype=np.int32)
 _NO_WORDS = np.empty((4, 0), dtype=np.uint16)
 
@@ -468,9 +471,9 @@ def _flush_gathered(
     with the bucket's entries elo..ehi; append the pairs within max_distance.
 
     The first pass keeps only each query's nearest distance, in a loop over the gathered queries that the
-    compiler vectorises (hundreds of queries against a few dozen entries, 32 words to a register). A table whose
-    key is one whole word (own >= 0) leaves that word out: its distance is the weight of the group's mask, taken
-    off the group's threshold. Only the queries whose nearest entry is within their threshold (the hits, found a
+    compiler vectorises (hundreds of queries against a few dozen entries, 32 words to a register). A block that
+    is one whole word (own >= 0) leaves that word out: its distance is the weight of the group's mask, taken off
+    the group's threshold. Only the queries whose nearest entry is within their threshold (the hits, found a
     register at a time) go on to the exact pass that reports pairs.
     """
     n_vec = (n_gathered + _LANES - 1) // _LANES  # whole registers
@@ -505,7 +508,7 @@ def _exact_pass(
     entry_ranks, entry_words, qword, qpos, qrank, out_q, out_r, fill, cap,
 ):
     """Report the pairs within max_distance between the bucket's entries elo..ehi and the hit queries (their
-    slots in the chunk's grouping of table b).
+    slots in the chunk's grouping by block b).
 
     The hits (a few in a bucket) go into the lanes of one register; each entry is then compared with all of
     them at once, and only an entry within max_distance of one of them is looked at further. So a bucket's
@@ -606,10 +609,10 @@ def _scan_bucket_block(
     entry_base, offsets, ends, entry_ranks, entry_words, qoffs, qwords, qpos, qranks, out_q, out_r, fill,
     cap, gathered_w, gathered_i, thresholds, nearest, hits, hit_words, hit_ranks, compact_pos, removed_bits, slots,
 ):
-    """Thread t's share of table b's buckets: each bucket is read once and compared with the queries of every
-    group whose key is within the table's radius, gathered into one contiguous buffer first (the words it
-    compares, the slot in the chunk's grouping and the threshold). With compact_pos >= 0 each bucket is first
-    compacted (_filter_bucket): the thread owns these buckets, and it is about to read them anyway."""
+    """Thread t's share of block b's buckets: each bucket is read once and compared with the queries of every
+    group whose block value is within the block's radius, gathered into one contiguous buffer first (the words
+    it compares, the slot in the chunk's grouping and the threshold). With compact_pos >= 0 each bucket is
+    first compacted (_filter_bucket): the thread owns these buckets, and it is about to read them anyway."""
     nb = np.int64(1) << bits[b]
     lo_bucket = nb * t // n_threads
     hi_bucket = nb * (t + 1) // n_threads
@@ -617,7 +620,7 @@ def _scan_bucket_block(
     ebase = entry_base[b]
     qoff = qoffs[b]
     qw = qwords[b]
-    own = shifts[b] // 16 if bits[b] == 16 and shifts[b] % 16 == 0 else -1  # the word the key is, if it is one
+    own = shifts[b] // 16 if bits[b] == 16 and shifts[b] % 16 == 0 else -1  # the word the block is, if one
     # the rows gathered: the three other words, or all four
     r0, r1, r2, r3 = (own + 1) % 4 if own >= 0 else 0, (own + 2) % 4 if own >= 0 else 1, (own + 3) % 4, 3
     q0, q1, q2, q3 = qw[r0], qw[r1], qw[r2], qw[r3]
@@ -827,7 +830,7 @@ def _filter_bucket(lo, hi, pos, removed_bits, entry_ranks, entry_words):
 
 @numba.njit(cache=True, parallel=True)
 def _compact_index(pos, removed_bits, bits, radii, bucket_base, entry_base, offsets, ends, entry_ranks, entry_words):
-    """_filter_bucket on every bucket of every indexed table (tables in parallel)."""
+    """_filter_bucket on every bucket of every indexed block (blocks in parallel)."""
     for b in prange(bits.shape[0]):
         if radii[b] >= 0:
             obase = bucket_base[b]
@@ -904,15 +907,18 @@ class _Index:
         _build_index(active, hashes, rank, self.shifts, self.bits, self.radii, self.bucket_base,
                      self.entry_base, self.offsets, self.entry_ranks, self.entry_words,
                      min(numba.get_num_threads(), self.n_indexed))
-        self.ends[:-1] = self.offsets[1:]  # (a table's last end is the next table's first start: never read)
+        self.ends[:-1] = self.offsets[1:]  # (a block's last end is the next block's first start: never read)
         self.stale_cost = 0.0
 
     def worth_compacting(self, n_standing: int, queries: int) -> bool:
-        """Whether to compact before a chunk of this many queries (and if not, count its cost of stale entries).
+        """Whether to compact before a chunk of this many queries; counts what the chunk would spend on stale
+        entries either way.
 
         Stale entries (behind the walk or removed) cost every query that reads their buckets; a compaction costs
-        a pass over the index. It pays once the comparisons spent on stale entries reach its cost (the rule of
-        renting until the rent equals the price: never more than twice the best schedule's cost)."""
+        a pass over the index. Compacting once the comparisons spent on stale entries since the last compaction
+        reach that cost (the ski-rental rule) keeps the total within about twice the best schedule's, whatever
+        the size: at 100M hashes it compacts every few chunks instead of after every chunk, as a fixed 3 %
+        share of stale entries did."""
         if self.plan.brute_force or self.size <= n_standing:
             return False
         self.stale_cost += (self.size - n_standing) * queries * self.pass_rate
