@@ -54,7 +54,11 @@ _MAX_BUFFER_ENTRIES = 1 << 24  # the most they grow to before chunks shrink inst
 _GATHER = 8192  # queries gathered per bucket before they are compared (~200 KiB per thread: stays in L2)
 _COPY = 8  # query slots copied at once (one vector move), whatever the group's size
 _LANES = 32  # 16-bit words per AVX-512 register: the gathered queries are padded to a multiple of it
-_BATCHED_PROBE_COST = 80.0  # one (bucket, mask) pair of a bucket-major chunk, in comparisons (measured: ~0.2 s a chunk)
+# A bucket-major chunk's fixed cost, in comparisons: 150 per (bucket, mask) pair and 150 per index entry of each
+# block. Fitted to the first chunks at 10M and 100M clustered hashes (fixed costs of ~0.43 s and ~1.85 s).
+_BATCHED_PROBE_COST = 150.0
+_ENTRY_VISIT_COST = 150.0
+_KEEP = 256  # entries whose flags a compaction reads before it moves them
 _COMPACT_COST = 50.0  # compacting one entry of one block, in comparisons (a scalar pass: ~10 cycles)
 _NO_RANKS = np.empty(0, dtype=np.int32)
 _NO_WORDS = np.empty((4, 0), dtype=np.uint16)
@@ -608,6 +612,7 @@ def _scan_bucket_block(
     b, t, n_threads, order, max_distance, shifts, bits, radii, masks, mask_starts, bucket_base,
     entry_base, offsets, ends, entry_ranks, entry_words, qoffs, qwords, qpos, qranks, out_q, out_r, fill,
     cap, gathered_w, gathered_i, thresholds, nearest, hits, hit_words, hit_ranks, compact_pos, removed_bits, slots,
+    keep,
 ):
     """Thread t's share of block b's buckets: each bucket is read once and compared with the queries of every
     group whose block value is within the block's radius, gathered into one contiguous buffer first (the words
@@ -633,7 +638,7 @@ def _scan_bucket_block(
         elo = ebase + offsets[obase + bucket]
         ehi = ebase + ends[obase + bucket]
         if compact_pos >= 0 and elo < ehi:
-            ehi = _filter_bucket(elo, ehi, compact_pos, removed_bits, entry_ranks, entry_words)
+            ehi = _filter_bucket(elo, ehi, compact_pos, removed_bits, entry_ranks, entry_words, keep)
             ends[obase + bucket] = ehi - ebase
         if elo == ehi:
             continue
@@ -694,6 +699,7 @@ def _search_chunk_by_bucket(
         hits = np.empty(gather + _LANES, dtype=np.int64)
         hit_words = np.empty((5, _LANES), dtype=np.uint16)
         hit_ranks = np.empty(_LANES, dtype=np.int64)
+        keep = np.empty(_KEEP, dtype=np.int64)
         for b in range(shifts.shape[0]):
             if radii[b] < 0:
                 continue
@@ -701,7 +707,7 @@ def _search_chunk_by_bucket(
                 b, t, n_threads, order, max_distance, shifts, bits, radii, masks, mask_starts,
                 bucket_base, entry_base, offsets, ends, entry_ranks, entry_words, qoffs, qwords, qpos,
                 qranks, out_q[t], out_r[t], fill, cap, gathered_w, gathered_i, thresholds, nearest, hits, hit_words,
-                hit_ranks, compact_pos, removed_bits, slots,
+                hit_ranks, compact_pos, removed_bits, slots, keep,
             )
             if fill < 0:
                 break
@@ -812,19 +818,27 @@ def _check_order(order, n: int) -> np.ndarray:
 
 
 @numba.njit(cache=True, inline="always")
-def _filter_bucket(lo, hi, pos, removed_bits, entry_ranks, entry_words):
+def _filter_bucket(lo, hi, pos, removed_bits, entry_ranks, entry_words, keep):
     """Drop the entries lo..hi of one bucket that are behind the walk (rank < pos) or removed, in place and in
-    order; returns the bucket's new end. (Its slots past that stay unused until the next build.)"""
+    order; returns the bucket's new end. (Its slots past that stay unused until the next build.)
+
+    A slice of entries at a time (keep's size): their flags first, in a loop of independent reads of
+    removed_bits that overlap (one loop that also moved entries would wait for each read in turn), then the
+    moves."""
     r0, r1, r2, r3 = entry_words[0], entry_words[1], entry_words[2], entry_words[3]
     write = lo
-    for e in range(lo, hi):
-        er = entry_ranks[e]
-        entry_ranks[write] = er
-        r0[write] = r0[e]
-        r1[write] = r1[e]
-        r2[write] = r2[e]
-        r3[write] = r3[e]
-        write += (er >= pos) & (not _is_removed(removed_bits, er))
+    for start in range(lo, hi, keep.shape[0]):
+        stop = min(start + keep.shape[0], hi)
+        for e in range(start, stop):
+            er = entry_ranks[e]
+            keep[e - start] = (er >= pos) & (not _is_removed(removed_bits, er))
+        for e in range(start, stop):
+            entry_ranks[write] = entry_ranks[e]
+            r0[write] = r0[e]
+            r1[write] = r1[e]
+            r2[write] = r2[e]
+            r3[write] = r3[e]
+            write += keep[e - start]
     return write
 
 
@@ -835,9 +849,10 @@ def _compact_index(pos, removed_bits, bits, radii, bucket_base, entry_base, offs
         if radii[b] >= 0:
             obase = bucket_base[b]
             ebase = entry_base[b]
+            keep = np.empty(_KEEP, dtype=np.int64)
             for bucket in range(np.int64(1) << bits[b]):
                 ends[obase + bucket] = _filter_bucket(ebase + offsets[obase + bucket], ebase + ends[obase + bucket],
-                                                      pos, removed_bits, entry_ranks, entry_words) - ebase
+                                                      pos, removed_bits, entry_ranks, entry_words, keep) - ebase
 
 
 def _next_chunk_size(count: int, wasted: float, chunk_cost: float, query_cost: float) -> int:
@@ -883,12 +898,17 @@ class _Index:
         self.max_buckets = 1 << int(self.bits.max()) if not plan.brute_force else 0
         n_masks = np.diff(self.mask_starts)
         # one bucket-major chunk reads every (bucket, mask) pair once, whatever its size (in comparisons)
-        self.batched_chunk_cost = _BATCHED_PROBE_COST * float(sum(
-            (1 << int(b)) * int(m) for b, m, on in zip(self.bits, n_masks, indexed) if on))
+        self.batched_pairs = float(sum((1 << int(b)) * int(m) for b, m, on in zip(self.bits, n_masks, indexed) if on))
         self.pass_rate = sum(int(m) / 2.0 ** int(b) for b, m, on in zip(self.bits, n_masks, indexed) if on)
         self.size = -1  # hashes indexed (stale ones included); -1: not built
         self.stale_cost = 0.0  # comparisons spent on stale entries since the last build or compaction
         self.active = np.empty(0, dtype=np.int64)  # the brute-force plan scans these item ids instead
+
+    def chunk_cost(self) -> float:
+        """The fixed cost of a bucket-major chunk, in comparisons: its (bucket, mask) pairs, and a visit to every
+        entry of every block (what a bucket's pass costs beyond its comparisons: loading each entry for each
+        gathered batch, the exact pass)."""
+        return _BATCHED_PROBE_COST * self.batched_pairs + _ENTRY_VISIT_COST * self.size * self.n_indexed
 
     def candidates_per_query(self, n_standing: int) -> float:
         return max(1.0, n_standing * self.pass_rate)
@@ -1033,7 +1053,7 @@ def greedy_clusters(
         # waste against the fixed cost of a bucket-major chunk
         wasted = 1.0 - (n_exemplars - before) / count
         if bucket_major:
-            k = _next_chunk_size(count, wasted, ix.batched_chunk_cost, ix.candidates_per_query(n_standing))
+            k = _next_chunk_size(count, wasted, ix.chunk_cost(), ix.candidates_per_query(n_standing))
         elif wasted < 0.05:
             k = k * 2
         elif wasted > 0.2:
