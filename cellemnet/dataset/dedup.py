@@ -937,8 +937,7 @@ class _Index:
         Stale entries (behind the walk or removed) cost every query that reads their buckets; a compaction costs
         a pass over the index. Compacting once the comparisons spent on stale entries since the last compaction
         reach that cost (the ski-rental rule) keeps the total within about twice the best schedule's, whatever
-        the size: at 100M hashes it compacts every few chunks instead of after every chunk, as a fixed 3 %
-        share of stale entries did."""
+        the size. (The fixed 3 % share of stale entries used before made 37 passes, 46 s, at 100M hashes.)"""
         if self.plan.brute_force or self.size <= n_standing:
             return False
         self.stale_cost += (self.size - n_standing) * queries * self.pass_rate
