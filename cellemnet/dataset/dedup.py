@@ -25,7 +25,9 @@ How the search stays fast:
   weight), so one AVX-512 register compares 32 words. The queries whose nearest entry is within the distance
   (the hits) go into the lanes of one register, and the bucket is read once more for all of them: the exact
   pass that reports pairs. Small chunks (after an overflow) probe query by query.
-* Entries carry their walk rank, and pairs name their neighbour by walk rank; which hashes are removed is one
+* The search names hashes by walk rank throughout: the hashes are gathered into walk order once, and queries,
+  index entries and pairs are walk ranks, so building the index, grouping a chunk and applying the greedy rule
+  read hashes in forward passes (items are looked up only to write the result). Which hashes are removed is one
   bit per walk rank (n / 8 bytes, so it stays in cache). Within a bucket entries are sorted by rank.
 * Stale entries (behind the walk or removed) are dropped in place, bucket by bucket, by the bucket-major search
   itself as it first reads each bucket (or by a pass of its own before a query-major chunk), once the
@@ -246,15 +248,16 @@ def _build_block(active_hashes, active_ranks, shift_bits, n_bits, off, base, ent
 
 
 @numba.njit(cache=True, parallel=True)
-def _build_index(active, hashes, rank, shifts, bits, radii, bucket_base, entry_base, offsets, entry_ranks,
+def _build_index(active, walk_hashes, shifts, bits, radii, bucket_base, entry_base, offsets, entry_ranks,
                  entry_words, n_threads):
-    """Counting-sort the active hashes into one bucket array per indexed block (blocks in parallel)."""
+    """Counting-sort the active hashes (walk ranks, ascending) into one bucket array per indexed block (blocks in
+    parallel)."""
     n = active.shape[0]
     active_hashes = np.empty(n, dtype=np.uint64)
     active_ranks = np.empty(n, dtype=np.int32)
-    for i in prange(n):  # read the hashes once, in walk order, for all blocks
-        active_hashes[i] = hashes[active[i]]
-        active_ranks[i] = rank[active[i]]
+    for i in prange(n):  # read the hashes once, for all blocks (in walk order: a forward pass)
+        active_hashes[i] = walk_hashes[active[i]]
+        active_ranks[i] = active[i]
     for t in prange(n_threads):
         tmp_ranks = np.empty(n, dtype=np.int32)
         tmp_hashes = np.empty(n, dtype=np.uint64)
@@ -265,7 +268,7 @@ def _build_index(active, hashes, rank, shifts, bits, radii, bucket_base, entry_b
 
 
 @numba.njit(cache=True)
-def _sort_queries_by_block(queries, hashes, shifts, bits, radii):
+def _sort_queries_by_block(queries, walk_hashes, shifts, bits, radii):
     """For each indexed block, the chunk positions of the queries sorted by that block's value (for locality)."""
     k = queries.shape[0]
     out = np.empty((shifts.shape[0], k), dtype=np.int64)
@@ -276,23 +279,23 @@ def _sort_queries_by_block(queries, hashes, shifts, bits, radii):
         mask = np.uint64((np.int64(1) << bits[b]) - 1)
         shift = np.uint64(shifts[b])
         for i in range(k):
-            keys[i] = np.int64((hashes[queries[i]] >> shift) & mask)
+            keys[i] = np.int64((walk_hashes[queries[i]] >> shift) & mask)
         out[b] = np.argsort(keys)
     return out
 
 
 @numba.njit(cache=True)
 def _probe_block(
-    b, qi, q, hashes, rank, order, max_distance, shifts, bits, radii, masks, mask_starts, bucket_base,
+    b, qi, q, walk_hashes, order, max_distance, shifts, bits, radii, masks, mask_starts, bucket_base,
     entry_base, offsets, ends, entry_ranks, entry_words, out_q, out_r, fill, cap,
 ):
-    """Append (qi, r) for each standing hash r after q in walk order, within max_distance, found through block b.
+    """Append (qi, r) for each standing hash r after the query (walk rank q), within max_distance, found through
+    block b.
 
     A pair is reported through the first block whose radius catches it only, so it is reported once.
     Returns the new fill, or -1 when the buffer is full.
     """
-    h = hashes[q]
-    rq = rank[q]
+    h = walk_hashes[q]
     mask = np.uint64((np.int64(1) << bits[b]) - 1)
     key = np.int64((h >> np.uint64(shifts[b])) & mask)
     obase = bucket_base[b]
@@ -305,7 +308,7 @@ def _probe_block(
             x = h ^ _word_hash(entry_words, e)
             if _popcount(x) <= max_distance:
                 er = entry_ranks[e]
-                if er > rq and _first_found_here(x, b, radii, bits, shifts):
+                if er > q and _first_found_here(x, b, radii, bits, shifts):
                     fill = _append_pair(qi, er, out_q, out_r, fill, cap)
                 if fill < 0:
                     return -1
@@ -313,16 +316,14 @@ def _probe_block(
 
 
 @numba.njit(cache=True)
-def _probe_brute(qi, q, hashes, rank, removed_bits, max_distance, active, out_q, out_r, fill, cap):
-    h = hashes[q]
-    rq = rank[q]
+def _probe_brute(qi, q, walk_hashes, removed_bits, max_distance, active, out_q, out_r, fill, cap):
+    h = walk_hashes[q]
     for i in range(active.shape[0]):
         r = active[i]
-        if _popcount(h ^ hashes[r]) <= max_distance:
-            rr = rank[r]
-            if rr <= rq or _is_removed(removed_bits, rr):
+        if _popcount(h ^ walk_hashes[r]) <= max_distance:
+            if r <= q or _is_removed(removed_bits, r):
                 continue
-            fill = _append_pair(qi, rr, out_q, out_r, fill, cap)
+            fill = _append_pair(qi, r, out_q, out_r, fill, cap)
             if fill < 0:
                 return -1
     return fill
@@ -330,7 +331,7 @@ def _probe_brute(qi, q, hashes, rank, removed_bits, max_distance, active, out_q,
 
 @numba.njit(cache=True, parallel=True)
 def _search_chunk(
-    queries, sorted_by_block, n_threads, hashes, rank, removed_bits, order, max_distance, brute, active,
+    queries, sorted_by_block, n_threads, walk_hashes, removed_bits, order, max_distance, brute, active,
     shifts, bits, radii, masks, mask_starts, bucket_base, entry_base, offsets, ends, entry_ranks,
     entry_words, out_q, out_r, fills,
 ):
@@ -347,7 +348,7 @@ def _search_chunk(
         fill = 0
         if brute:
             for i in range(lo, hi):
-                fill = _probe_brute(i, queries[i], hashes, rank, removed_bits, max_distance, active, out_q[t], out_r[t],
+                fill = _probe_brute(i, queries[i], walk_hashes, removed_bits, max_distance, active, out_q[t], out_r[t],
                                     fill, cap)
                 if fill < 0:
                     break
@@ -358,7 +359,7 @@ def _search_chunk(
                 for i in range(lo, hi):
                     qi = sorted_by_block[b, i]
                     fill = _probe_block(
-                        b, qi, queries[qi], hashes, rank, order, max_distance, shifts, bits, radii,
+                        b, qi, queries[qi], walk_hashes, order, max_distance, shifts, bits, radii,
                         masks, mask_starts, bucket_base, entry_base, offsets, ends, entry_ranks, entry_words, out_q[t],
                         out_r[t], fill, cap,
                     )
@@ -370,7 +371,7 @@ def _search_chunk(
 
 
 @numba.njit(cache=True, parallel=True)
-def _group_queries(queries, hashes, rank, shifts, bits, radii, max_buckets):
+def _group_queries(queries, walk_hashes, shifts, bits, radii, max_buckets):
     """Per indexed block, the chunk's queries grouped by block value: offsets, hashes as rows of 16-bit words,
     chunk positions and walk ranks (blocks in parallel)."""
     k = queries.shape[0]
@@ -381,7 +382,7 @@ def _group_queries(queries, hashes, rank, shifts, bits, radii, max_buckets):
     qranks = np.empty((n_blocks, k), dtype=np.int64)
     chunk_hashes = np.empty(k, dtype=np.uint64)
     for i in range(k):
-        chunk_hashes[i] = hashes[queries[i]]
+        chunk_hashes[i] = walk_hashes[queries[i]]
     for b in prange(n_blocks):
         if radii[b] < 0:
             continue
@@ -399,7 +400,7 @@ def _group_queries(queries, hashes, rank, shifts, bits, radii, max_buckets):
             v = np.int64((h >> shift) & mask)
             _set_words(qwords[b], fill[v], h)
             qpos[b, fill[v]] = i
-            qranks[b, fill[v]] = rank[queries[i]]
+            qranks[b, fill[v]] = queries[i]
             fill[v] += 1
     return qoffs, qwords, qpos, qranks
 
@@ -715,9 +716,9 @@ def _search_chunk_by_bucket(
 
 
 @numba.njit(cache=True)
-def _resolve_chunk(queries, out_q, out_r, fills, order, rank, removed_bits, exemplar_of, exemplars, n_exemplars):
-    """Apply the greedy rule to the chunk's queries (items) in walk order; the pairs found name their neighbours
-    by walk rank. Returns (exemplar count, hashes removed)."""
+def _resolve_chunk(queries, out_q, out_r, fills, order, removed_bits, exemplar_of, exemplars, n_exemplars):
+    """Apply the greedy rule to the chunk's queries (walk ranks, ascending); the pairs found name their neighbours
+    by walk rank. Exemplars and exemplar_of hold items. Returns (exemplar count, hashes removed)."""
     k = queries.shape[0]
     starts = np.zeros(k + 1, dtype=np.int64)
     for t in range(fills.shape[0]):
@@ -734,9 +735,10 @@ def _resolve_chunk(queries, out_q, out_r, fills, order, rank, removed_bits, exem
             slot[qi] += 1
     n_removed = 0
     for i in range(k):
-        q = queries[i]
-        if _is_removed(removed_bits, rank[q]):
+        r = queries[i]
+        if _is_removed(removed_bits, r):
             continue
+        q = order[r]
         exemplar_of[q] = q
         exemplars[n_exemplars] = q
         n_exemplars += 1
@@ -764,26 +766,34 @@ def _skip_removed(pos, removed_bits, n):
 
 
 @numba.njit(cache=True)
-def _next_queries(order, pos, removed_bits, k, out):
-    """The next k standing items from walk position pos into out; returns how many there were."""
-    n = order.shape[0]
+def _next_queries(n, pos, removed_bits, k, out):
+    """The walk ranks of the next k standing hashes from walk position pos into out; returns how many there were."""
     c = 0
     while pos < n and c < k:
         if not _is_removed(removed_bits, pos):
-            out[c] = order[pos]
+            out[c] = pos
             c += 1
         pos += 1
     return c
 
 
+@numba.njit(cache=True, parallel=True)
+def _in_walk_order(hashes, order):
+    """hashes[order], gathered in parallel."""
+    out = np.empty(order.shape[0], dtype=np.uint64)
+    for i in prange(order.shape[0]):
+        out[i] = hashes[order[i]]
+    return out
+
+
 @numba.njit(cache=True)
-def _standing_after(order, pos, removed_bits):
-    n = order.shape[0]
+def _standing_after(n, pos, removed_bits):
+    """The walk ranks of the hashes still standing from walk position pos."""
     out = np.empty(n - pos, dtype=np.int64)
     c = 0
     for p in range(pos, n):
         if not _is_removed(removed_bits, p):
-            out[c] = order[p]
+            out[c] = p
             c += 1
     return out[:c]
 
@@ -902,7 +912,7 @@ class _Index:
         self.pass_rate = sum(int(m) / 2.0 ** int(b) for b, m, on in zip(self.bits, n_masks, indexed) if on)
         self.size = -1  # hashes indexed (stale ones included); -1: not built
         self.stale_cost = 0.0  # comparisons spent on stale entries since the last build or compaction
-        self.active = np.empty(0, dtype=np.int64)  # the brute-force plan scans these item ids instead
+        self.active = np.empty(0, dtype=np.int64)  # the brute-force plan scans these walk ranks instead
 
     def chunk_cost(self) -> float:
         """The fixed cost of a bucket-major chunk, in comparisons: its (bucket, mask) pairs, and a visit to every
@@ -913,7 +923,8 @@ class _Index:
     def candidates_per_query(self, n_standing: int) -> float:
         return max(1.0, n_standing * self.pass_rate)
 
-    def build(self, active: np.ndarray, hashes: np.ndarray, rank: np.ndarray) -> None:
+    def build(self, active: np.ndarray, walk_hashes: np.ndarray) -> None:
+        """Index the hashes at walk ranks ``active`` (ascending)."""
         self.size = len(active)
         if self.plan.brute_force:
             self.active = active
@@ -924,7 +935,7 @@ class _Index:
         for b, r in enumerate(self.radii):
             self.entry_base[b] = c * self.size
             c += int(r >= 0)
-        _build_index(active, hashes, rank, self.shifts, self.bits, self.radii, self.bucket_base,
+        _build_index(active, walk_hashes, self.shifts, self.bits, self.radii, self.bucket_base,
                      self.entry_base, self.offsets, self.entry_ranks, self.entry_words,
                      min(numba.get_num_threads(), self.n_indexed))
         self.ends[:-1] = self.offsets[1:]  # (a block's last end is the next block's first start: never read)
@@ -974,8 +985,7 @@ def greedy_clusters(
     exemplars = np.empty(n, dtype=np.int64)
     if n == 0:
         return DedupResult(exemplars[:0], exemplar_of)
-    rank = np.empty(n, dtype=np.int64)
-    rank[order] = np.arange(n, dtype=np.int64)
+    walk_hashes = _in_walk_order(hashes, order)  # the search reads hashes by walk rank only: forward passes
     removed_bits = np.zeros((n + 63) // 64, dtype=np.uint64)  # bit r: the item at walk rank r is removed
 
     fixed_plan = plan
@@ -1000,10 +1010,10 @@ def greedy_clusters(
         replan = None if fixed_plan else plan_blocks(int(max_distance), n_standing)
         if index.size < 0 or (replan is not None and replan != index.plan and n_standing < 0.5 * index.size):
             index = _Index(replan or index.plan)
-            index.build(_standing_after(order, pos, removed_bits), hashes, rank)
+            index.build(_standing_after(n, pos, removed_bits), walk_hashes)
         elif index.plan.brute_force and n_standing < 0.75 * index.size:
-            index.build(_standing_after(order, pos, removed_bits), hashes, rank)
-        count = _next_queries(order, pos, removed_bits, k, query_buf)
+            index.build(_standing_after(n, pos, removed_bits), walk_hashes)
+        count = _next_queries(n, pos, removed_bits, k, query_buf)
         stale = index.worth_compacting(n_standing, count)
         queries = query_buf[:count]
         ix = index
@@ -1012,7 +1022,7 @@ def greedy_clusters(
             index.compact(pos, removed_bits, n_standing)
         compact_pos = pos if stale and bucket_major else -1  # the search compacts each bucket it reads first
         if bucket_major:
-            qoffs, qwords, qpos, qranks = _group_queries(queries, hashes, rank, ix.shifts, ix.bits, ix.radii,
+            qoffs, qwords, qpos, qranks = _group_queries(queries, walk_hashes, ix.shifts, ix.bits, ix.radii,
                                                          ix.max_buckets)
             _search_chunk_by_bucket(
                 n_threads, order, np.int64(max_distance), ix.shifts, ix.bits, ix.radii, ix.masks, ix.mask_starts,
@@ -1020,16 +1030,16 @@ def greedy_clusters(
                 qpos, qranks, out_q, out_r, fills, gather_entries or _GATHER, np.int64(compact_pos), removed_bits,
             )
         elif not ix.plan.brute_force:
-            sorted_by_block = _sort_queries_by_block(queries, hashes, ix.shifts, ix.bits, ix.radii)
+            sorted_by_block = _sort_queries_by_block(queries, walk_hashes, ix.shifts, ix.bits, ix.radii)
             _search_chunk(
-                queries, sorted_by_block, n_threads, hashes, rank, removed_bits, order, np.int64(max_distance), False,
+                queries, sorted_by_block, n_threads, walk_hashes, removed_bits, order, np.int64(max_distance), False,
                 ix.active, ix.shifts, ix.bits, ix.radii, ix.masks, ix.mask_starts,
                 ix.bucket_base, ix.entry_base, ix.offsets, ix.ends, ix.entry_ranks, ix.entry_words, out_q, out_r,
                 fills,
             )
         else:
             _search_chunk(
-                queries, no_sort, n_threads, hashes, rank, removed_bits, order, np.int64(max_distance), True, ix.active,
+                queries, no_sort, n_threads, walk_hashes, removed_bits, order, np.int64(max_distance), True, ix.active,
                 ix.shifts, ix.bits, ix.radii, ix.masks, ix.mask_starts, ix.bucket_base,
                 ix.entry_base, ix.offsets, ix.ends, _NO_RANKS, _NO_WORDS, out_q, out_r, fills,
             )
@@ -1041,13 +1051,13 @@ def greedy_clusters(
             continue
         before = n_exemplars
         n_exemplars, newly_removed = _resolve_chunk(
-            queries, out_q, out_r, fills, order, rank, removed_bits, exemplar_of, exemplars, n_exemplars
+            queries, out_q, out_r, fills, order, removed_bits, exemplar_of, exemplars, n_exemplars
         )
         n_removed += newly_removed
         if compact_pos >= 0:
             index.size = n_standing
             index.stale_cost = 0.0
-        pos = int(rank[queries[-1]]) + 1
+        pos = int(queries[-1]) + 1
         # queries removed by an earlier query of their own chunk were wasted: the next chunk's size trades that
         # waste against the fixed cost of a bucket-major chunk
         wasted = 1.0 - (n_exemplars - before) / count
