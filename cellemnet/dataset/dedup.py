@@ -25,10 +25,16 @@ How the search stays fast:
   weight), so one AVX-512 register compares 32 words. The queries whose nearest entry is within the distance
   (the hits) go into the lanes of one register, and the bucket is read once more for all of them: the exact
   pass that reports pairs. Small chunks (after an overflow) probe query by query.
+* A parity split of the plan's busiest block. When the radii are tight (sum(t_i) == max_distance + 1 - m, as
+  plan_blocks makes them), a pair that only block b's full-weight masks find differs in exactly t_i + 1 bits
+  in every other block, so the parities of those blocks' differences are known. Block b's buckets and query
+  groups are split by up to 3 such parities, and its full-weight masks (560 of the 1,108 of the 4 x 16-bit
+  plan) compare a part of a bucket with the matching part of each group only: 1 / 2**s of the comparisons for
+  2**s times the lookups. Each chunk picks s from the cost model (large buckets and groups: 30M hashes and up).
 * The search names hashes by walk rank throughout: the hashes are gathered into walk order once, and queries,
   index entries and pairs are walk ranks, so building the index, grouping a chunk and applying the greedy rule
   read hashes in forward passes (items are looked up only to write the result). Which hashes are removed is one
-  bit per walk rank (n / 8 bytes, so it stays in cache). Within a bucket entries are sorted by rank.
+  bit per walk rank (n / 8 bytes, so it stays in cache). Within a (sub-)bucket entries are sorted by rank.
 * Stale entries (behind the walk or removed) are dropped in place, bucket by bucket, by the bucket-major search
   itself as it first reads each bucket (or by a pass of its own before a query-major chunk), once the
   comparisons spent on them since the last compaction add up to a compaction's cost.
@@ -165,37 +171,118 @@ def plan_blocks(max_distance: int, n: int) -> BlockPlan:
     return best[1]
 
 
-def _mask_tables(plan: BlockPlan) -> tuple[np.ndarray, np.ndarray]:
-    """All XOR masks of each block (weight <= radius), concatenated, with start offsets per block."""
+def _mask_tables(plan: BlockPlan, split_block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All XOR masks of each block (weight <= radius), concatenated, with start offsets per block, and per block
+    where its masks restricted by the parity split begin (its end for every block but the split one, whose
+    masks of full weight come last)."""
     masks: list[int] = []
     starts = [0]
-    for bits, radius in zip(plan.bits, plan.radii):
+    tops = []
+    for b, (bits, radius) in enumerate(zip(plan.bits, plan.radii)):
         if not plan.brute_force and radius >= 0:
-            masks.extend(v for v in range(1 << bits) if v.bit_count() <= radius)  # by value: nearby groups
+            values = [v for v in range(1 << bits) if v.bit_count() <= radius]  # by value: nearby groups
+            if b == split_block:
+                values.sort(key=lambda v: v.bit_count() == radius)  # (a stable sort: still by value within)
+            masks.extend(values)
+            tops.append(len(masks) - sum(v.bit_count() == radius for v in values) if b == split_block
+                        else len(masks))
+        else:
+            tops.append(len(masks))
         starts.append(len(masks))
-    return np.array(masks, dtype=np.int64), np.array(starts, dtype=np.int64)
+    return np.array(masks, dtype=np.int64), np.array(starts, dtype=np.int64), np.array(tops, dtype=np.int64)
+
+
+_MAX_PARITY_BITS = 3  # at most 2 ** 3 sub-buckets per bucket of the split block
+def _parity_bits(plan: BlockPlan, n: int) -> int:
+    """Parity bits s of an index of n hashes. A chunk can use up to s of them; each one halves the comparisons of
+    the split block's full-weight masks and doubles their lookups, and the group offsets grow 2**s-fold (they
+    stop fitting in cache). So s is the most that pays for chunks of ~8 queries per group (2**19 queries):
+    2**s <= sqrt(comparisons per lookup / a lookup's cost)."""
+    if plan.brute_force:
+        return 0
+    per_lookup = 8.0 * n / 2.0 ** max(plan.bits)
+    return int(min(_MAX_PARITY_BITS, max(0, math.floor(0.5 * math.log2(max(per_lookup / _BATCHED_PROBE_COST, 1.0))))))
+
+
+def parity_split(plan: BlockPlan, max_distance: int, parity_bits: int = _MAX_PARITY_BITS) -> np.ndarray:
+    """The parity split of a tight plan, as [block, parity bits s, target, (shift, bits) of s other blocks].
+
+    When the radii are tight (sum(t_i) == max_distance + 1 - m), a pair found through block b with the full
+    weight t_b, and through no other block, differs in exactly t_i + 1 bits in every other block i: it differs in
+    at least t_i + 1 there (no other block finds it) and in at most max_distance - t_b = sum over i != b of
+    (t_i + 1) in all of them together. So the parity of each other block's difference is known. Block b's
+    buckets are split by the parities of s other blocks, and its full-weight masks read only the sub-bucket
+    with the known parities: 1 / 2**s of the entries (its full-weight masks are most of the plan's: 560 of the
+    1,108 of the 4 x 16-bit plan at distance 12). Block b then reports a full-weight pair only with those
+    parities (_caught_by), so that every pair within max_distance is still caught, and reported, by one block.
+    The block split is the one with the most full-weight masks. Block -1: no split (a plan with slack, brute
+    force, or a single block)."""
+    none = np.array([-1, 0, 0], dtype=np.int64)
+    m = len(plan.bits)
+    if plan.brute_force or m < 2 or parity_bits <= 0 or sum(plan.radii) != max_distance + 1 - m:
+        return none
+    block = max((b for b in range(m) if plan.radii[b] >= 0), key=lambda b: math.comb(plan.bits[b], plan.radii[b]),
+                default=-1)
+    if block < 0:
+        return none
+    others = [i for i in range(m) if i != block][: min(parity_bits, _MAX_PARITY_BITS)]
+    target = sum(((plan.radii[i] + 1) & 1) << j for j, i in enumerate(others))
+    out = [block, len(others), target]
+    for i in others:
+        out += [plan.shifts[i], plan.bits[i]]
+    return np.array(out, dtype=np.int64)
 
 
 # ------------------------------------------------------------------------------------------------ kernels
 
 
 @numba.njit(cache=True, inline="always")
-def _found_in_earlier_block(x, b, radii, bits, shifts):
+def _parity_key(h, split):
+    """Bit j: the parity of the j-th block named by the parity split, in the hash (or difference) h."""
+    p = np.int64(0)
+    for j in range(split[1]):
+        m = np.uint64((np.int64(1) << split[4 + 2 * j]) - 1)
+        p |= np.int64(_popcount((h >> np.uint64(split[3 + 2 * j])) & m) & np.uint64(1)) << j
+    return p
+
+
+@numba.njit(cache=True, inline="always")
+def _block_key(h, b, shifts, bits, split):
+    """The bucket of hash h in block b: the block's value, followed by the parity key in the split block."""
+    v = np.int64((h >> np.uint64(shifts[b])) & np.uint64((np.int64(1) << bits[b]) - 1))
+    if b == split[0]:
+        return (v << split[1]) | _parity_key(h, split)
+    return v
+
+
+@numba.njit(cache=True, inline="always")
+def _caught_by(x, b, radii, bits, shifts, split):
+    """Whether block b finds the pair with difference bits x: within its radius, and at the full radius in the
+    split block only with the parities the split expects (parity_split)."""
+    w = np.int64(_popcount((x >> np.uint64(shifts[b])) & np.uint64((np.int64(1) << bits[b]) - 1)))
+    if w != radii[b]:
+        return w < radii[b]
+    return b != split[0] or _parity_key(x, split) == split[2]
+
+
+@numba.njit(cache=True, inline="always")
+def _found_in_earlier_block(x, b, radii, bits, shifts, split):
     """True when the pair with difference bits x is also found through a block before b."""
     for b2 in range(b):
-        if radii[b2] >= 0:
-            m2 = np.uint64((np.int64(1) << bits[b2]) - 1)
-            if _popcount((x >> np.uint64(shifts[b2])) & m2) <= radii[b2]:
-                return True
+        if radii[b2] >= 0 and _caught_by(x, b2, radii, bits, shifts, split):
+            return True
     return False
 
 
 @numba.njit(cache=True, inline="always")
-def _first_found_here(x, b, radii, bits, shifts):
+def _first_found_here(x, b, radii, bits, shifts, split):
     """True when block b is the first block that finds the pair with difference bits x, so that each pair is
     reported once. Callers ask this before the walk ranks: it needs no memory reads, and it turns away most
-    hits (a close pair is found through most blocks, a query finds itself through all of them)."""
-    return not _found_in_earlier_block(x, b, radii, bits, shifts)
+    hits (a close pair is found through most blocks, a query finds itself through all of them). The split block
+    can find pairs it does not catch (when a chunk reads its buckets whole): a later block reports those."""
+    if b == split[0] and not _caught_by(x, b, radii, bits, shifts, split):
+        return False
+    return not _found_in_earlier_block(x, b, radii, bits, shifts, split)
 
 
 @numba.njit(cache=True, inline="always")
@@ -208,23 +295,28 @@ def _append_pair(qi, item, out_q, out_r, fill, cap):
     return fill + 1
 
 
+@numba.njit(cache=True, inline="always")
+def _key_bits(b, bits, split):
+    """Bits of block b's bucket keys (the split block's carry the parity key too)."""
+    return bits[b] + (split[1] if b == split[0] else 0)
+
+
 @numba.njit(cache=True)
-def _build_block(active_hashes, active_ranks, shift_bits, n_bits, off, base, entry_ranks, entry_words, tmp_ranks,
+def _build_block(active_hashes, active_ranks, b, shifts, bits, split, off, base, entry_ranks, entry_words, tmp_ranks,
                  tmp_hashes):
-    """Counting sort of the active hashes by one block's value into entries base.. of the shared arrays.
+    """Counting sort of the active hashes by one block's bucket key into entries base.. of the shared arrays.
 
     Two passes (high half of the key, then the whole key within each high group), so the scattered writes
     of each pass go to a few hundred streams instead of one random place per hash.
     """
     n = active_hashes.shape[0]
+    n_bits = _key_bits(b, bits, split)
     nb = np.int64(1) << n_bits
-    mask = np.uint64(nb - 1)
-    shift = np.uint64(shift_bits)
     low_bits = n_bits // 2
     n_high = np.int64(1) << (n_bits - low_bits)
     off[: nb + 1] = 0
     for i in range(n):
-        off[np.int64((active_hashes[i] >> shift) & mask) + 1] += 1
+        off[_block_key(active_hashes[i], b, shifts, bits, split) + 1] += 1
     for k in range(nb):
         off[k + 1] += off[k]
     high_fill = np.empty(n_high, dtype=np.int64)
@@ -232,7 +324,7 @@ def _build_block(active_hashes, active_ranks, shift_bits, n_bits, off, base, ent
         high_fill[g] = off[g << low_bits]
     for i in range(n):
         h = active_hashes[i]
-        g = np.int64((h >> shift) & mask) >> low_bits
+        g = _block_key(h, b, shifts, bits, split) >> low_bits
         slot = high_fill[g]
         high_fill[g] += 1
         tmp_hashes[slot] = h
@@ -240,7 +332,7 @@ def _build_block(active_hashes, active_ranks, shift_bits, n_bits, off, base, ent
     fill = off[:nb].copy()
     for i in range(n):  # tmp is grouped by the high half: these writes stay within one group's range at a time
         h = tmp_hashes[i]
-        key = np.int64((h >> shift) & mask)
+        key = _block_key(h, b, shifts, bits, split)
         slot = base + fill[key]
         fill[key] += 1
         entry_ranks[slot] = tmp_ranks[i]
@@ -248,7 +340,7 @@ def _build_block(active_hashes, active_ranks, shift_bits, n_bits, off, base, ent
 
 
 @numba.njit(cache=True, parallel=True)
-def _build_index(active, walk_hashes, shifts, bits, radii, bucket_base, entry_base, offsets, entry_ranks,
+def _build_index(active, walk_hashes, shifts, bits, radii, split, bucket_base, entry_base, offsets, entry_ranks,
                  entry_words, n_threads):
     """Counting-sort the active hashes (walk ranks, ascending) into one bucket array per indexed block (blocks in
     parallel)."""
@@ -263,7 +355,7 @@ def _build_index(active, walk_hashes, shifts, bits, radii, bucket_base, entry_ba
         tmp_hashes = np.empty(n, dtype=np.uint64)
         for b in range(t, shifts.shape[0], n_threads):
             if radii[b] >= 0:
-                _build_block(active_hashes, active_ranks, shifts[b], bits[b], offsets[bucket_base[b] :],
+                _build_block(active_hashes, active_ranks, b, shifts, bits, split, offsets[bucket_base[b] :],
                              entry_base[b], entry_ranks, entry_words, tmp_ranks, tmp_hashes)
 
 
@@ -286,29 +378,36 @@ def _sort_queries_by_block(queries, walk_hashes, shifts, bits, radii):
 
 @numba.njit(cache=True)
 def _probe_block(
-    b, qi, q, walk_hashes, order, max_distance, shifts, bits, radii, masks, mask_starts, bucket_base,
-    entry_base, offsets, ends, entry_ranks, entry_words, out_q, out_r, fill, cap,
+    b, qi, q, walk_hashes, order, max_distance, shifts, bits, radii, split, masks, mask_starts, mask_tops,
+    bucket_base, entry_base, offsets, ends, entry_ranks, entry_words, out_q, out_r, fill, cap,
 ):
     """Append (qi, r) for each standing hash r after the query (walk rank q), within max_distance, found through
     block b.
 
-    A pair is reported through the first block whose radius catches it only, so it is reported once.
+    A pair is reported through the first block that catches it only, so it is reported once. In the split
+    block a bucket is its 2**s sub-buckets (kept contiguous); the full-weight masks read one of them.
     Returns the new fill, or -1 when the buffer is full.
     """
     h = walk_hashes[q]
     mask = np.uint64((np.int64(1) << bits[b]) - 1)
     key = np.int64((h >> np.uint64(shifts[b])) & mask)
+    sub = split[1] if b == split[0] else 0
+    wanted = (_parity_key(h, split) ^ split[2]) if sub else 0  # the sub-bucket a full-weight mask reads
     obase = bucket_base[b]
     ebase = entry_base[b]
     for j in range(mask_starts[b], mask_starts[b + 1]):
-        bucket = obase + (key ^ masks[j])
-        lo = ebase + offsets[bucket]
-        hi = ebase + ends[bucket]
+        first = obase + ((key ^ masks[j]) << sub)
+        if j < mask_tops[b]:
+            lo = ebase + offsets[first]
+            hi = ebase + ends[first + (np.int64(1) << sub) - 1]
+        else:
+            lo = ebase + offsets[first + wanted]
+            hi = ebase + ends[first + wanted]
         for e in range(lo, hi):
             x = h ^ _word_hash(entry_words, e)
             if _popcount(x) <= max_distance:
                 er = entry_ranks[e]
-                if er > q and _first_found_here(x, b, radii, bits, shifts):
+                if er > q and _first_found_here(x, b, radii, bits, shifts, split):
                     fill = _append_pair(qi, er, out_q, out_r, fill, cap)
                 if fill < 0:
                     return -1
@@ -332,7 +431,7 @@ def _probe_brute(qi, q, walk_hashes, removed_bits, max_distance, active, out_q, 
 @numba.njit(cache=True, parallel=True)
 def _search_chunk(
     queries, sorted_by_block, n_threads, walk_hashes, removed_bits, order, max_distance, brute, active,
-    shifts, bits, radii, masks, mask_starts, bucket_base, entry_base, offsets, ends, entry_ranks,
+    shifts, bits, radii, split, masks, mask_starts, mask_tops, bucket_base, entry_base, offsets, ends, entry_ranks,
     entry_words, out_q, out_r, fills,
 ):
     """All (query, later standing neighbour) pairs of a chunk; thread t writes to out_q[t], out_r[t].
@@ -359,9 +458,9 @@ def _search_chunk(
                 for i in range(lo, hi):
                     qi = sorted_by_block[b, i]
                     fill = _probe_block(
-                        b, qi, queries[qi], walk_hashes, order, max_distance, shifts, bits, radii,
-                        masks, mask_starts, bucket_base, entry_base, offsets, ends, entry_ranks, entry_words, out_q[t],
-                        out_r[t], fill, cap,
+                        b, qi, queries[qi], walk_hashes, order, max_distance, shifts, bits, radii, split,
+                        masks, mask_starts, mask_tops, bucket_base, entry_base, offsets, ends, entry_ranks,
+                        entry_words, out_q[t], out_r[t], fill, cap,
                     )
                     if fill < 0:
                         break
@@ -371,12 +470,12 @@ def _search_chunk(
 
 
 @numba.njit(cache=True, parallel=True)
-def _group_queries(queries, walk_hashes, shifts, bits, radii, max_buckets):
-    """Per indexed block, the chunk's queries grouped by block value: offsets, hashes as rows of 16-bit words,
-    chunk positions and walk ranks (blocks in parallel)."""
+def _group_queries(queries, walk_hashes, shifts, bits, radii, split, max_groups):
+    """Per indexed block, the chunk's queries grouped by bucket key (the block's value, and the parity key in the
+    split block): offsets, hashes as rows of 16-bit words, chunk positions and walk ranks (blocks in parallel)."""
     k = queries.shape[0]
     n_blocks = shifts.shape[0]
-    qoffs = np.zeros((n_blocks, max_buckets + 1), dtype=np.int64)
+    qoffs = np.zeros((n_blocks, max_groups + 1), dtype=np.int64)
     qwords = np.zeros((n_blocks, 4, k + _COPY), dtype=np.uint16)  # padding read by the whole-slot copies
     qpos = np.empty((n_blocks, k), dtype=np.int64)
     qranks = np.empty((n_blocks, k), dtype=np.int64)
@@ -386,18 +485,16 @@ def _group_queries(queries, walk_hashes, shifts, bits, radii, max_buckets):
     for b in prange(n_blocks):
         if radii[b] < 0:
             continue
-        nb = np.int64(1) << bits[b]
-        mask = np.uint64(nb - 1)
-        shift = np.uint64(shifts[b])
+        nb = np.int64(1) << _key_bits(b, bits, split)
         off = qoffs[b]
         for i in range(k):
-            off[np.int64((chunk_hashes[i] >> shift) & mask) + 1] += 1
+            off[_block_key(chunk_hashes[i], b, shifts, bits, split) + 1] += 1
         for v in range(nb):
             off[v + 1] += off[v]
         fill = off[:nb].copy()
         for i in range(k):
             h = chunk_hashes[i]
-            v = np.int64((h >> shift) & mask)
+            v = _block_key(h, b, shifts, bits, split)
             _set_words(qwords[b], fill[v], h)
             qpos[b, fill[v]] = i
             qranks[b, fill[v]] = queries[i]
@@ -469,7 +566,7 @@ def _nearest_4_words(n_vec, gw, nearest, ew, elo, ehi):
 @numba.njit(cache=True)
 def _flush_gathered(
     n_gathered, gathered_w, gathered_i, thresholds, nearest, hits, hit_words, hit_ranks, elo, ehi, b, own, order,
-    shifts, bits, radii, max_distance, entry_ranks, entry_words, qword, qpos, qrank, out_q, out_r,
+    shifts, bits, radii, split, max_distance, entry_ranks, entry_words, qword, qpos, qrank, out_q, out_r,
     fill, cap,
 ):
     """Compare the gathered queries (rows of 16-bit words, their slots in the chunk's grouping and thresholds)
@@ -503,13 +600,13 @@ def _flush_gathered(
                     nh += 1
     if nh == 0:
         return fill
-    return _exact_pass(nh, hits, hit_words, hit_ranks, elo, ehi, b, order, shifts, bits, radii,
+    return _exact_pass(nh, hits, hit_words, hit_ranks, elo, ehi, b, order, shifts, bits, radii, split,
                        max_distance, entry_ranks, entry_words, qword, qpos, qrank, out_q, out_r, fill, cap)
 
 
 @numba.njit(cache=True)
 def _exact_pass(
-    nh, hits, hit_words, hit_ranks, elo, ehi, b, order, shifts, bits, radii, max_distance,
+    nh, hits, hit_words, hit_ranks, elo, ehi, b, order, shifts, bits, radii, split, max_distance,
     entry_ranks, entry_words, qword, qpos, qrank, out_q, out_r, fill, cap,
 ):
     """Report the pairs within max_distance between the bucket's entries elo..ehi and the hit queries (their
@@ -550,7 +647,7 @@ def _exact_pass(
                 lanes &= lanes - np.uint32(1)
                 hq = (np.uint64(h0[k]) | (np.uint64(h1[k]) << np.uint64(16)) | (np.uint64(h2[k]) << np.uint64(32))
                       | (np.uint64(h3[k]) << np.uint64(48)))
-                if not _first_found_here(hq ^ eh, b, radii, bits, shifts):
+                if not _first_found_here(hq ^ eh, b, radii, bits, shifts, split):
                     continue
                 er = entry_ranks[e]
                 if er <= hit_ranks[k]:
@@ -609,81 +706,134 @@ def _gather_group(gathered_w, gathered_i, thresholds, q0, q1, q2, q3, own, slots
 
 
 @numba.njit(cache=True)
+def _make_room(
+    at, glo, n, gcap, gathered_w, gathered_i, thresholds, q0, q1, q2, q3, own, slots, thr8, j, nearest, hits,
+    hit_words, hit_ranks, elo, ehi, b, order, shifts, bits, radii, split, max_distance, entry_ranks, entry_words,
+    qw, qpos, qrank, out_q, out_r, fill, cap,
+):
+    """The gather buffer has no room for the n queries of group j at glo (rare: it is full, or the group is bigger
+    than it, e.g. many equal keys): flush it, then whole buffers of an oversized group. Returns where the
+    group's rest starts, its size and the fill; the buffer is empty after."""
+    if at:
+        fill = _flush_gathered(
+            at, gathered_w, gathered_i, thresholds, nearest, hits, hit_words, hit_ranks, elo, ehi, b, own, order,
+            shifts, bits, radii, split, max_distance, entry_ranks, entry_words, qw, qpos, qrank, out_q, out_r, fill,
+            cap,
+        )
+    while n > gcap and fill >= 0:
+        _gather_group(gathered_w, gathered_i, thresholds, q0, q1, q2, q3, own, slots, thr8, j, 0, glo, gcap)
+        fill = _flush_gathered(
+            gcap, gathered_w, gathered_i, thresholds, nearest, hits, hit_words, hit_ranks, elo, ehi, b, own, order,
+            shifts, bits, radii, split, max_distance, entry_ranks, entry_words, qw, qpos, qrank, out_q, out_r, fill,
+            cap,
+        )
+        glo += gcap
+        n -= gcap
+    return glo, n, fill
+
+
+@numba.njit(cache=True, inline="always")
+def _compact_bucket(first, n_sub, ebase, offsets, ends, pos, removed_bits, entry_ranks, entry_words, keep):
+    """_filter_bucket on the sub-buckets first.. of one bucket in turn, moved down together: the bucket stays
+    one contiguous range (the whole-bucket masks read it so)."""
+    write = ebase + offsets[first]
+    for i in range(first, first + n_sub):
+        lo = ebase + offsets[i]
+        hi = ebase + ends[i]
+        offsets[i] = write - ebase
+        write = _filter_bucket(lo, hi, write, pos, removed_bits, entry_ranks, entry_words, keep)
+        ends[i] = write - ebase
+
+
+@numba.njit(cache=True)
 def _scan_bucket_block(
-    b, t, n_threads, order, max_distance, shifts, bits, radii, masks, mask_starts, bucket_base,
-    entry_base, offsets, ends, entry_ranks, entry_words, qoffs, qwords, qpos, qranks, out_q, out_r, fill,
+    b, t, n_threads, order, max_distance, shifts, bits, radii, split, sub_used, masks, mask_starts, mask_tops,
+    bucket_base, entry_base, offsets, ends, entry_ranks, entry_words, qoffs, qwords, qpos, qranks, out_q, out_r, fill,
     cap, gathered_w, gathered_i, thresholds, nearest, hits, hit_words, hit_ranks, compact_pos, removed_bits, slots,
     keep,
 ):
     """Thread t's share of block b's buckets: each bucket is read once and compared with the queries of every
     group whose block value is within the block's radius, gathered into one contiguous buffer first (the words
     it compares, the slot in the chunk's grouping and the threshold). With compact_pos >= 0 each bucket is
-    first compacted (_filter_bucket): the thread owns these buckets, and it is about to read them anyway."""
+    first compacted (_compact_bucket): the thread owns these buckets, and it is about to read them anyway.
+
+    In the split block (parity_split) a bucket is 2**s sub-buckets and a group 2**s sub-groups, by parity key
+    (both kept contiguous). The chunk reads them as 2**used parts (used <= s: the top bits of the key). Pass 0
+    compares the whole bucket with the whole groups of the masks below full weight; pass 1 + h compares part h
+    of the bucket with the part h ^ target of the full-weight masks' groups. (With used = 0 a single pass
+    compares whole buckets with whole groups, as in any other block; _first_found_here keeps that exact.)"""
     nb = np.int64(1) << bits[b]
     lo_bucket = nb * t // n_threads
     hi_bucket = nb * (t + 1) // n_threads
+    sub = split[1] if b == split[0] else 0
+    n_sub = np.int64(1) << sub
     obase = bucket_base[b]
     ebase = entry_base[b]
     qoff = qoffs[b]
     qw = qwords[b]
+    qpos_b = qpos[b]
+    qranks_b = qranks[b]
     own = shifts[b] // 16 if bits[b] == 16 and shifts[b] % 16 == 0 else -1  # the word the block is, if one
     # the rows gathered: the three other words, or all four
     r0, r1, r2, r3 = (own + 1) % 4 if own >= 0 else 0, (own + 2) % 4 if own >= 0 else 1, (own + 3) % 4, 3
     q0, q1, q2, q3 = qw[r0], qw[r1], qw[r2], qw[r3]
     m_own = masks[mask_starts[b] : mask_starts[b + 1]]
+    used = min(sub, sub_used)
+    part_sub = np.int64(1) << (sub - used)  # sub-buckets per part
+    n_whole = mask_tops[b] - mask_starts[b] if used else m_own.shape[0]  # the masks that read the whole bucket
+    n_passes = 1 + (np.int64(1) << used) if n_whole < m_own.shape[0] else 1
+    target = split[2] >> (sub - used)
     thr8 = np.empty(_COPY * m_own.shape[0], dtype=np.int16)  # each group's threshold (the distance left for
     for j in range(m_own.shape[0]):  # its words), 8 times over for whole-slot copies
         thr8[_COPY * j : _COPY * (j + 1)] = max_distance - (_popcount(np.uint64(m_own[j])) if own >= 0 else 0)
     gcap = gathered_i.shape[0] - _LANES  # slack for the whole-slot copies and the padding to whole registers
     for bucket in range(lo_bucket, hi_bucket):
-        elo = ebase + offsets[obase + bucket]
-        ehi = ebase + ends[obase + bucket]
-        if compact_pos >= 0 and elo < ehi:
-            ehi = _filter_bucket(elo, ehi, compact_pos, removed_bits, entry_ranks, entry_words, keep)
-            ends[obase + bucket] = ehi - ebase
-        if elo == ehi:
+        first = obase + (bucket << sub)
+        if compact_pos >= 0 and offsets[first] < ends[first + n_sub - 1]:
+            _compact_bucket(first, n_sub, ebase, offsets, ends, compact_pos, removed_bits, entry_ranks, entry_words,
+                            keep)
+        if offsets[first] == ends[first + n_sub - 1]:
             continue
-        at = 0
-        for j in range(m_own.shape[0]):
-            g = bucket ^ m_own[j]
-            glo = qoff[g]
-            n = qoff[g + 1] - glo
-            if at + n > gcap:  # rare: the buffer is full, or the group is bigger than it (many equal keys)
-                if at:
-                    fill = _flush_gathered(
-                        at, gathered_w, gathered_i, thresholds, nearest, hits, hit_words, hit_ranks, elo, ehi, b,
-                        own, order, shifts, bits, radii, max_distance, entry_ranks, entry_words, qw, qpos[b],
-                        qranks[b], out_q, out_r, fill, cap,
+        for part in range(n_passes):
+            if part == 0:  # the whole bucket, the whole groups
+                elo, ehi = ebase + offsets[first], ebase + ends[first + n_sub - 1]
+                j_lo, j_hi, pick, span = 0, n_whole, 0, n_sub
+            else:  # part h of the bucket, the part of the groups that can hold its pairs
+                h_lo = first + (part - 1) * part_sub
+                elo, ehi = ebase + offsets[h_lo], ebase + ends[h_lo + part_sub - 1]
+                j_lo, j_hi, pick, span = n_whole, m_own.shape[0], ((part - 1) ^ target) * part_sub, part_sub
+            if elo == ehi:
+                continue
+            at = 0
+            for j in range(j_lo, j_hi):
+                g = ((bucket ^ m_own[j]) << sub) | pick
+                glo = qoff[g]
+                n = qoff[g + span] - glo
+                if at + n > gcap:
+                    glo, n, fill = _make_room(
+                        at, glo, n, gcap, gathered_w, gathered_i, thresholds, q0, q1, q2, q3, own, slots, thr8, j,
+                        nearest, hits, hit_words, hit_ranks, elo, ehi, b, order, shifts, bits, radii, split,
+                        max_distance, entry_ranks, entry_words, qw, qpos_b, qranks_b, out_q, out_r, fill, cap,
                     )
                     at = 0
-                while n > gcap and fill >= 0:  # whole buffers of an oversized group
-                    _gather_group(gathered_w, gathered_i, thresholds, q0, q1, q2, q3, own, slots, thr8, j, 0, glo,
-                                  gcap)
-                    fill = _flush_gathered(
-                        gcap, gathered_w, gathered_i, thresholds, nearest, hits, hit_words, hit_ranks, elo, ehi, b,
-                        own, order, shifts, bits, radii, max_distance, entry_ranks, entry_words, qw, qpos[b],
-                        qranks[b], out_q, out_r, fill, cap,
-                    )
-                    glo += gcap
-                    n -= gcap
+                    if fill < 0:
+                        return -1
+                _gather_group(gathered_w, gathered_i, thresholds, q0, q1, q2, q3, own, slots, thr8, j, at, glo, n)
+                at += n
+            if at:
+                fill = _flush_gathered(
+                    at, gathered_w, gathered_i, thresholds, nearest, hits, hit_words, hit_ranks, elo, ehi, b, own,
+                    order, shifts, bits, radii, split, max_distance, entry_ranks, entry_words, qw, qpos_b, qranks_b,
+                    out_q, out_r, fill, cap,
+                )
                 if fill < 0:
                     return -1
-            _gather_group(gathered_w, gathered_i, thresholds, q0, q1, q2, q3, own, slots, thr8, j, at, glo, n)
-            at += n
-        if at:
-            fill = _flush_gathered(
-                at, gathered_w, gathered_i, thresholds, nearest, hits, hit_words, hit_ranks, elo, ehi, b, own, order,
-                shifts, bits, radii, max_distance, entry_ranks, entry_words, qw, qpos[b], qranks[b],
-                out_q, out_r, fill, cap,
-            )
-            if fill < 0:
-                return -1
     return fill
 
 
 @numba.njit(cache=True, parallel=True)
 def _search_chunk_by_bucket(
-    n_threads, order, max_distance, shifts, bits, radii, masks, mask_starts, bucket_base,
+    n_threads, order, max_distance, shifts, bits, radii, split, sub_used, masks, mask_starts, mask_tops, bucket_base,
     entry_base, offsets, ends, entry_ranks, entry_words, qoffs, qwords, qpos, qranks, out_q, out_r, fills,
     gather, compact_pos, removed_bits,
 ):
@@ -705,8 +855,8 @@ def _search_chunk_by_bucket(
             if radii[b] < 0:
                 continue
             fill = _scan_bucket_block(
-                b, t, n_threads, order, max_distance, shifts, bits, radii, masks, mask_starts,
-                bucket_base, entry_base, offsets, ends, entry_ranks, entry_words, qoffs, qwords, qpos,
+                b, t, n_threads, order, max_distance, shifts, bits, radii, split, sub_used, masks, mask_starts,
+                mask_tops, bucket_base, entry_base, offsets, ends, entry_ranks, entry_words, qoffs, qwords, qpos,
                 qranks, out_q[t], out_r[t], fill, cap, gathered_w, gathered_i, thresholds, nearest, hits, hit_words,
                 hit_ranks, compact_pos, removed_bits, slots, keep,
             )
@@ -828,15 +978,14 @@ def _check_order(order, n: int) -> np.ndarray:
 
 
 @numba.njit(cache=True, inline="always")
-def _filter_bucket(lo, hi, pos, removed_bits, entry_ranks, entry_words, keep):
-    """Drop the entries lo..hi of one bucket that are behind the walk (rank < pos) or removed, in place and in
-    order; returns the bucket's new end. (Its slots past that stay unused until the next build.)
+def _filter_bucket(lo, hi, write, pos, removed_bits, entry_ranks, entry_words, keep):
+    """Move the entries lo..hi of one bucket that are neither behind the walk (rank < pos) nor removed down to
+    write.. (write <= lo), in order; returns the new end. (Slots past that stay unused until the next build.)
 
     A slice of entries at a time (keep's size): their flags first, in a loop of independent reads of
     removed_bits that overlap (one loop that also moved entries would wait for each read in turn), then the
     moves."""
     r0, r1, r2, r3 = entry_words[0], entry_words[1], entry_words[2], entry_words[3]
-    write = lo
     for start in range(lo, hi, keep.shape[0]):
         stop = min(start + keep.shape[0], hi)
         for e in range(start, stop):
@@ -853,16 +1002,18 @@ def _filter_bucket(lo, hi, pos, removed_bits, entry_ranks, entry_words, keep):
 
 
 @numba.njit(cache=True, parallel=True)
-def _compact_index(pos, removed_bits, bits, radii, bucket_base, entry_base, offsets, ends, entry_ranks, entry_words):
-    """_filter_bucket on every bucket of every indexed block (blocks in parallel)."""
+def _compact_index(pos, removed_bits, bits, split, radii, bucket_base, entry_base, offsets, ends, entry_ranks,
+                   entry_words):
+    """_compact_bucket on every bucket of every indexed block (blocks in parallel)."""
     for b in prange(bits.shape[0]):
         if radii[b] >= 0:
+            sub = split[1] if b == split[0] else 0
             obase = bucket_base[b]
             ebase = entry_base[b]
             keep = np.empty(_KEEP, dtype=np.int64)
             for bucket in range(np.int64(1) << bits[b]):
-                ends[obase + bucket] = _filter_bucket(ebase + offsets[obase + bucket], ebase + ends[obase + bucket],
-                                                      pos, removed_bits, entry_ranks, entry_words, keep) - ebase
+                _compact_bucket(obase + (bucket << sub), np.int64(1) << sub, ebase, offsets, ends, pos, removed_bits,
+                                entry_ranks, entry_words, keep)
 
 
 def _next_chunk_size(count: int, wasted: float, chunk_cost: float, query_cost: float) -> int:
@@ -885,43 +1036,72 @@ def _pair_buffers(n_threads: int, entries: int) -> tuple[np.ndarray, np.ndarray]
 class _Index:
     """The multi-index of the hashes still standing: one bucket array per indexed block of the plan.
 
-    Entries hold the hash and its walk rank, sorted by bucket and, within a bucket, by rank. Built once for a
-    plan; between builds it is compacted in place (a sequential pass) instead of being rebuilt.
+    Entries hold the hash and its walk rank, sorted by bucket (sub-bucket in the split block) and then by rank.
+    Built once for a plan; between builds it is compacted in place (a sequential pass) instead of being rebuilt.
     """
 
-    def __init__(self, plan: BlockPlan):
+    def __init__(self, plan: BlockPlan, max_distance: int, parity_bits: int):
         self.plan = plan
-        self.masks, self.mask_starts = _mask_tables(plan)
+        self.split = parity_split(plan, max_distance, parity_bits)
+        split_block, sub = int(self.split[0]), int(self.split[1])
+        self.masks, self.mask_starts, self.mask_tops = _mask_tables(plan, split_block)
         self.shifts = np.array(plan.shifts, dtype=np.int64)
         self.bits = np.array(plan.bits, dtype=np.int64)
         self.radii = np.array(plan.radii, dtype=np.int64)
         indexed = [not plan.brute_force and r >= 0 for r in plan.radii]
         self.n_indexed = sum(indexed)
+        key_bits = [int(b) + (sub if i == split_block else 0) for i, b in enumerate(self.bits)]
         self.bucket_base = np.zeros(len(plan.bits), dtype=np.int64)
         total = 0
         for b, on in enumerate(indexed):
             self.bucket_base[b] = total
-            total += (1 << int(self.bits[b])) + 1 if on else 0
-        self.offsets = np.zeros(max(total, 1), dtype=np.int64)  # each bucket's first entry (set by a build)
-        self.ends = np.zeros(max(total, 1), dtype=np.int64)  # and its end (lowered by compactions)
+            total += (1 << key_bits[b]) + 1 if on else 0
+        self.offsets = np.zeros(max(total, 1), dtype=np.int64)  # each (sub-)bucket's first entry
+        self.ends = np.zeros(max(total, 1), dtype=np.int64)  # and its end (both moved by compactions)
         self.entry_base = np.zeros(len(plan.bits), dtype=np.int64)
         self.max_buckets = 1 << int(self.bits.max()) if not plan.brute_force else 0
-        n_masks = np.diff(self.mask_starts)
-        # one bucket-major chunk reads every (bucket, mask) pair once, whatever its size (in comparisons)
-        self.batched_pairs = float(sum((1 << int(b)) * int(m) for b, m, on in zip(self.bits, n_masks, indexed) if on))
-        self.pass_rate = sum(int(m) / 2.0 ** int(b) for b, m, on in zip(self.bits, n_masks, indexed) if on)
+        self.max_groups = 1 << max(key_bits) if not plan.brute_force else 0  # the chunk's query groups per block
+        # one bucket-major chunk reads every (bucket, mask) pair once, whatever its size (in comparisons); a
+        # full-weight mask of the split block reads a sub-bucket, so its share of the entries is 2**-sub
+        self.split_block, self.sub = split_block, sub
+        on = [b for b in range(len(indexed)) if indexed[b]]
+        self.block_sizes = np.array([2.0 ** int(self.bits[b]) for b in on])
+        self.whole_masks = np.array([float(self.mask_tops[b] - self.mask_starts[b]) for b in on])
+        self.top_masks = np.array([float(self.mask_starts[b + 1] - self.mask_tops[b]) for b in on])
+        self.is_split = np.array([b == split_block for b in on])
+        self.used = sub  # parity bits the last chunk used
         self.size = -1  # hashes indexed (stale ones included); -1: not built
         self.stale_cost = 0.0  # comparisons spent on stale entries since the last build or compaction
         self.active = np.empty(0, dtype=np.int64)  # the brute-force plan scans these walk ranks instead
 
-    def chunk_cost(self) -> float:
-        """The fixed cost of a bucket-major chunk, in comparisons: its (bucket, mask) pairs, and a visit to every
+    def pass_rate(self, used: int) -> float:
+        """The share of the standing hashes a query is compared with when the chunk uses this many parity bits
+        (the split block's full-weight masks read 1 / 2**used of a bucket)."""
+        top = self.top_masks / np.where(self.is_split, 2.0**used, 1.0)
+        return float(((self.whole_masks + top) / self.block_sizes).sum())
+
+    def batched_pairs(self, used: int) -> float:
+        """(Bucket, mask) lookups of a bucket-major chunk: each full-weight mask of the split block is looked up
+        once per part of the bucket."""
+        top = self.top_masks * np.where(self.is_split, 2.0**used, 1.0)
+        return float((self.block_sizes * (self.whole_masks + top)).sum())
+
+    def chunk_cost(self, used: int) -> float:
+        """The fixed cost of a bucket-major chunk, in comparisons: its (bucket, mask) lookups, and a visit to every
         entry of every block (what a bucket's pass costs beyond its comparisons: loading each entry for each
         gathered batch, the exact pass)."""
-        return _BATCHED_PROBE_COST * self.batched_pairs + _ENTRY_VISIT_COST * self.size * self.n_indexed
+        return _BATCHED_PROBE_COST * self.batched_pairs(used) + _ENTRY_VISIT_COST * self.size * self.n_indexed
 
-    def candidates_per_query(self, n_standing: int) -> float:
-        return max(1.0, n_standing * self.pass_rate)
+    def candidates_per_query(self, n_standing: int, used: int) -> float:
+        return max(1.0, n_standing * self.pass_rate(used))
+
+    def parity_bits_for(self, queries: int, n_standing: int) -> int:
+        """The parity bits a bucket-major chunk of this many queries uses: each one halves the comparisons of the
+        split block's full-weight masks and doubles their lookups, so the bigger the groups and buckets, the
+        more pay (at 10M hashes: 0 bits in a first chunk of 65k queries, 1 in chunks of ~500k)."""
+        costs = [self.chunk_cost(u) + queries * self.candidates_per_query(n_standing, u) for u in range(self.sub + 1)]
+        self.used = int(np.argmin(costs))
+        return self.used
 
     def build(self, active: np.ndarray, walk_hashes: np.ndarray) -> None:
         """Index the hashes at walk ranks ``active`` (ascending)."""
@@ -935,7 +1115,7 @@ class _Index:
         for b, r in enumerate(self.radii):
             self.entry_base[b] = c * self.size
             c += int(r >= 0)
-        _build_index(active, walk_hashes, self.shifts, self.bits, self.radii, self.bucket_base,
+        _build_index(active, walk_hashes, self.shifts, self.bits, self.radii, self.split, self.bucket_base,
                      self.entry_base, self.offsets, self.entry_ranks, self.entry_words,
                      min(numba.get_num_threads(), self.n_indexed))
         self.ends[:-1] = self.offsets[1:]  # (a block's last end is the next block's first start: never read)
@@ -951,12 +1131,12 @@ class _Index:
         the size. (The fixed 3 % share of stale entries used before made 37 passes, 46 s, at 100M hashes.)"""
         if self.plan.brute_force or self.size <= n_standing:
             return False
-        self.stale_cost += (self.size - n_standing) * queries * self.pass_rate
+        self.stale_cost += (self.size - n_standing) * queries * self.pass_rate(self.used)
         return self.stale_cost >= _COMPACT_COST * self.size * self.n_indexed
 
     def compact(self, pos: int, removed_bits: np.ndarray, n_standing: int) -> None:
-        _compact_index(np.int64(pos), removed_bits, self.bits, self.radii, self.bucket_base, self.entry_base,
-                       self.offsets, self.ends, self.entry_ranks, self.entry_words)
+        _compact_index(np.int64(pos), removed_bits, self.bits, self.split, self.radii, self.bucket_base,
+                       self.entry_base, self.offsets, self.ends, self.entry_ranks, self.entry_words)
         self.size = n_standing
         self.stale_cost = 0.0
 
@@ -964,6 +1144,7 @@ class _Index:
 def greedy_clusters(
     hashes, max_distance: int = DEFAULT_MAX_HAMMING, seed: int = 0, order=None, *, plan: BlockPlan | None = None,
     n_threads: int | None = None, buffer_entries: int | None = None, gather_entries: int | None = None,
+    parity_bits: int | None = None,
 ) -> DedupResult:
     """Greedy exemplar selection with the assignment of every removed hash to the exemplar that removed it.
 
@@ -989,7 +1170,8 @@ def greedy_clusters(
     removed_bits = np.zeros((n + 63) // 64, dtype=np.uint64)  # bit r: the item at walk rank r is removed
 
     fixed_plan = plan
-    index = _Index(plan or plan_blocks(int(max_distance), n))
+    first_plan = plan or plan_blocks(int(max_distance), n)
+    index = _Index(first_plan, int(max_distance), _parity_bits(first_plan, n) if parity_bits is None else parity_bits)
     n_threads = max(1, min(n_threads or numba.get_num_threads(), numba.get_num_threads()))
     # small inputs need small buffers; they grow (up to buffer_cap, then chunks shrink) when chunks find more pairs
     buffer_cap = buffer_entries or _MAX_BUFFER_ENTRIES
@@ -1009,7 +1191,9 @@ def greedy_clusters(
         n_standing = n - n_exemplars - n_removed  # all at walk position >= pos
         replan = None if fixed_plan else plan_blocks(int(max_distance), n_standing)
         if index.size < 0 or (replan is not None and replan != index.plan and n_standing < 0.5 * index.size):
-            index = _Index(replan or index.plan)
+            new_plan = replan or index.plan
+            index = _Index(new_plan, int(max_distance),
+                           _parity_bits(new_plan, n_standing) if parity_bits is None else parity_bits)
             index.build(_standing_after(n, pos, removed_bits), walk_hashes)
         elif index.plan.brute_force and n_standing < 0.75 * index.size:
             index.build(_standing_after(n, pos, removed_bits), walk_hashes)
@@ -1021,26 +1205,29 @@ def greedy_clusters(
         if stale and not bucket_major:
             index.compact(pos, removed_bits, n_standing)
         compact_pos = pos if stale and bucket_major else -1  # the search compacts each bucket it reads first
+        sub_used = ix.parity_bits_for(count, n_standing) if bucket_major else ix.sub
         if bucket_major:
             qoffs, qwords, qpos, qranks = _group_queries(queries, walk_hashes, ix.shifts, ix.bits, ix.radii,
-                                                         ix.max_buckets)
+                                                         ix.split, ix.max_groups)
             _search_chunk_by_bucket(
-                n_threads, order, np.int64(max_distance), ix.shifts, ix.bits, ix.radii, ix.masks, ix.mask_starts,
-                ix.bucket_base, ix.entry_base, ix.offsets, ix.ends, ix.entry_ranks, ix.entry_words, qoffs, qwords,
-                qpos, qranks, out_q, out_r, fills, gather_entries or _GATHER, np.int64(compact_pos), removed_bits,
+                n_threads, order, np.int64(max_distance), ix.shifts, ix.bits, ix.radii, ix.split, np.int64(sub_used),
+                ix.masks,
+                ix.mask_starts, ix.mask_tops, ix.bucket_base, ix.entry_base, ix.offsets, ix.ends, ix.entry_ranks,
+                ix.entry_words, qoffs, qwords, qpos, qranks, out_q, out_r, fills, gather_entries or _GATHER,
+                np.int64(compact_pos), removed_bits,
             )
         elif not ix.plan.brute_force:
             sorted_by_block = _sort_queries_by_block(queries, walk_hashes, ix.shifts, ix.bits, ix.radii)
             _search_chunk(
                 queries, sorted_by_block, n_threads, walk_hashes, removed_bits, order, np.int64(max_distance), False,
-                ix.active, ix.shifts, ix.bits, ix.radii, ix.masks, ix.mask_starts,
+                ix.active, ix.shifts, ix.bits, ix.radii, ix.split, ix.masks, ix.mask_starts, ix.mask_tops,
                 ix.bucket_base, ix.entry_base, ix.offsets, ix.ends, ix.entry_ranks, ix.entry_words, out_q, out_r,
                 fills,
             )
         else:
             _search_chunk(
                 queries, no_sort, n_threads, walk_hashes, removed_bits, order, np.int64(max_distance), True, ix.active,
-                ix.shifts, ix.bits, ix.radii, ix.masks, ix.mask_starts, ix.bucket_base,
+                ix.shifts, ix.bits, ix.radii, ix.split, ix.masks, ix.mask_starts, ix.mask_tops, ix.bucket_base,
                 ix.entry_base, ix.offsets, ix.ends, _NO_RANKS, _NO_WORDS, out_q, out_r, fills,
             )
         if (fills < 0).any():  # neighbour lists overflowed: retry with a bigger buffer, or fewer queries
@@ -1062,7 +1249,7 @@ def greedy_clusters(
         # waste against the fixed cost of a bucket-major chunk
         wasted = 1.0 - (n_exemplars - before) / count
         if bucket_major:
-            k = _next_chunk_size(count, wasted, ix.chunk_cost(), ix.candidates_per_query(n_standing))
+            k = _next_chunk_size(count, wasted, ix.chunk_cost(sub_used), ix.candidates_per_query(n_standing, sub_used))
         elif wasted < 0.05:
             k = k * 2
         elif wasted > 0.2:

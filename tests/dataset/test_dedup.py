@@ -140,6 +140,88 @@ def test_default_plan_with_compaction_and_replanning_equals_oracle(monkeypatch):
     assert np.array_equal(result.exemplar_of, expected_of)
 
 
+def _flip(h, rng, shift, width, count):
+    for bit in rng.choice(width, size=count, replace=False):
+        h ^= np.uint64(1) << np.uint64(shift + int(bit))
+    return h
+
+
+@pytest.mark.parametrize("parity_bits", [0, 1, 3])
+@pytest.mark.parametrize("used", [0, 1, 3])
+def test_parity_split_equals_oracle(parity_bits, used, monkeypatch):
+    """The split block's buckets are split by parity_bits parity bits; a chunk reads them as 2**used parts
+    (at most parity_bits). Every combination finds the same pairs: in the 4 x 16-bit plan bucket by bucket, in
+    the 5-block plan with buffers small enough for their overflow paths, and through query groups far bigger
+    than the gather buffer. Those are pairs 12 bits apart that only the split block's full-weight masks find
+    (2 bits in its block, 3, 3, 2 and 2 in the others: just over every other block's radius)."""
+    from cellemnet.dataset import dedup
+
+    monkeypatch.setattr(dedup._Index, "parity_bits_for", lambda self, queries, n_standing: min(used, self.sub))
+    four = BlockPlan((0, 16, 32, 48), (16, 16, 16, 16), (3, 2, 2, 2))
+    five = BlockPlan((0, 13, 26, 39, 52), (13, 13, 13, 13, 12), (2, 2, 2, 1, 1))
+    hashes = clustered(20000, 12)
+    order = walk_order(len(hashes), 2)
+    result = greedy_clusters(hashes, 12, order=order, plan=four, parity_bits=parity_bits)
+    expected, expected_of = oracle(hashes, 12, order)
+    assert np.array_equal(result.exemplars, expected) and np.array_equal(result.exemplar_of, expected_of)
+
+    rng = np.random.default_rng(9)
+    base = (rng.integers(0, 2**50, 1500, dtype=np.uint64) << np.uint64(13)) | np.uint64(0x1ABC)
+    near = base ^ np.uint64(0b101)  # weight 2 in the first block: its full weight
+    for i in range(len(near)):
+        for (shift, width), count in zip(((13, 13), (26, 13), (39, 13), (52, 12)), (3, 3, 2, 2)):
+            near[i] = _flip(near[i], rng, shift, width, count)
+    hashes = np.concatenate([base, near, clustered(3000, 8)])
+    order = walk_order(len(hashes), 3)
+    result = greedy_clusters(hashes, 12, order=order, plan=five, parity_bits=parity_bits, buffer_entries=64,
+                             gather_entries=16)
+    expected, expected_of = oracle(hashes, 12, order)
+    assert len(expected) <= len(hashes) - 1500  # the pairs are found
+    assert np.array_equal(result.exemplars, expected) and np.array_equal(result.exemplar_of, expected_of)
+
+
+@pytest.mark.parametrize(
+    "plan",
+    [
+        BlockPlan((0, 16, 32, 48), (16, 16, 16, 16), (3, 2, 2, 2)),
+        BlockPlan((0, 13, 26, 39, 52), (13, 13, 13, 13, 12), (2, 2, 2, 1, 1)),
+        BlockPlan((0, 10, 19, 28, 37, 46, 55), (10, 9, 9, 9, 9, 9, 9), (1, 1, 1, 1, 1, 1, 0)),
+    ],
+    ids=["4-blocks", "5-blocks", "7-blocks"],
+)
+def test_every_pair_within_the_distance_is_reported_by_one_block(plan):
+    """With the parity split, each pair within 12 bits is reported through exactly one block: random pairs, and
+    pairs at the split's edge (the split block at its radius, every other block one bit over its own)."""
+    from cellemnet.dataset.dedup import _first_found_here, parity_split
+
+    split = parity_split(plan, 12)
+    assert split[0] >= 0 and split[1] == 3
+    radii, bits, shifts = (np.array(v, dtype=np.int64) for v in (plan.radii, plan.bits, plan.shifts))
+    rng = np.random.default_rng(1)
+    diffs = [_flip(np.uint64(0), rng, 0, 64, int(rng.integers(0, 13))) for _ in range(3000)]
+    for _ in range(3000):
+        x = np.uint64(0)
+        for b in range(len(bits)):
+            x = _flip(x, rng, shifts[b], bits[b], radii[b] + (b != split[0]))
+        diffs.append(x)
+    for x in diffs:
+        # the blocks whose search can meet the pair (within their radius; the split block also when a chunk
+        # reads its buckets whole) and report it
+        weights = [bin((int(x) >> int(shifts[b])) & ((1 << int(bits[b])) - 1)).count("1") for b in range(len(bits))]
+        assert sum(weights[b] <= radii[b] and bool(_first_found_here(x, b, radii, bits, shifts, split))
+                   for b in range(len(bits))) == 1
+
+
+def test_parity_split_needs_a_tight_plan():
+    from cellemnet.dataset.dedup import parity_split
+
+    assert parity_split(BlockPlan((0, 16, 32, 48), (16, 16, 16, 16), (3, 3, 2, 2)), 12)[0] == -1  # slack
+    assert parity_split(BlockPlan((0, 16, 32, 48), (16, 16, 16, 16), (3, 2, 2, 2)), 12, 0)[0] == -1
+    assert parity_split(BlockPlan((0,), (64,), (12,), brute_force=True), 12)[0] == -1
+    split = parity_split(BlockPlan((0, 16, 32, 48), (16, 16, 16, 16), (2, 2, 2, 3)), 12)
+    assert split[0] == 3 and split[2] == 0b111  # the radius-3 block; the others differ in 3 bits: odd
+
+
 @pytest.mark.parametrize("max_distance", [0, 3, 6, 20])
 def test_other_distances_equal_oracle(max_distance):
     hashes = clustered(2000, max_distance, max_flips=14)
