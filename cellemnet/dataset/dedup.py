@@ -1151,6 +1151,8 @@ def greedy_clusters(
     ``plan`` fixes the block split (tests, benchmarks); by default it follows the number of hashes standing,
     so the index is rebuilt with fewer, narrower blocks once most hashes are gone. ``buffer_entries`` and
     ``gather_entries`` fix the pair and gather buffers' sizes (tests use small ones to reach their overflow paths).
+    ``parity_bits`` fixes the parity bits of the index's split block (parity_split; by default they follow the
+    number of hashes indexed). None of these changes the result.
     """
     # Longer than 80 lines on purpose: the speculative chunk walk adapts its chunk size, index and neighbour buffers
     # from one chunk to the next, and those arrays live as locals across the loop (the hot parts are the numba
