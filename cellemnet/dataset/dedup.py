@@ -179,20 +179,21 @@ def _mask_tables(plan: BlockPlan, split_block: int) -> tuple[np.ndarray, np.ndar
     starts = [0]
     tops = []
     for b, (bits, radius) in enumerate(zip(plan.bits, plan.radii)):
+        n_top = 0
         if not plan.brute_force and radius >= 0:
             values = [v for v in range(1 << bits) if v.bit_count() <= radius]  # by value: nearby groups
             if b == split_block:
                 values.sort(key=lambda v: v.bit_count() == radius)  # (a stable sort: still by value within)
+                n_top = sum(v.bit_count() == radius for v in values)
             masks.extend(values)
-            tops.append(len(masks) - sum(v.bit_count() == radius for v in values) if b == split_block
-                        else len(masks))
-        else:
-            tops.append(len(masks))
+        tops.append(len(masks) - n_top)
         starts.append(len(masks))
     return np.array(masks, dtype=np.int64), np.array(starts, dtype=np.int64), np.array(tops, dtype=np.int64)
 
 
 _MAX_PARITY_BITS = 3  # at most 2 ** 3 sub-buckets per bucket of the split block
+
+
 def _parity_bits(plan: BlockPlan, n: int) -> int:
     """Parity bits s of an index of n hashes. A chunk can use up to s of them; each one halves the comparisons of
     the split block's full-weight masks and doubles their lookups, and the group offsets grow 2**s-fold (they
@@ -296,9 +297,15 @@ def _append_pair(qi, item, out_q, out_r, fill, cap):
 
 
 @numba.njit(cache=True, inline="always")
+def _sub_bits(b, split):
+    """Parity bits in block b's bucket keys: the split's in the split block, none elsewhere."""
+    return split[1] if b == split[0] else 0
+
+
+@numba.njit(cache=True, inline="always")
 def _key_bits(b, bits, split):
     """Bits of block b's bucket keys (the split block's carry the parity key too)."""
-    return bits[b] + (split[1] if b == split[0] else 0)
+    return bits[b] + _sub_bits(b, split)
 
 
 @numba.njit(cache=True)
@@ -391,7 +398,7 @@ def _probe_block(
     h = walk_hashes[q]
     mask = np.uint64((np.int64(1) << bits[b]) - 1)
     key = np.int64((h >> np.uint64(shifts[b])) & mask)
-    sub = split[1] if b == split[0] else 0
+    sub = _sub_bits(b, split)
     wanted = (_parity_key(h, split) ^ split[2]) if sub else 0  # the sub-bucket a full-weight mask reads
     obase = bucket_base[b]
     ebase = entry_base[b]
@@ -765,7 +772,7 @@ def _scan_bucket_block(
     nb = np.int64(1) << bits[b]
     lo_bucket = nb * t // n_threads
     hi_bucket = nb * (t + 1) // n_threads
-    sub = split[1] if b == split[0] else 0
+    sub = _sub_bits(b, split)
     n_sub = np.int64(1) << sub
     obase = bucket_base[b]
     ebase = entry_base[b]
@@ -1007,7 +1014,7 @@ def _compact_index(pos, removed_bits, bits, split, radii, bucket_base, entry_bas
     """_compact_bucket on every bucket of every indexed block (blocks in parallel)."""
     for b in prange(bits.shape[0]):
         if radii[b] >= 0:
-            sub = split[1] if b == split[0] else 0
+            sub = _sub_bits(b, split)
             obase = bucket_base[b]
             ebase = entry_base[b]
             keep = np.empty(_KEEP, dtype=np.int64)
@@ -1040,9 +1047,10 @@ class _Index:
     Built once for a plan; between builds it is compacted in place (a sequential pass) instead of being rebuilt.
     """
 
-    def __init__(self, plan: BlockPlan, max_distance: int, parity_bits: int):
+    def __init__(self, plan: BlockPlan, max_distance: int, n: int, parity_bits: int | None = None):
+        """An index for a plan and about n hashes; parity_bits: the split's, by default from n (_parity_bits)."""
         self.plan = plan
-        self.split = parity_split(plan, max_distance, parity_bits)
+        self.split = parity_split(plan, max_distance, _parity_bits(plan, n) if parity_bits is None else parity_bits)
         split_block, sub = int(self.split[0]), int(self.split[1])
         self.masks, self.mask_starts, self.mask_tops = _mask_tables(plan, split_block)
         self.shifts = np.array(plan.shifts, dtype=np.int64)
@@ -1050,7 +1058,7 @@ class _Index:
         self.radii = np.array(plan.radii, dtype=np.int64)
         indexed = [not plan.brute_force and r >= 0 for r in plan.radii]
         self.n_indexed = sum(indexed)
-        key_bits = [int(b) + (sub if i == split_block else 0) for i, b in enumerate(self.bits)]
+        key_bits = [int(_key_bits(b, self.bits, self.split)) for b in range(len(plan.bits))]
         self.bucket_base = np.zeros(len(plan.bits), dtype=np.int64)
         total = 0
         for b, on in enumerate(indexed):
@@ -1061,9 +1069,9 @@ class _Index:
         self.entry_base = np.zeros(len(plan.bits), dtype=np.int64)
         self.max_buckets = 1 << int(self.bits.max()) if not plan.brute_force else 0
         self.max_groups = 1 << max(key_bits) if not plan.brute_force else 0  # the chunk's query groups per block
-        # one bucket-major chunk reads every (bucket, mask) pair once, whatever its size (in comparisons); a
-        # full-weight mask of the split block reads a sub-bucket, so its share of the entries is 2**-sub
-        self.split_block, self.sub = split_block, sub
+        self.sub = sub
+        # per indexed block, for the cost model: buckets, masks that read a whole bucket, full-weight masks of
+        # the split block (which read a part of it)
         on = [b for b in range(len(indexed)) if indexed[b]]
         self.block_sizes = np.array([2.0 ** int(self.bits[b]) for b in on])
         self.whole_masks = np.array([float(self.mask_tops[b] - self.mask_starts[b]) for b in on])
@@ -1172,8 +1180,7 @@ def greedy_clusters(
     removed_bits = np.zeros((n + 63) // 64, dtype=np.uint64)  # bit r: the item at walk rank r is removed
 
     fixed_plan = plan
-    first_plan = plan or plan_blocks(int(max_distance), n)
-    index = _Index(first_plan, int(max_distance), _parity_bits(first_plan, n) if parity_bits is None else parity_bits)
+    index = _Index(plan or plan_blocks(int(max_distance), n), int(max_distance), n, parity_bits)
     n_threads = max(1, min(n_threads or numba.get_num_threads(), numba.get_num_threads()))
     # small inputs need small buffers; they grow (up to buffer_cap, then chunks shrink) when chunks find more pairs
     buffer_cap = buffer_entries or _MAX_BUFFER_ENTRIES
@@ -1193,9 +1200,7 @@ def greedy_clusters(
         n_standing = n - n_exemplars - n_removed  # all at walk position >= pos
         replan = None if fixed_plan else plan_blocks(int(max_distance), n_standing)
         if index.size < 0 or (replan is not None and replan != index.plan and n_standing < 0.5 * index.size):
-            new_plan = replan or index.plan
-            index = _Index(new_plan, int(max_distance),
-                           _parity_bits(new_plan, n_standing) if parity_bits is None else parity_bits)
+            index = _Index(replan or index.plan, int(max_distance), n_standing, parity_bits)
             index.build(_standing_after(n, pos, removed_bits), walk_hashes)
         elif index.plan.brute_force and n_standing < 0.75 * index.size:
             index.build(_standing_after(n, pos, removed_bits), walk_hashes)
@@ -1207,16 +1212,15 @@ def greedy_clusters(
         if stale and not bucket_major:
             index.compact(pos, removed_bits, n_standing)
         compact_pos = pos if stale and bucket_major else -1  # the search compacts each bucket it reads first
-        sub_used = ix.parity_bits_for(count, n_standing) if bucket_major else ix.sub
         if bucket_major:
+            sub_used = ix.parity_bits_for(count, n_standing)
             qoffs, qwords, qpos, qranks = _group_queries(queries, walk_hashes, ix.shifts, ix.bits, ix.radii,
                                                          ix.split, ix.max_groups)
             _search_chunk_by_bucket(
                 n_threads, order, np.int64(max_distance), ix.shifts, ix.bits, ix.radii, ix.split, np.int64(sub_used),
-                ix.masks,
-                ix.mask_starts, ix.mask_tops, ix.bucket_base, ix.entry_base, ix.offsets, ix.ends, ix.entry_ranks,
-                ix.entry_words, qoffs, qwords, qpos, qranks, out_q, out_r, fills, gather_entries or _GATHER,
-                np.int64(compact_pos), removed_bits,
+                ix.masks, ix.mask_starts, ix.mask_tops, ix.bucket_base, ix.entry_base, ix.offsets, ix.ends,
+                ix.entry_ranks, ix.entry_words, qoffs, qwords, qpos, qranks, out_q, out_r, fills,
+                gather_entries or _GATHER, np.int64(compact_pos), removed_bits,
             )
         elif not ix.plan.brute_force:
             sorted_by_block = _sort_queries_by_block(queries, walk_hashes, ix.shifts, ix.bits, ix.radii)

@@ -39,6 +39,13 @@ def clustered(n, seed, n_centres=None, max_flips=10):
     return h
 
 
+def _flip(h, rng, shift, width, count):
+    """h with count random bits of bits shift..shift + width flipped."""
+    for bit in rng.choice(width, size=count, replace=False):
+        h ^= np.uint64(1) << np.uint64(shift + int(bit))
+    return h
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 @pytest.mark.parametrize("n", [1, 7, 300, 4000])
 def test_equals_oracle_for_random_orders(n, seed):
@@ -92,8 +99,7 @@ def test_query_groups_larger_than_the_gather_buffer_equal_oracle():
     near = base.copy()
     for shift, width in ((13, 13), (26, 13), (39, 13), (52, 12)):
         for i in range(len(near)):
-            for bit in rng.choice(width, size=3, replace=False):
-                near[i] ^= np.uint64(1) << np.uint64(shift + int(bit))
+            near[i] = _flip(near[i], rng, shift, width, 3)
     hashes = np.concatenate([base, near, clustered(3000, 8)])
     order = walk_order(len(hashes), 3)
     plan = BlockPlan((0, 13, 26, 39, 52), (13, 13, 13, 13, 12), (2, 2, 2, 1, 1))
@@ -138,12 +144,6 @@ def test_default_plan_with_compaction_and_replanning_equals_oracle(monkeypatch):
     assert plan_blocks(12, len(expected)) != plan_blocks(12, len(hashes))
     assert np.array_equal(result.exemplars, expected)
     assert np.array_equal(result.exemplar_of, expected_of)
-
-
-def _flip(h, rng, shift, width, count):
-    for bit in rng.choice(width, size=count, replace=False):
-        h ^= np.uint64(1) << np.uint64(shift + int(bit))
-    return h
 
 
 @pytest.mark.parametrize("parity_bits", [0, 1, 3])
